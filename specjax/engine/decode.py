@@ -1,0 +1,119 @@
+"""The decode program: prefill, then lax.while_loop(propose -> verify -> accept -> commit), one jit.
+
+The autoregressive baseline is this same program with `NoDrafter` (a one-node tree), so every
+speedup compares like with like.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from specjax.cache import KVCache
+from specjax.drafters.base import Context, Drafter, Step
+from specjax.engine import accept as accept_lib
+from specjax.models.llama import causal_mask
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Spec:
+  """Static configuration of one compiled program."""
+  drafter: Drafter
+  max_new_tokens: int
+  max_len: int                      # cache / token buffer length S
+  eos_ids: tuple[int, ...]
+  acceptance: str = "greedy"
+  temperature: float = 0.0
+  top_k: int | None = None
+  top_p: float | None = None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """tokens [B, S]: prompt then generated tokens; prompt_len, new_tokens, forwards [B];
+  accepted_hist [B, D+1]: how many steps accepted 0..D draft tokens."""
+  tokens: jax.Array
+  prompt_len: jax.Array
+  new_tokens: jax.Array
+  forwards: jax.Array
+  accepted_hist: jax.Array
+
+
+def _accept(spec: Spec, logits, tree, key):
+  if spec.acceptance == "greedy" or spec.temperature == 0.0:
+    return accept_lib.greedy(logits, tree)
+  rule = accept_lib.sample if spec.acceptance == "sample" else accept_lib.typical
+  return rule(logits, tree, key, temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
+
+
+def _put_rows(buf, x, start):
+  """buf [B, S], x [B, n], start [B]: buf[b, start[b]:start[b]+n] = x[b]."""
+  return jax.vmap(lambda b, v, s: jax.lax.dynamic_update_slice(b, v, (s,)))(buf, x, start)
+
+
+def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
+  """prompt [B, P] int32 right-padded, prompt_len [B] >= 1. Pure; jit with `spec` static."""
+  model = nnx.merge(graphdef, params)
+  cfg = model.cfg
+  B, P = prompt.shape
+  S = spec.max_len
+  drafter = spec.drafter
+  D = drafter.max_depth
+  eos = jnp.asarray(spec.eos_ids, jnp.int32)
+
+  # Prefill every prompt token but the last, which becomes the first tree's root.
+  cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=S, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                        dtype=model.dtype)
+  if P > 1:
+    pre = model(prompt[:, :-1], jnp.broadcast_to(jnp.arange(P - 1), (B, P - 1)), None, causal_mask(B, P - 1))
+    cache = cache.write(pre.k, pre.v)
+  cache = dataclasses.replace(cache, lengths=prompt_len - 1)
+  tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
+  done = jnp.zeros(B, bool)
+  ctx = Context(tokens, prompt_len - 1, prompt_len, done)
+  carry = dict(cache=cache, ctx=ctx, dstate=drafter.init(ctx), key=key,
+               new=jnp.zeros(B, jnp.int32), forwards=jnp.zeros(B, jnp.int32),
+               hist=jnp.zeros((B, D + 1), jnp.int32))
+
+  def cond(c):
+    return ~jnp.all(c["ctx"].done)
+
+  def body(c):
+    cache, ctx = c["cache"], c["ctx"]
+    key, k_acc = jax.random.split(c["key"])
+    tree, dstate = drafter.propose(c["dstate"], ctx)
+    out = model(tree.tokens, ctx.root[:, None] + tree.depth, cache, tree.mask)
+    acc = _accept(spec, out.logits, tree, k_acc)
+
+    # Tokens this step adds: accepted candidates then the bonus, cut at EOS and at the budget.
+    cand = jnp.take_along_axis(tree.tokens, acc.path[:, 1:], 1)                    # [B, D]
+    idx = jnp.arange(D + 1)[None, :]
+    new = jnp.where(idx == acc.n[:, None], acc.bonus[:, None], jnp.pad(cand, ((0, 0), (0, 1))))
+    is_eos = jnp.isin(new, eos) & (idx <= acc.n[:, None])
+    count = jnp.where(jnp.any(is_eos, 1), jnp.argmax(is_eos, 1) + 1, acc.n + 1)
+    count = jnp.minimum(count, spec.max_new_tokens - c["new"])
+    count = jnp.where(ctx.done, 0, count)
+    hit_eos = jnp.any(is_eos & (idx < count[:, None]), 1)
+
+    cache = cache.write(out.k, out.v, rows=acc.path).advance(count)
+    new_tokens = c["new"] + count
+    ctx = Context(_put_rows(ctx.tokens, new, ctx.root + 1), ctx.root + count, ctx.prompt_len,
+                  ctx.done | hit_eos | (new_tokens >= spec.max_new_tokens))
+    live = ~c["ctx"].done
+    step = Step(tree, out.logits, out.hidden, acc, count)
+    return dict(cache=cache, ctx=ctx, dstate=drafter.update(dstate, ctx, step), key=key, new=new_tokens,
+                forwards=c["forwards"] + live,
+                hist=c["hist"] + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])))
+
+  c = jax.lax.while_loop(cond, body, carry)
+  return Result(c["ctx"].tokens, prompt_len, c["new"], c["forwards"], c["hist"])
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(graphdef, spec: Spec):
+  """One jitted program per (model structure, static spec); jax caches per input shapes."""
+  return jax.jit(functools.partial(run, graphdef, spec=spec))

@@ -1,0 +1,137 @@
+"""Draft trees: the candidates one target forward verifies.
+
+Node 0 is the root (the last committed token). Every other node has a parent earlier in the order
+(topological order), so a depth-first or breadth-first listing both work. Nodes with parent -1 other
+than the root are not candidates: they ride along in the forward for a drafter's own use (lookahead's
+Jacobi window) and are never accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftTree:
+  """tokens, parent, depth: [B, T] int32; mask: [B, T, T] bool, mask[b, i, j] = node i sees node j
+  (ancestor-or-self for candidates). draft_probs: [B, T, V] distribution each node was sampled from,
+  or None for deterministic candidates. max_depth: static upper bound of candidate depth."""
+  tokens: jax.Array
+  parent: jax.Array
+  depth: jax.Array
+  mask: jax.Array
+  draft_probs: jax.Array | None = None
+  max_depth: int = 0
+
+
+jax.tree_util.register_dataclass(DraftTree, data_fields=["tokens", "parent", "depth", "mask", "draft_probs"],
+                                 meta_fields=["max_depth"])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StaticTree:
+  """A tree shape fixed at trace time (numpy). parent [T] (-1 at the root), depth [T], mask [T, T],
+  paths: root-to-leaf node lists; choices: Medusa-style rank paths, one per non-root node."""
+  parent: np.ndarray
+  depth: np.ndarray
+  mask: np.ndarray
+  choices: tuple[tuple[int, ...], ...]
+
+  @property
+  def size(self) -> int:
+    return len(self.parent)
+
+  @property
+  def max_depth(self) -> int:
+    return int(self.depth.max())
+
+  @property
+  def paths(self) -> list[list[int]]:
+    leaves = sorted(set(range(self.size)) - set(int(p) for p in self.parent[1:]))
+    return [list(np.flatnonzero(self.mask[leaf])) for leaf in leaves]
+
+  def draft(self, tokens: jax.Array) -> DraftTree:
+    """Wraps tokens [B, T] laid out in this tree's node order."""
+    B = tokens.shape[0]
+    bc = lambda a: jnp.broadcast_to(jnp.asarray(a), (B,) + a.shape)
+    return DraftTree(tokens.astype(jnp.int32), bc(self.parent.astype(np.int32)), bc(self.depth.astype(np.int32)),
+                     bc(self.mask), None, self.max_depth)
+
+  def __hash__(self):
+    return hash(self.choices)
+
+  def __eq__(self, other):
+    return isinstance(other, StaticTree) and self.choices == other.choices
+
+
+def from_choices(choices: Sequence[Sequence[int]]) -> StaticTree:
+  """Builds a tree from Medusa-style choices: each entry is a path of ranks, e.g. (0,), (0, 1), (1,).
+
+  Node order: by depth, then lexicographically, so parents precede children and rank-0 siblings
+  come first.
+  """
+  choices = sorted({tuple(int(r) for r in c) for c in choices}, key=lambda c: (len(c), c))
+  index = {(): 0}
+  for c in choices:
+    if any(r < 0 for r in c) or not c:
+      raise ValueError(f"invalid tree choice {c}: ranks must be >= 0 and the path non-empty")
+    if c[:-1] not in index:
+      raise ValueError(f"tree choice {c} has no parent {c[:-1]} in the list")
+    index[c] = len(index)
+  T = len(index)
+  parent = np.full(T, -1, np.int64)
+  depth = np.zeros(T, np.int64)
+  mask = np.eye(T, dtype=bool)
+  for c, i in index.items():
+    if c:
+      parent[i] = index[c[:-1]]
+      depth[i] = len(c)
+      mask[i] |= mask[parent[i]]
+  return StaticTree(parent, depth, mask, tuple(choices))
+
+
+def chain(n: int) -> StaticTree:
+  """Root plus a chain of n candidates (rank 0 at each depth)."""
+  return from_choices([(0,) * d for d in range(1, n + 1)])
+
+
+def grow(acceptance: np.ndarray, budget: int) -> StaticTree:
+  """Greedily grows the static tree of `budget` non-root nodes that maximises expected accepted length.
+
+  acceptance[d, k]: measured probability that the rank-k candidate at depth d+1 is the accepted one
+  (given its parent was accepted). A node's value is the product of its path's rates; the expected
+  accepted length of a tree is the sum of its nodes' values, so adding nodes best-first is optimal
+  among trees reachable by single additions (Medusa's and Sequoia's construction).
+  """
+  acc = np.asarray(acceptance, np.float64)
+  D, K = acc.shape
+  chosen: list[tuple[int, ...]] = []
+  heap = [(-acc[0, k], (k,)) for k in range(K)]
+  heapq.heapify(heap)
+  while heap and len(chosen) < budget:
+    neg, c = heapq.heappop(heap)
+    chosen.append(c)
+    if len(c) < D:
+      for k in range(K):
+        heapq.heappush(heap, (neg * acc[len(c), k], c + (k,)))
+  return from_choices(chosen)
+
+
+def ancestors_from_parents(parent: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """For trees built inside the program: parent [B, T] (topological, -1 at the root) ->
+  (mask [B, T, T] ancestor-or-self, depth [B, T])."""
+  B, T = parent.shape
+  eye = jnp.eye(T, dtype=bool)
+
+  def body(t, mask):
+    p = parent[:, t]
+    inherited = jnp.where((p >= 0)[:, None], jnp.take_along_axis(mask, jnp.maximum(p, 0)[:, None, None], 1)[:, 0], False)
+    return mask.at[:, t].set(inherited | eye[t])
+
+  mask = jax.lax.fori_loop(0, T, body, jnp.broadcast_to(eye, (B, T, T)))
+  return mask, mask.sum(-1).astype(jnp.int32) - 1

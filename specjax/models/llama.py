@@ -1,0 +1,185 @@
+"""The Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2) as one Flax NNX module.
+
+Layer weights are stacked on a leading layer axis and run with `lax.scan`: one compiled layer body
+instead of L unrolled copies, which keeps the decode program small and quick to compile.
+q/k/v and gate/up are fused into single matmuls: on CPU, few wide matmuls beat many narrow ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax.cache import KVCache
+from specjax.models.config import ModelConfig
+
+# Canonical weight names and shapes ([in, out] for matmuls), shared by the loaders.
+def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  L, H, F = cfg.layers, cfg.hidden, cfg.ffn
+  shapes = {
+      "embed": (cfg.vocab, H),
+      "wqkv": (L, H, cfg.qkv_dim),
+      "wo": (L, cfg.heads * cfg.head_dim, H),
+      "w_gate_up": (L, H, 2 * F),
+      "w_down": (L, F, H),
+      "attn_norm": (L, H),
+      "mlp_norm": (L, H),
+      "final_norm": (H,),
+  }
+  if cfg.qkv_bias:
+    shapes["bqkv"] = (L, cfg.qkv_dim)
+  if not cfg.tie_embeddings:
+    shapes["lm_head"] = (H, cfg.vocab)
+  return shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+  """logits [B, T, V] float32; hidden [B, T, H] (after the final norm's input, i.e. last residual);
+  layer_hidden: {layer index: [B, T, H]} residual stream after that layer;
+  k, v: fresh keys/values of the T tokens, [L, B, T, KVH, D], not yet in the cache."""
+  logits: jax.Array
+  hidden: jax.Array
+  layer_hidden: dict
+  k: jax.Array
+  v: jax.Array
+
+
+def rms_norm(x, w, eps):
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * w.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+  """[D/2] inverse frequencies, with Llama-3 scaling when configured."""
+  d = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+  s = cfg.rope_scaling
+  if s is not None:
+    low_wl = s.original_max_position / s.low_freq_factor
+    high_wl = s.original_max_position / s.high_freq_factor
+    wl = 2 * math.pi / inv
+    smooth = (s.original_max_position / wl - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    scaled = np.where(wl > low_wl, inv / s.factor, inv)
+    mid = (wl <= low_wl) & (wl >= high_wl)
+    inv = np.where(mid, (1 - smooth) * inv / s.factor + smooth * inv, scaled)
+  return inv.astype(np.float32)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, T, N, D] in the split-half layout; cos, sin [B, T, D/2]."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  c, s = cos[:, :, None, :], sin[:, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+def causal_mask(batch: int, t: int) -> jax.Array:
+  """[B, T, T] lower-triangular mask for ordinary (chain) decoding."""
+  return jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (batch, t, t))
+
+
+class Llama(nnx.Module):
+  """Target model. Call it with tokens [B, T], positions [B, T], a KVCache (or None for an empty
+  one) and a mask [B, T, T] over the new tokens (mask[b, i, j]: token i sees token j)."""
+
+  def __init__(self, cfg: ModelConfig, weights: dict[str, np.ndarray] | None = None, *,
+               dtype=jnp.float32, seed: int = 0):
+    self.cfg = cfg
+    self.dtype = dtype
+    shapes = weight_shapes(cfg)
+    if weights is None:
+      weights = _random_weights(shapes, seed)
+    missing = set(shapes) - set(weights)
+    if missing:
+      raise ValueError(f"missing weights: {sorted(missing)}")
+    for name, shape in shapes.items():
+      w = weights[name]
+      if tuple(w.shape) != shape:
+        raise ValueError(f"weight {name} has shape {tuple(w.shape)}, expected {shape}")
+      is_norm = name.endswith("norm")
+      setattr(self, name, nnx.Param(jnp.asarray(w, jnp.float32 if is_norm else dtype)))
+    self.inv_freq = nnx.Variable(jnp.asarray(rope_frequencies(cfg)))
+
+  def __call__(self, tokens, positions, cache: KVCache | None, mask, *, return_layers=()) -> Output:
+    cfg = self.cfg
+    B, T = tokens.shape
+    N, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+    G = N // K
+    dt = self.dtype
+    x = self.embed[...][tokens].astype(dt)
+    ang = positions.astype(jnp.float32)[..., None] * self.inv_freq[...]
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    scale = 1.0 / math.sqrt(D)
+    neg = jnp.float32(-1e30)
+    new_mask = mask[:, None, None, :, :]                                    # [B,1,1,T,T]
+    if cache is not None:
+      live = jnp.arange(cache.max_len)[None, :] < cache.lengths[:, None]    # [B,S]
+      live = live[:, None, None, None, :]
+
+    layer_w = {n: getattr(self, n)[...] for n in ("wqkv", "wo", "w_gate_up", "w_down", "attn_norm", "mlp_norm")}
+    if cfg.qkv_bias:
+      layer_w["bqkv"] = self.bqkv[...]
+    xs = (layer_w, (cache.k, cache.v) if cache is not None else None)
+
+    def layer(x, xs):
+      w, kv = xs
+      h = rms_norm(x, w["attn_norm"], cfg.norm_eps)
+      qkv = jnp.dot(h, w["wqkv"])
+      if cfg.qkv_bias:
+        qkv = qkv + w["bqkv"].astype(qkv.dtype)
+      q, k, v = jnp.split(qkv, [N * D, (N + K) * D], axis=-1)
+      q = apply_rope(q.reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
+      k = apply_rope(k.reshape(B, T, K, D), cos, sin)
+      v = v.reshape(B, T, K, D)
+      s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32) * scale
+      s_new = jnp.where(new_mask, s_new, neg)
+      if kv is None:
+        p = jax.nn.softmax(s_new, axis=-1)
+        o = jnp.einsum("bkgtu,bukd->btkgd", p.astype(dt), v)
+      else:
+        kc, vc = kv
+        s_old = jnp.einsum("btkgd,bskd->bkgts", q, kc, preferred_element_type=jnp.float32) * scale
+        s_old = jnp.where(live, s_old, neg)
+        p = jax.nn.softmax(jnp.concatenate([s_old, s_new], axis=-1), axis=-1).astype(dt)
+        S = kc.shape[1]
+        o = (jnp.einsum("bkgts,bskd->btkgd", p[..., :S], vc)
+             + jnp.einsum("bkgtu,bukd->btkgd", p[..., S:], v))
+      x = x + jnp.dot(o.reshape(B, T, N * D), w["wo"])
+      h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
+      gate, up = jnp.split(jnp.dot(h, w["w_gate_up"]), 2, axis=-1)
+      x = x + jnp.dot(jax.nn.silu(gate) * up, w["w_down"])
+      return x, (k, v, x if return_layers else None)
+
+    x, (k_new, v_new, per_layer) = jax.lax.scan(layer, x, xs)
+    hidden = x
+    h = rms_norm(x, self.final_norm[...], cfg.norm_eps)
+    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+    logits = jnp.dot(h, head, preferred_element_type=jnp.float32)
+    layer_hidden = {i: per_layer[i] for i in return_layers}
+    return Output(logits, hidden, layer_hidden, k_new, v_new)
+
+
+def forward(model: Llama, tokens, positions, cache: KVCache, mask, *, return_layers=()):
+  """Runs the model and appends all T fresh keys/values to the cache.
+
+  Returns (Output, cache) with the cache's lengths advanced by T.
+  """
+  out = model(tokens, positions, cache, mask, return_layers=return_layers)
+  cache = cache.write(out.k, out.v).advance(jnp.full((tokens.shape[0],), tokens.shape[1]))
+  return out, cache
+
+
+def _random_weights(shapes, seed):
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, shape in shapes.items():
+    if name.endswith("norm"):
+      out[name] = 1.0 + 0.1 * rng.standard_normal(shape).astype(np.float32)
+    else:
+      out[name] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+  return out
