@@ -104,6 +104,19 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
   return spec, (jnp.asarray(prompt), jnp.asarray(lens))
 
 
+_EXECUTABLES: dict = {}
+
+
+def _executable(graphdef, spec, params, prompt, lens, key):
+  """Compiled program for these static settings and input shapes, compiled at most once."""
+  sig = (graphdef, spec, prompt.shape, tuple((x.shape, x.dtype) for x in jax.tree.leaves(params)))
+  if sig not in _EXECUTABLES:
+    if len(_EXECUTABLES) >= 16:
+      _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
+    _EXECUTABLES[sig] = decode.compiled(graphdef, spec).lower(params, prompt, lens, key).compile()
+  return _EXECUTABLES[sig]
+
+
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = True,
              drafter="none", acceptance: str | None = None, **drafter_options) -> Generation:
@@ -120,7 +133,7 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   graphdef, params = nnx.split(target.model)
   key = jax.random.key(seed)
   t0 = time.perf_counter()
-  fn = decode.compiled(graphdef, spec).lower(params, prompt, lens, key).compile()
+  fn = _executable(graphdef, spec, params, prompt, lens, key)
   t1 = time.perf_counter()
   res = fn(params, prompt, lens, key)
   res = jax.device_get(res)

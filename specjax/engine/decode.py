@@ -55,8 +55,13 @@ def _put_rows(buf, x, start):
   return jax.vmap(lambda b, v, s: jax.lax.dynamic_update_slice(b, v, (s,)))(buf, x, start)
 
 
+TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
+
+
 def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
   """prompt [B, P] int32 right-padded, prompt_len [B] >= 1. Pure; jit with `spec` static."""
+  global TRACES
+  TRACES += 1
   model = nnx.merge(graphdef, params)
   cfg = model.cfg
   B, P = prompt.shape
