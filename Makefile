@@ -17,8 +17,7 @@ $(VENV)/.dev: $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(VENV)/bin/specjax generate --max-new-tokens 96 --drafter pld \
-	  "Summarise in two sentences why the sky is blue."
+	$(PY) -m specjax.demo
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
