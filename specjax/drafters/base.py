@@ -46,8 +46,13 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Drafter:
-  """Base class. Subclasses set `num_nodes` and `max_depth` (static) and override the three methods."""
+  """Base class. Subclasses set `num_nodes` and `max_depth` (static) and override the three methods.
+
+  A tree whose non-root nodes all have parent -1 proposes nothing; the engine then runs a one-token
+  forward, unless `skip_empty_trees` is False (drafters that need every node's logits, e.g. lookahead).
+  """
   name = "drafter"
+  skip_empty_trees = True
 
   @property
   def num_nodes(self) -> int:

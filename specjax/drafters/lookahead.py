@@ -30,6 +30,7 @@ class Lookahead(Drafter):
   pool_size: int = 512      # C: n-grams kept per row
   seed_from_prompt: bool = True
   name = "lookahead"
+  skip_empty_trees = False     # the Jacobi window needs its logits every step
 
   def validate(self):
     if self.window < 1 or self.ngram < 2 or self.guesses < 1:

@@ -52,10 +52,14 @@ class PromptLookup(Drafter):
       match = match & (shifted[n - 1] == tail[n - 1]) & (j >= n - 1) & (r[:, None] >= n - 1)
       if n >= self.min_ngram:
         score = jnp.where(match, n * S + j, score)   # longer n-grams first, then the most recent
-    top = jax.lax.top_k(score, self.branches)[1]                        # [B, m]
+    best, top = jax.lax.top_k(score, self.branches)                             # [B, m]
     pos = top[:, :, None] + 1 + jnp.arange(self.num_tokens)[None, None, :]         # [B, m, k]
     cont = jnp.take_along_axis(toks, jnp.minimum(pos, S - 1).reshape(B, -1), 1).reshape(pos.shape)
-    return self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], _layout(self.shape, cont)], 1)), state
+    tree = self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], _layout(self.shape, cont)], 1))
+    # Branches without a match propose nothing (parent -1), so a step with no match anywhere is cheap.
+    branch = np.array([0] + [c[0] for c in self.shape.choices])
+    has = jnp.concatenate([jnp.ones((B, 1), bool), (best >= 0)[:, branch[1:]]], 1)
+    return dataclasses.replace(tree, parent=jnp.where(has, tree.parent, -1)), state
 
 
 def _layout(shape: tree_lib.StaticTree, chains):

@@ -58,6 +58,23 @@ def _put_rows(buf, x, start):
 TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
 
 
+def _verify(model, tree, positions, cache, skip_empty: bool):
+  """One target forward over the tree. When no row has a candidate (every non-root parent is -1)
+  and the drafter allows it, a one-token forward runs instead (lax.cond: both live in the program),
+  so a drafter with nothing to propose costs what autoregressive decoding costs."""
+  full = lambda: model(tree.tokens, positions, cache, tree.mask)
+  T = tree.tokens.shape[1]
+  if not skip_empty or T == 1:
+    return full()
+
+  def root_only():
+    o = model(tree.tokens[:, :1], positions[:, :1], cache, tree.mask[:, :1, :1])
+    pad = lambda x, axis: jnp.pad(x, [(0, T - 1) if a == axis else (0, 0) for a in range(x.ndim)])
+    return dataclasses.replace(o, logits=pad(o.logits, 1), hidden=pad(o.hidden, 1), k=pad(o.k, 2), v=pad(o.v, 2))
+
+  return jax.lax.cond(jnp.any(tree.parent[:, 1:] >= 0), full, root_only)
+
+
 def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
   """prompt [B, P] int32 right-padded, prompt_len [B] >= 1. Pure; jit with `spec` static."""
   global TRACES
@@ -91,7 +108,7 @@ def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
     cache, ctx = c["cache"], c["ctx"]
     key, k_acc = jax.random.split(c["key"])
     tree, dstate = drafter.propose(c["dstate"], ctx)
-    out = model(tree.tokens, ctx.root[:, None] + tree.depth, cache, tree.mask)
+    out = _verify(model, tree, ctx.root[:, None] + tree.depth, cache, drafter.skip_empty_trees)
     acc = _accept(spec, out.logits, tree, k_acc)
 
     # Tokens this step adds: accepted candidates then the bonus, cut at EOS and at the budget.

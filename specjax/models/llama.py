@@ -37,6 +37,7 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Output:
   """logits [B, T, V] float32; hidden [B, T, H] (after the final norm's input, i.e. last residual);
