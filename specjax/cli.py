@@ -1,0 +1,250 @@
+"""Command line: `specjax generate`, `specjax info`, `specjax bench`.
+
+    specjax generate --drafter pld "Summarise why the sky is blue."
+    specjax generate --json --prompts-file prompts.jsonl --batch-size 4 > answers.jsonl
+    specjax info
+    specjax bench --prompts dev.jsonl --drafters none,pld,lookahead --per-category 5 --out bench_out
+
+Answers go to stdout; speed lines, progress bars and errors go to stderr. Errors print one line,
+`specjax: error: ...`, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors: `specjax: error: ...` and exit status 2."""
+
+  def error(self, message):
+    _fail(f"{message} (see '{self.prog} --help')")
+
+
+def _fail(message: str):
+  one_line = " ".join(str(message).split())
+  print(f"specjax: error: {one_line}", file=sys.stderr)
+  sys.exit(EXIT_ERROR)
+
+
+def load_target(model: str, dtype: str):
+  """The one place the CLI loads a model (tests monkeypatch it)."""
+  import specjax.io as sio
+  return sio.load(model, dtype=dtype)
+
+
+def _positive_int(s: str) -> int:
+  try:
+    v = int(s)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+  if v < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+  return v
+
+
+def _option_value(s: str):
+  try:
+    return json.loads(s)
+  except json.JSONDecodeError:
+    return s
+
+
+def _parse_options(items, *, qualified: bool) -> dict:
+  """KEY=VALUE (generate) or DRAFTER.KEY=VALUE (bench); values are JSON when they parse, else strings."""
+  out: dict = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"drafter option {item!r} is not {'DRAFTER.KEY' if qualified else 'KEY'}=VALUE")
+    if qualified:
+      name, dot, opt = key.partition(".")
+      if not dot or not name or not opt:
+        raise ValueError(f"drafter option {item!r} is not DRAFTER.KEY=VALUE (e.g. pld.num_tokens=8)")
+      out.setdefault(name, {})[opt] = _option_value(value)
+    else:
+      out[key] = _option_value(value)
+  return out
+
+
+def _add_model_args(p):
+  p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a .gguf file or a HF directory")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (default float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="specjax", description="Lossless speculative decoding in JAX.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  sub.required = True
+
+  g = sub.add_parser("generate", help="generate answers for prompts", description="Generate answers for prompts "
+                     "(positional, or a JSONL file of {\"prompt\": ...} objects or Spec-Bench rows).")
+  g.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text(s)")
+  g.add_argument("--prompts-file", metavar="FILE.jsonl", help="one JSON object per line: {\"prompt\": ...} or a "
+                 "Spec-Bench row (its first turn; question_id becomes the id)")
+  _add_model_args(g)
+  g.add_argument("--max-new-tokens", type=_positive_int, default=128)
+  g.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+  g.add_argument("--top-k", type=int, default=None)
+  g.add_argument("--top-p", type=float, default=None)
+  g.add_argument("--seed", type=int, default=0)
+  g.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
+  g.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
+  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead")
+  g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
+                 help="default: greedy at temperature 0, else sample (lossless); typical is lossy")
+  g.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE",
+                 help="drafter option, e.g. -O num_tokens=8 (repeatable)")
+  g.add_argument("--batch-size", type=_positive_int, default=None,
+                 help="prompts per generate call (default: all positional prompts at once; 1 for a file)")
+  g.set_defaults(func=cmd_generate)
+
+  i = sub.add_parser("info", help="devices, JAX version, default model path")
+  i.set_defaults(func=cmd_info)
+
+  b = sub.add_parser("bench", help="benchmark drafters against the autoregressive baseline",
+                     description="Measure the autoregressive baseline and drafters on a JSONL prompts file; "
+                     "writes OUT/results.json, results.md, speedup.png and records.jsonl (resumable).")
+  b.add_argument("--prompts", required=True, metavar="FILE.jsonl")
+  b.add_argument("--drafters", default="none,pld,lookahead", help="comma-separated (none is always run first)")
+  b.add_argument("--max-new-tokens", type=_positive_int, default=256)
+  b.add_argument("--limit", type=_positive_int, default=None, help="the first K prompts")
+  b.add_argument("--per-category", type=_positive_int, default=None, help="up to K prompts per category group")
+  b.add_argument("--batch-size", type=_positive_int, default=1)
+  b.add_argument("--temperature", type=float, default=0.0)
+  b.add_argument("--seed", type=int, default=0)
+  b.add_argument("--peers", default="", help="comma-separated peers: hf (transformers greedy and prompt lookup)")
+  b.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
+  b.add_argument("--no-progress", action="store_true", help="no progress bar")
+  b.add_argument("-O", "--drafter-option", action="append", metavar="DRAFTER.KEY=VALUE",
+                 help="drafter option, e.g. -O pld.num_tokens=8 (repeatable)")
+  _add_model_args(b)
+  b.add_argument("--out", required=True, metavar="DIR")
+  b.set_defaults(func=cmd_bench)
+  return parser
+
+
+# ----------------------------------------------------------------------------- generate
+
+def cmd_generate(a) -> int:
+  from specjax import api
+  from specjax.bench.harness import Prompt, read_prompts
+  from specjax.drafters import registry
+
+  if a.prompts and a.prompts_file:
+    raise ValueError("give prompts as arguments or --prompts-file, not both")
+  if a.prompts_file:
+    prompts = read_prompts(a.prompts_file)
+    batch_size = a.batch_size or 1
+  elif a.prompts:
+    prompts = [Prompt(i, t, "other", "other") for i, t in enumerate(a.prompts)]
+    batch_size = a.batch_size or len(prompts)
+  else:
+    raise ValueError("no prompts: give PROMPT arguments or --prompts-file FILE.jsonl")
+  for p in prompts:
+    if not p.text.strip():
+      raise ValueError(f"prompt {p.id!r} is empty")
+  options = _parse_options(a.drafter_option, qualified=False)
+  drafter = registry.make(a.drafter, **options)          # unknown names and bad options fail before loading
+
+  target = load_target(a.model, a.dtype)
+  chat = not a.no_chat
+  if chat and not target.tokenizer.chat_template:
+    raise ValueError("the model has no chat template; pass --no-chat")
+  ids = api.encode_prompts(target, [p.text for p in prompts], chat)
+  longest = max(ids, key=len)
+  api.prepare(target, [longest], max_new_tokens=a.max_new_tokens, drafter=drafter, temperature=a.temperature,
+              top_k=a.top_k, top_p=a.top_p, acceptance=a.acceptance)   # checks every setting before any work
+
+  for start in range(0, len(prompts), batch_size):
+    batch = prompts[start:start + batch_size]
+    g = api.generate(target, ids[start:start + batch_size], max_new_tokens=a.max_new_tokens,
+                     temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, chat=chat,
+                     drafter=drafter, acceptance=a.acceptance)
+    for i, p in enumerate(batch):
+      row = {"id": p.id, "text": g.texts[i], "token_ids": g.token_ids[i], "new_tokens": g.new_tokens[i],
+             "target_forwards": g.target_forwards[i],
+             "tau": g.new_tokens[i] / g.target_forwards[i] if g.target_forwards[i] else 0.0,
+             "wall_s": g.wall_s, "tokens_per_s": g.new_tokens[i] / g.wall_s if g.wall_s > 0 else 0.0,
+             "drafter": g.drafter}
+      if a.json:
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+      else:
+        if len(prompts) > 1:
+          print(f"=== {p.id} ===")
+        print(row["text"], flush=True)
+        print(f"[{row['new_tokens']} new tokens, {row['target_forwards']} target forwards, tau {row['tau']:.2f}, "
+              f"{row['tokens_per_s']:.1f} tokens/s, drafter {g.drafter}, acceptance {g.acceptance}"
+              f"{'' if g.lossless else ' (lossy)'}; batch of {len(batch)}: {g.wall_s:.2f} s, "
+              f"compile {g.compile_s:.1f} s]", file=sys.stderr, flush=True)
+  return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+def cmd_info(a) -> int:
+  import platform
+  from importlib import metadata
+
+  import jax
+
+  import specjax.io as sio
+  from specjax.drafters import registry
+
+  try:
+    version = metadata.version("specjax")
+  except metadata.PackageNotFoundError:
+    version = "(not installed)"
+  print(f"specjax {version}, Python {platform.python_version()}")
+  print(f"JAX {jax.__version__}, backend {jax.default_backend()}")
+  print("devices: " + ", ".join(f"{d} ({d.device_kind})" for d in jax.devices()))
+  try:
+    print(f"default model: {sio.default_model_path()}")
+  except FileNotFoundError as e:
+    print(f"default model: not available: {e}")
+  print("drafters: " + ", ".join(registry.names()))
+  return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+def cmd_bench(a) -> int:
+  from specjax.bench import run_bench
+
+  drafters = [d.strip() for d in a.drafters.split(",") if d.strip()]
+  peers = [p.strip() for p in a.peers.split(",") if p.strip()]
+  res = run_bench(a.prompts, out=a.out, drafters=drafters, target=lambda: load_target(a.model, a.dtype),
+                  model=a.model, dtype=a.dtype, max_new_tokens=a.max_new_tokens, limit=a.limit,
+                  per_category=a.per_category, batch_size=a.batch_size, temperature=a.temperature, seed=a.seed,
+                  chat=not a.no_chat, peers=peers, drafter_options=_parse_options(a.drafter_option, qualified=True),
+                  progress=not a.no_progress, command=["specjax", *sys.argv[1:]] if a.argv is None else
+                  ["specjax", *a.argv])
+  import pathlib
+  out = pathlib.Path(a.out)
+  print((out / "results.md").read_text(encoding="utf-8"))
+  print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'speedup.png'} "
+        f"({len(res['records'])} records)", file=sys.stderr)
+  return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+  import jinja2
+
+  args = build_parser().parse_args(argv)
+  args.argv = list(argv) if argv is not None else None
+  try:
+    return args.func(args)
+  except (ValueError, FileNotFoundError, OSError, jinja2.TemplateError) as e:
+    _fail(str(e) or type(e).__name__)
+  except KeyboardInterrupt:
+    print("specjax: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
