@@ -69,7 +69,7 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32") -> Target:
     except Exception as e:   # the gguf package raises assorted errors on non-GGUF bytes
       raise ValueError(f"{p}: not a readable GGUF file ({e})") from None
     cfg = gguf_loader.read_config(reader, p)
-    tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader))
+    tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader, p))
     weights = gguf_loader.read_weights(reader, cfg, p, np_dt)
   else:
     raise ValueError(f"{p}: unsupported model file; give a .gguf file or a Hugging Face directory "

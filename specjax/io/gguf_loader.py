@@ -20,17 +20,28 @@ def read_config(reader, path) -> ModelConfig:
   if arch not in SUPPORTED_ARCHITECTURES:
     raise ValueError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
   g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
-  hidden, heads = int(g("embedding_length")), int(g("attention.head_count"))
+
+  def need(k):
+    v = g(k)
+    if v is None:
+      raise ValueError(f"{path}: missing metadata {arch}.{k}")
+    return v
+
+  hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
   head_dim = int(g("attention.key_length", hidden // heads))
   names = {t.name for t in reader.tensors}
-  vocab = g("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+  vocab = g("vocab_size")
+  if vocab is None:
+    if "tokenizer.ggml.tokens" not in reader.fields:
+      raise ValueError(f"{path}: missing metadata {arch}.vocab_size (and no tokenizer.ggml.tokens)")
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
   scaling = None
   if g("rope.scaling.type") == "llama3" or "rope_freqs.weight" in names:
     raise ValueError(f"{path}: GGUF rope_freqs (llama3 scaling) is not supported; load the Hugging Face directory instead")
   return ModelConfig(
-      arch=arch, vocab=int(vocab), hidden=hidden, layers=int(g("block_count")), heads=heads,
+      arch=arch, vocab=int(vocab), hidden=hidden, layers=int(need("block_count")), heads=heads,
       kv_heads=int(g("attention.head_count_kv", heads)), head_dim=head_dim,
-      ffn=int(g("feed_forward_length")), rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=scaling,
+      ffn=int(need("feed_forward_length")), rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=scaling,
       norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
       tie_embeddings="output.weight" not in names, qkv_bias="blk.0.attn_q.bias" in names,
       max_context=int(g("context_length", 2048)))
@@ -55,51 +66,65 @@ def read_weights(reader, cfg: ModelConfig, path, dtype=np.float32) -> dict[str, 
       raise ValueError(f"{path}: tensor {t.name} has unsupported quantisation type {t.tensor_type.name}; "
                        f"supported: {', '.join(SUPPORTED_QUANTS)}")
 
-  def get(name):
+  def get(name, shape):
+    """Tensor `name` dequantised to float32, [out, in] (numpy order), checked against `shape`."""
     if name not in tensors:
       raise ValueError(f"{path}: missing tensor {name}")
     t = tensors[name]
+    got = tuple(int(d) for d in reversed(t.shape))
+    if got != tuple(shape):
+      raise ValueError(f"{path}: tensor {name} has shape {got}, expected {tuple(shape)} from the metadata")
     a = dequantize(t.data, GGMLQuantizationType(t.tensor_type))
-    return np.asarray(a, np.float32).reshape([int(d) for d in reversed(t.shape)])   # [out, in]
+    return np.asarray(a, np.float32).reshape(got)
 
   shapes = weight_shapes(cfg)
   out = {k: np.empty(s, dtype) for k, s in shapes.items()}
   N, K, D, H, F = cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.hidden, cfg.ffn
-  out["embed"][:] = get("token_embd.weight")
-  out["final_norm"][:] = get("output_norm.weight")
+  V = cfg.vocab
+  # llama.cpp's converter permutes q/k rows only for the "llama" architecture (interleaved RoPE); Qwen2
+  # uses NeoX (split-half) RoPE and is stored unpermuted, like Hugging Face.
+  unperm = _unpermute if cfg.arch in ("llama", "mistral") else (lambda w, n: w)
+  out["embed"][:] = get("token_embd.weight", (V, H))
+  out["final_norm"][:] = get("output_norm.weight", (H,))
   if not cfg.tie_embeddings:
-    out["lm_head"][:] = get("output.weight").T
+    out["lm_head"][:] = get("output.weight", (V, H)).T
   for i in range(cfg.layers):
     b = f"blk.{i}."
-    out["wqkv"][i, :, :N * D] = _unpermute(get(b + "attn_q.weight"), N).T
-    out["wqkv"][i, :, N * D:(N + K) * D] = _unpermute(get(b + "attn_k.weight"), K).T
-    out["wqkv"][i, :, (N + K) * D:] = get(b + "attn_v.weight").T
+    out["wqkv"][i, :, :N * D] = unperm(get(b + "attn_q.weight", (N * D, H)), N).T
+    out["wqkv"][i, :, N * D:(N + K) * D] = unperm(get(b + "attn_k.weight", (K * D, H)), K).T
+    out["wqkv"][i, :, (N + K) * D:] = get(b + "attn_v.weight", (K * D, H)).T
     if cfg.qkv_bias:
-      out["bqkv"][i] = np.concatenate([_unpermute(get(b + "attn_q.bias"), N), _unpermute(get(b + "attn_k.bias"), K),
-                                       get(b + "attn_v.bias")])
-    out["wo"][i] = get(b + "attn_output.weight").T
-    out["w_gate_up"][i, :, :F] = get(b + "ffn_gate.weight").T
-    out["w_gate_up"][i, :, F:] = get(b + "ffn_up.weight").T
-    out["w_down"][i] = get(b + "ffn_down.weight").T
-    out["attn_norm"][i] = get(b + "attn_norm.weight")
-    out["mlp_norm"][i] = get(b + "ffn_norm.weight")
+      out["bqkv"][i] = np.concatenate([unperm(get(b + "attn_q.bias", (N * D,)), N),
+                                       unperm(get(b + "attn_k.bias", (K * D,)), K),
+                                       get(b + "attn_v.bias", (K * D,))])
+    out["wo"][i] = get(b + "attn_output.weight", (H, N * D)).T
+    out["w_gate_up"][i, :, :F] = get(b + "ffn_gate.weight", (F, H)).T
+    out["w_gate_up"][i, :, F:] = get(b + "ffn_up.weight", (F, H)).T
+    out["w_down"][i] = get(b + "ffn_down.weight", (H, F)).T
+    out["attn_norm"][i] = get(b + "attn_norm.weight", (H,))
+    out["mlp_norm"][i] = get(b + "ffn_norm.weight", (H,))
   return out
 
 
-def read_tokenizer_spec(reader) -> dict:
+def read_tokenizer_spec(reader, path="GGUF file") -> dict:
   """Vocabulary, merges, special ids and chat template from GGUF metadata."""
   model = _field(reader, "tokenizer.ggml.model")
+  if model is None or _field(reader, "tokenizer.ggml.tokens") is None:
+    raise ValueError(f"{path}: no tokenizer in the GGUF metadata (tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
   if model != "gpt2":
-    raise ValueError(f"unsupported GGUF tokenizer model {model!r}; supported: gpt2 (byte-level BPE)")
-  eos = [int(_field(reader, "tokenizer.ggml.eos_token_id"))]
-  eot = _field(reader, "tokenizer.ggml.eot_token_id")
-  if eot is not None and int(eot) not in eos:
-    eos.append(int(eot))
+    raise ValueError(f"{path}: unsupported GGUF tokenizer model {model!r}; supported: gpt2 (byte-level BPE)")
+  tokens = list(_field(reader, "tokenizer.ggml.tokens"))
+  types = _field(reader, "tokenizer.ggml.token_type")
+  eos = []
+  for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
+    v = _field(reader, key)
+    if v is not None and int(v) not in eos:
+      eos.append(int(v))
   bos = _field(reader, "tokenizer.ggml.bos_token_id")
   return dict(
-      tokens=list(_field(reader, "tokenizer.ggml.tokens")),
-      token_type=[int(x) for x in _field(reader, "tokenizer.ggml.token_type")],
-      merges=list(_field(reader, "tokenizer.ggml.merges")),
+      tokens=tokens,
+      token_type=[int(x) for x in types] if types is not None else [1] * len(tokens),
+      merges=list(_field(reader, "tokenizer.ggml.merges", [])),
       pre=_field(reader, "tokenizer.ggml.pre"),
       eos_ids=eos, bos_id=None if bos is None else int(bos),
       add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
