@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import pathlib
 
@@ -71,6 +72,8 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32") -> Target:
     cfg = gguf_loader.read_config(reader, p)
     tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader, p))
     weights = gguf_loader.read_weights(reader, cfg, p, np_dt)
+    del reader                 # its parsed metadata and mapped pages are not needed any more
+    gc.collect()
   else:
     raise ValueError(f"{p}: unsupported model file; give a .gguf file or a Hugging Face directory "
                      "(pickled .bin/.pt checkpoints are never loaded)")

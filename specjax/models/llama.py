@@ -86,7 +86,10 @@ def causal_mask(batch: int, t: int) -> jax.Array:
 
 class Llama(nnx.Module):
   """Target model. Call it with tokens [B, T], positions [B, T], a KVCache (or None for an empty
-  one) and a mask [B, T, T] over the new tokens (mask[b, i, j]: token i sees token j)."""
+  one) and a mask [B, T, T] over the new tokens (mask[b, i, j]: token i sees token j).
+
+  `weights` (canonical names, see `weight_shapes`) is consumed: entries are popped as they are
+  moved to the device, so loading never holds two full copies."""
 
   def __init__(self, cfg: ModelConfig, weights: dict[str, np.ndarray] | None = None, *,
                dtype=jnp.float32, seed: int = 0):
@@ -99,11 +102,13 @@ class Llama(nnx.Module):
     if missing:
       raise ValueError(f"missing weights: {sorted(missing)}")
     for name, shape in shapes.items():
-      w = weights[name]
+      w = weights.pop(name)     # consumed tensor by tensor: host copies are freed as we go
       if tuple(w.shape) != shape:
         raise ValueError(f"weight {name} has shape {tuple(w.shape)}, expected {shape}")
       is_norm = name.endswith("norm")
-      setattr(self, name, nnx.Param(jnp.asarray(w, jnp.float32 if is_norm else dtype)))
+      # Wait for each host-to-device copy so the host tensor is freed before the next one.
+      setattr(self, name, nnx.Param(jnp.asarray(w, jnp.float32 if is_norm else dtype).block_until_ready()))
+      del w
     self.inv_freq = nnx.Variable(jnp.asarray(rope_frequencies(cfg)))
 
   def __call__(self, tokens, positions, cache: KVCache | None, mask, *, return_layers=()) -> Output:
