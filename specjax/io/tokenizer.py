@@ -183,8 +183,17 @@ class Tokenizer:
     if isinstance(bos, dict):
       bos = bos.get("content")
     bos_id = tok.token_to_id(bos) if bos else None
-    return cls(tok, eos_ids=sorted(set(eos_ids)), bos_id=bos_id, add_bos=bool(cfg.get("add_bos_token", False)),
-               chat_template=template)
+    if "add_bos_token" in cfg:
+      add_bos = bool(cfg["add_bos_token"])
+    else:
+      # No explicit flag: transformers adds whatever tokenizer.json's post-processor puts in front of the
+      # text (e.g. Llama 3's <|begin_of_text|>). Keep that BOS; never append an EOS to a prompt.
+      probe = tok.encode("a", add_special_tokens=True).ids
+      plain = tok.encode("a", add_special_tokens=False).ids
+      add_bos = len(probe) > len(plain) and probe[1:1 + len(plain)] == plain
+      if add_bos:
+        bos_id = probe[0]
+    return cls(tok, eos_ids=sorted(set(eos_ids)), bos_id=bos_id, add_bos=add_bos, chat_template=template)
 
   def encode(self, text: str) -> list[int]:
     ids = self._tok.encode(text, add_special_tokens=False).ids
