@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -51,11 +50,22 @@ def hf(new: int) -> dict:
   return dict(tokens_per_s=n / wall, new_tokens=n, wall_s=wall)
 
 
+_PEAK = """
+import resource, runpy, sys
+sys.argv = ["specjax"] + sys.argv[1:]
+try:
+  runpy.run_module("specjax.cli", run_name="__main__")
+except SystemExit:
+  pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
 def peak_rss_mb(new: int) -> float:
-  exe = pathlib.Path(sys.executable).parent / "specjax"
-  subprocess.run([str(exe), "generate", "--max-new-tokens", str(new), "--json", PROMPT], check=True,
-                 stdout=subprocess.DEVNULL)
-  return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+  """Peak resident memory of one `specjax generate` process (it reports its own high-water mark)."""
+  r = subprocess.run([sys.executable, "-c", _PEAK, "generate", "--max-new-tokens", str(new), "--json", PROMPT],
+                     check=True, capture_output=True, text=True)
+  return int(r.stderr.strip().splitlines()[-1]) / 1024
 
 
 def main():
