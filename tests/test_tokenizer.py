@@ -5,6 +5,8 @@ from __future__ import annotations
 import jinja2
 import numpy as np
 import pytest
+
+from specjax.io.tokenizer import _bytes_to_unicode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,22 +100,9 @@ def test_random_text_matches_transformers(tok, hf_tok, text):
   assert tok.decode(ids, skip_special_tokens=False) == hf_tok.decode(ids, skip_special_tokens=False)
 
 
-def _byte_symbols() -> dict[int, str]:
-  """GPT-2's byte -> printable symbol map used by byte-level BPE."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-  cs = bs[:]
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 @pytest.fixture(scope="module")
 def missing_bytes(tok):
-  return {b for b, sym in _byte_symbols().items() if tok._tok.token_to_id(sym) is None}
+  return {b for b, sym in _bytes_to_unicode().items() if tok._tok.token_to_id(sym) is None}
 
 
 def test_vocabulary_byte_coverage(tok, hf_tok, missing_bytes):
@@ -124,7 +113,7 @@ def test_vocabulary_byte_coverage(tok, hf_tok, missing_bytes):
   assert not missing_bytes & set(range(0x20, 0x7F))          # printable ASCII is all there
   assert {0xC0, 0xC1} <= missing_bytes
   vocab = hf_tok.get_vocab()
-  assert {b for b, sym in _byte_symbols().items() if sym not in vocab} == missing_bytes
+  assert {b for b, sym in _bytes_to_unicode().items() if sym not in vocab} == missing_bytes
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
