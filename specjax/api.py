@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -13,6 +14,7 @@ from specjax.drafters import registry
 from specjax.engine import accept as accept_lib
 from specjax.engine import decode
 from specjax.io import Target
+from specjax.models.llama import causal_mask
 
 _BUCKET = 64   # prompt lengths are padded to a multiple of this, so similar prompts share one compile
 
@@ -150,3 +152,27 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
                     wall_s=wall, compile_s=t1 - t0, tokens_per_s=sum(new) / max(wall, 1e-9),
                     drafter=spec.drafter.name, acceptance=spec.acceptance,
                     lossless=accept_lib.LOSSLESS[spec.acceptance])
+
+
+@functools.lru_cache(maxsize=8)
+def _last_logits_fn(graphdef):
+  def f(params, seq, n):
+    model = nnx.merge(graphdef, params)
+    B, T = seq.shape
+    logits = model(seq, jnp.broadcast_to(jnp.arange(T), (B, T)), None, causal_mask(B, T)).logits
+    return logits[0, n - 1]
+  return jax.jit(f)
+
+
+def next_token_gap(target: Target, ids: list[int]) -> float:
+  """Top-1 minus top-2 logit of the target's next-token prediction after `ids` (one forward).
+
+  Used to tell a greedy divergence at a near-tie (a gap within float rounding, where a T-node
+  forward may legitimately round the other way) from a real mismatch (DESIGN, invariant 1)."""
+  n = len(ids)
+  seq = np.zeros((1, _round_up(n, _BUCKET)), np.int32)
+  seq[0, :n] = ids
+  graphdef, params = nnx.split(target.model)
+  logits = np.asarray(_last_logits_fn(graphdef)(params, jnp.asarray(seq), n))
+  top2 = np.sort(logits)[-2:]
+  return float(top2[1] - top2[0])

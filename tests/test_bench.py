@@ -90,10 +90,10 @@ def test_aggregate_is_ratio_of_sums():
   qa = agg["pld"]["qa"]
   assert qa["tokens_per_s"] == pytest.approx(40 / 1.5) and qa["tau"] == pytest.approx(40 / 15)
   assert qa["speedup"] == pytest.approx((40 / 1.5) / (40 / 4.0))
-  assert qa["identical_to_baseline"] == {"identical": 1, "total": 2}
+  assert qa["identical_to_baseline"] == {"identical": 1, "total": 2, "near_tie": 0}
   ov = agg["pld"]["overall"]
   assert ov["speedup"] == pytest.approx((60 / 5.5) / (60 / 6.0))    # not the mean of per-prompt ratios
-  assert ov["identical_to_baseline"] == {"identical": 2, "total": 3}
+  assert ov["identical_to_baseline"] == {"identical": 2, "total": 3, "near_tie": 0}
   assert agg["none"]["overall"]["speedup"] == pytest.approx(1.0)
   assert harness.aggregate(records, ps, ["pld"], greedy=False)["pld"]["qa"]["identical_to_baseline"] is None
   assert harness.first_diff([1, 2, 3], [1, 2, 4]) == 2 and harness.first_diff([1], [1]) is None
@@ -118,9 +118,9 @@ def test_bench_writes_results(prompts_file, tmp_path, tiny_chat):
       assert a["speedup"] > 0 and a["tokens_per_s"] > 0 and a["tau"] >= 1.0
       assert a["tau"] == pytest.approx(a["new_tokens"] / a["target_forwards"])
   assert data["results"]["none"]["overall"]["speedup"] == pytest.approx(1.0)
-  assert data["results"]["none"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6}
+  assert data["results"]["none"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6, "near_tie": 0}
   # Greedy speculative decoding is lossless: the drafters reproduce the baseline.
-  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6}
+  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6, "near_tie": 0}
   m = data["machine"]
   assert m["cpu_count"] >= 1 and m["jax"] and m["devices"] and m["platform"]
   c = data["config"]
@@ -220,7 +220,7 @@ def test_batched_bench(prompts_file, tmp_path, tiny_chat):
       assert len(rs) == 2
       # one batch per group: its wall time is shared so that the shares add up to the batch's
       assert sum(r["wall_s"] for r in rs) == pytest.approx(rs[0]["batch_wall_s"])
-  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 12, "total": 12}
+  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 12, "total": 12, "near_tie": 0}
 
 
 def test_cli_bench_with_monkeypatched_loader(prompts_file, tmp_path, tiny_chat, monkeypatch, capsys):
@@ -294,3 +294,34 @@ def test_hf_peer_needs_a_model_path(prompts_file, tmp_path, tiny_chat):
   with pytest.raises(ValueError, match="--peers hf needs"):
     run_bench(prompts_file, out=tmp_path / "o", drafters=[], peers=["hf"], target=tiny_chat, max_new_tokens=4,
               limit=1, progress=False)
+
+
+def test_divergences_are_classified_by_the_top2_gap():
+  """A method whose output leaves the baseline's is a near-tie only if the target's top-2 logit gap
+  at the first differing token is within NEAR_TIE_GAP; the gap is the real one from the model."""
+  import numpy as np
+  import jax.numpy as jnp
+
+  from specjax import api
+  from specjax.bench import harness
+  from specjax.models.llama import causal_mask
+  from specjax.testing import tiny_target
+
+  t = tiny_target(seed=4, scale=6.0)
+  prompt = [3, 4, 5, 6]
+  base = api.generate(t, [prompt], max_new_tokens=6).token_ids[0]
+  seq = prompt + base[:2]
+  logits = np.asarray(t.model(jnp.asarray([seq]), jnp.arange(len(seq))[None], None, causal_mask(1, len(seq))).logits[0, -1])
+  top2 = np.sort(logits)[-2:]
+  assert api.next_token_gap(t, seq) == pytest.approx(float(top2[1] - top2[0]), rel=1e-5, abs=1e-6)
+
+  other = base[:2] + [int(np.argsort(logits)[-2])] + base[3:]
+  p = harness.Prompt(id="q1", text="x", category="qa", group="qa")
+  records = {harness._key("none", "q1"): {"token_ids": base, "new_tokens": 6, "target_forwards": 6, "wall_s": 1.0},
+             harness._key("pld", "q1"): {"token_ids": other, "new_tokens": 6, "target_forwards": 3, "wall_s": 0.5}}
+  gaps = harness.divergence_gaps(t, records, [p], ["none", "pld"], {"q1": prompt})
+  assert gaps == {harness._key("pld", "q1"): pytest.approx(float(top2[1] - top2[0]), rel=1e-5, abs=1e-6)}
+  agg = harness.aggregate(records, [p], ["none", "pld"], greedy=True, gaps=gaps)
+  assert agg["pld"]["overall"]["identical_to_baseline"] == {"identical": 0, "total": 1, "near_tie": 0}
+  tie = harness.aggregate(records, [p], ["none", "pld"], greedy=True, gaps={k: 1e-4 for k in gaps})
+  assert tie["pld"]["overall"]["identical_to_baseline"]["near_tie"] == 1
