@@ -140,6 +140,10 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   res = fn(params, prompt, lens, key)
   res = jax.device_get(res)
   wall = time.perf_counter() - t1
+  if res.nan.any():
+    rows = np.flatnonzero(res.nan).tolist()
+    raise FloatingPointError(f"the target produced NaN logits (rows {rows}); its weights or dtype are broken "
+                             "(check the checkpoint, or try dtype='float32')")
   texts, token_ids = [], []
   for i, p in enumerate(ids):
     out = res.tokens[i, len(p):len(p) + int(res.new_tokens[i])].tolist()

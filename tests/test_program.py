@@ -57,3 +57,12 @@ def test_bad_inputs_fail_fast_with_clear_errors(t):
   # A tree deeper than the room left in the context.
   with pytest.raises(ValueError, match="draft depth"):
     specjax.generate(t, [[1, 2]], max_new_tokens=t.cfg.max_context - 10, drafter="pld", num_tokens=12)
+
+
+def test_nan_logits_raise_a_clear_error():
+  bad = tiny_target(seed=2, scale=6.0)
+  bad.model.final_norm[...] = bad.model.final_norm[...].at[0].set(float("nan"))
+  with pytest.raises(FloatingPointError, match="NaN logits"):
+    specjax.generate(bad, [[1, 2, 3]], max_new_tokens=4)
+  with pytest.raises(FloatingPointError, match="NaN logits"):
+    specjax.generate(bad, [[1, 2, 3]], max_new_tokens=4, drafter="pld")

@@ -35,12 +35,13 @@ class Spec:
 @dataclasses.dataclass(frozen=True)
 class Result:
   """tokens [B, S]: prompt then generated tokens; prompt_len, new_tokens, forwards [B];
-  accepted_hist [B, D+1]: how many steps accepted 0..D draft tokens."""
+  accepted_hist [B, D+1]: how many steps accepted 0..D draft tokens; nan [B]: a row's logits held a NaN."""
   tokens: jax.Array
   prompt_len: jax.Array
   new_tokens: jax.Array
   forwards: jax.Array
   accepted_hist: jax.Array
+  nan: jax.Array
 
 
 def _accept(spec: Spec, logits, tree, key):
@@ -99,7 +100,7 @@ def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
   ctx = Context(tokens, prompt_len - 1, prompt_len, done)
   carry = dict(cache=cache, ctx=ctx, dstate=drafter.init(ctx), key=key,
                new=jnp.zeros(B, jnp.int32), forwards=jnp.zeros(B, jnp.int32),
-               hist=jnp.zeros((B, D + 1), jnp.int32))
+               hist=jnp.zeros((B, D + 1), jnp.int32), nan=jnp.zeros(B, bool))
 
   def cond(c):
     return ~jnp.all(c["ctx"].done)
@@ -129,10 +130,11 @@ def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
     step = Step(tree, out.logits, out.hidden, acc, count)
     return dict(cache=cache, ctx=ctx, dstate=drafter.update(dstate, ctx, step), key=key, new=new_tokens,
                 forwards=c["forwards"] + live,
-                hist=c["hist"] + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])))
+                hist=c["hist"] + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])),
+                nan=c["nan"] | (live & jnp.any(jnp.isnan(out.logits), axis=(1, 2))))
 
   c = jax.lax.while_loop(cond, body, carry)
-  return Result(c["ctx"].tokens, prompt_len, c["new"], c["forwards"], c["hist"])
+  return Result(c["ctx"].tokens, prompt_len, c["new"], c["forwards"], c["hist"], c["nan"])
 
 
 @functools.lru_cache(maxsize=32)
