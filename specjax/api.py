@@ -67,7 +67,7 @@ def encode_prompts(target: Target, prompts, chat: bool) -> list[list[int]]:
 
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,
             top_k=None, top_p=None, acceptance=None, **drafter_options):
-  """Validates everything and returns (spec, device inputs) for `decode.compiled(graphdef, spec)`."""
+  """Validates everything and returns (spec, device inputs) for the compiled `decode.run`."""
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
   if temperature < 0:
@@ -115,7 +115,8 @@ def _executable(graphdef, spec, params, prompt, lens, key):
   if sig not in _EXECUTABLES:
     if len(_EXECUTABLES) >= 16:
       _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
-    _EXECUTABLES[sig] = decode.compiled(graphdef, spec).lower(params, prompt, lens, key).compile()
+    program = jax.jit(functools.partial(decode.run, graphdef, spec=spec))
+    _EXECUTABLES[sig] = program.lower(params, prompt, lens, key).compile()
   return _EXECUTABLES[sig]
 
 

@@ -6,7 +6,6 @@ speedup compares like with like.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -135,9 +134,3 @@ def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
 
   c = jax.lax.while_loop(cond, body, carry)
   return Result(c["ctx"].tokens, prompt_len, c["new"], c["forwards"], c["hist"], c["nan"])
-
-
-@functools.lru_cache(maxsize=32)
-def compiled(graphdef, spec: Spec):
-  """One jitted program per (model structure, static spec); jax caches per input shapes."""
-  return jax.jit(functools.partial(run, graphdef, spec=spec))
