@@ -32,7 +32,7 @@ PROMPTS = ["Summarize: The quick brown fox jumps over the lazy dog. The dog slee
 
 def load_target():
   try:
-    return specjax.load("default", dtype="bfloat16"), "SmolLM2-135M-Instruct (bf16)"
+    return specjax.load(os.environ.get("SPECJAX_MODEL", "default"), dtype="bfloat16"), "SmolLM2-135M-Instruct (bf16)"
   except FileNotFoundError:
     return tiny_target(seed=0, scale=1.0, **SMOL), "random weights, SmolLM2 shape (f32)"
 

@@ -85,6 +85,7 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
   if acceptance == "greedy" and temperature > 0:
     raise ValueError("acceptance='greedy' needs temperature=0; use 'sample' for temperature > 0")
   d = registry.make(drafter, **drafter_options)
+  d.check_target(target)
   ctx = target.cfg.max_context
   longest = max(len(p) for p in prompt_ids)
   if longest >= ctx:
@@ -96,27 +97,30 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
                      f"lower max_new_tokens to at most {ctx - longest - d.max_depth - 1}")
   P = _round_up(longest, _BUCKET)
   S = _round_up(P + max_new_tokens + d.max_depth + 2, _BUCKET)
-  spec = decode.Spec(drafter=d, max_new_tokens=int(max_new_tokens), max_len=S,
+  # The static configuration never holds weights: they travel as a program argument (`drafter_params`).
+  spec = decode.Spec(drafter=dataclasses.replace(d, params=None), max_new_tokens=int(max_new_tokens), max_len=S,
                      eos_ids=tuple(target.tokenizer.eos_ids), acceptance=acceptance, temperature=float(temperature),
                      top_k=top_k, top_p=top_p)
   prompt = np.zeros((len(prompt_ids), P), np.int32)
   for i, p in enumerate(prompt_ids):
     prompt[i, :len(p)] = p
   lens = np.array([len(p) for p in prompt_ids], np.int32)
-  return spec, (jnp.asarray(prompt), jnp.asarray(lens))
+  return spec, d.params, (jnp.asarray(prompt), jnp.asarray(lens))
 
 
 _EXECUTABLES: dict = {}
 
 
-def _executable(graphdef, spec, params, prompt, lens, key):
-  """Compiled program for these static settings and input shapes, compiled at most once."""
-  sig = (graphdef, spec, prompt.shape, tuple((x.shape, x.dtype) for x in jax.tree.leaves(params)))
+def _executable(graphdef, spec, params, dparams, prompt, lens, key):
+  """Compiled program for these static settings and input shapes, compiled at most once. Weights
+  (target and drafter) are arguments: only their shapes and dtypes enter the key, never values."""
+  shapes = lambda tree: tuple((x.shape, x.dtype) for x in jax.tree.leaves(tree))
+  sig = (graphdef, spec, prompt.shape, shapes(params), shapes(dparams))
   if sig not in _EXECUTABLES:
     if len(_EXECUTABLES) >= 16:
       _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
     program = jax.jit(functools.partial(decode.run, graphdef, spec=spec))
-    _EXECUTABLES[sig] = program.lower(params, prompt, lens, key).compile()
+    _EXECUTABLES[sig] = program.lower(params, dparams, prompt, lens, key).compile()
   return _EXECUTABLES[sig]
 
 
@@ -125,20 +129,21 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
              drafter="none", acceptance: str | None = None, **drafter_options) -> Generation:
   """Generates for a batch of prompts (strings, or lists of token ids) in one compiled program.
 
-  drafter: "none" (autoregressive), "pld", "lookahead", or a Drafter instance; drafter_options are
-  passed to it (e.g. num_tokens=4). acceptance: "greedy" (temperature 0), "sample" (lossless), or
+  drafter: "none" (autoregressive), "pld", "lookahead", "medusa" (the shipped checkpoint),
+  "medusa:PATH" (your checkpoint), or a Drafter instance (with its `params` for a trained one);
+  drafter_options are passed to it (e.g. num_tokens=4). acceptance: "greedy" (temperature 0), "sample" (lossless), or
   "typical" (lossy, opt-in). Temperature 0 is greedy.
   """
   ids = encode_prompts(target, prompts, chat)
-  spec, (prompt, lens) = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
+  spec, dparams, (prompt, lens) = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
                                  temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance,
                                  **drafter_options)
   graphdef, params = nnx.split(target.model)
   key = jax.random.key(seed)
   t0 = time.perf_counter()
-  fn = _executable(graphdef, spec, params, prompt, lens, key)
+  fn = _executable(graphdef, spec, params, dparams, prompt, lens, key)
   t1 = time.perf_counter()
-  res = fn(params, prompt, lens, key)
+  res = fn(params, dparams, prompt, lens, key)
   res = jax.device_get(res)
   wall = time.perf_counter() - t1
   if res.nan.any():

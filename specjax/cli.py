@@ -124,6 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
   _add_model_args(b)
   b.add_argument("--out", required=True, metavar="DIR")
   b.set_defaults(func=cmd_bench)
+
+  t = sub.add_parser("train", help="train a drafter for the model (self-distillation, resumable)",
+                     description="Train a drafter on the target's own answers to the shared train prompts and write "
+                     "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
+                     "state are cached).")
+  t.add_argument("--drafter", default="medusa", choices=["medusa"])
+  t.add_argument("--out", required=True, metavar="DIR")
+  t.add_argument("--data", default="distill", choices=["distill", "teacher"],
+                 help="distill: the target's own greedy answers (default); teacher: the files' own answers")
+  t.add_argument("--prompts", default=None, metavar="DIR", help="train-prompts directory (default ../shared/data/train-prompts)")
+  t.add_argument("--sequences", default=None, metavar="FILE.jsonl", help="answers generated elsewhere (benchmarks/gpu_distill.py)")
+  t.add_argument("--max-prompts", type=_positive_int, default=2000)
+  t.add_argument("--heldout-prompts", type=_positive_int, default=100)
+  t.add_argument("--steps", type=_positive_int, default=2000)
+  t.add_argument("--batch", type=_positive_int, default=256, help="positions per step")
+  t.add_argument("--lr", type=float, default=1e-3)
+  t.add_argument("--heads", type=_positive_int, default=4)
+  t.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
+  t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
+  t.add_argument("--feature-batch-tokens", type=_positive_int, default=4096)
+  t.add_argument("--resume", action="store_true", help="continue a run in OUT (also what rerunning does)")
+  t.add_argument("--overwrite", action="store_true", help="discard a run in OUT and start again")
+  t.add_argument("--no-progress", action="store_true")
+  _add_model_args(t)
+  t.set_defaults(func=cmd_train)
   return parser
 
 
@@ -227,6 +252,28 @@ def cmd_bench(a) -> int:
   print((out / "results.md").read_text(encoding="utf-8"))
   print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'speedup.png'} "
         f"({len(res['records'])} records)", file=sys.stderr)
+  return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+def cmd_train(a) -> int:
+  import math
+
+  from specjax.train import train_drafter
+
+  if a.resume and a.overwrite:
+    raise ValueError("--resume and --overwrite contradict each other")
+  if not (math.isfinite(a.lr) and a.lr > 0):
+    raise ValueError(f"--lr must be a positive number, got {a.lr}")
+  if a.draft_vocab < 0:
+    raise ValueError(f"--draft-vocab must be >= 0, got {a.draft_vocab}")
+  target = load_target(a.model, a.dtype)
+  train_drafter(target, drafter=a.drafter, out=a.out, data=a.data, max_prompts=a.max_prompts,
+                heldout_prompts=a.heldout_prompts, sequences_file=a.sequences, prompts_dir=a.prompts,
+                overwrite=a.overwrite, progress=not a.no_progress, feature_batch_tokens=a.feature_batch_tokens,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+                steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, draft_vocab=a.draft_vocab, nodes=a.nodes)
   return 0
 
 

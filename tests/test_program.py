@@ -18,11 +18,11 @@ def t():
 @pytest.mark.parametrize("drafter", ["none", "pld", "lookahead"])
 def test_generation_runs_with_transfers_disallowed(t, drafter):
   ids = [[3, 4, 5, 3, 4], [9, 8, 7]]
-  spec, (prompt, lens) = api.prepare(t, ids, max_new_tokens=20, drafter=drafter)
+  spec, dparams, (prompt, lens) = api.prepare(t, ids, max_new_tokens=20, drafter=drafter)
   graphdef, params = nnx.split(t.model)
   key = jax.random.key(0)
-  fn = api._executable(graphdef, spec, params, prompt, lens, key)
-  args = jax.device_put((params, prompt, lens, key))
+  fn = api._executable(graphdef, spec, params, dparams, prompt, lens, key)
+  args = jax.device_put((params, dparams, prompt, lens, key))
   jax.block_until_ready(args)
   with jax.transfer_guard("disallow"):
     res = fn(*args)

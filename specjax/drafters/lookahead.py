@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.drafters.base import Context, Drafter, Step
+from specjax.protocol import Context, Drafter, Step
 from specjax.engine import tree as tree_lib
 
 
@@ -72,7 +72,7 @@ class Lookahead(Drafter):
         mask[t] |= mask[parent[t]]
     return parent, depth, mask
 
-  def init(self, ctx: Context):
+  def init(self, m, ctx: Context, prefill):
     B, S = ctx.tokens.shape
     L, W, N, C = self.ngram - 1, self.window, self.ngram, self.pool_size
     # Start the window from prompt tokens (any guess works; verification decides).
@@ -87,7 +87,7 @@ class Lookahead(Drafter):
       state = _insert(state, grams, valid)
     return state
 
-  def propose(self, state, ctx: Context):
+  def propose(self, m, state, ctx: Context):
     B = ctx.tokens.shape[0]
     parent, depth, mask = self.layout
     root = ctx.root_token()
@@ -100,7 +100,7 @@ class Lookahead(Drafter):
                               bc(depth.astype(np.int32)), bc(mask), None, self.max_depth)
     return tree, state
 
-  def update(self, state, ctx: Context, step: Step):
+  def update(self, m, state, ctx: Context, step: Step):
     L, W = self.ngram - 1, self.window
     last = 1 + (L - 1) * W + jnp.arange(W)
     y = jnp.argmax(step.logits[:, last], -1).astype(jnp.int32)                     # [B, W] Jacobi update

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.drafters.base import Context, Drafter
+from specjax.protocol import Context, Drafter
 from specjax.engine import tree as tree_lib
 
 
@@ -40,7 +40,7 @@ class PromptLookup(Drafter):
   def max_depth(self):
     return self.num_tokens
 
-  def propose(self, state, ctx: Context):
+  def propose(self, m, state, ctx: Context):
     toks, r = ctx.tokens, ctx.root
     B, S = toks.shape
     j = jnp.arange(S)[None, :]

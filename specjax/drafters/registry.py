@@ -1,19 +1,56 @@
-"""Drafter names -> classes, and construction with validated options."""
+"""Drafter names -> classes, and construction with validated options.
+
+Weightless drafters are built from their options ("pld", "lookahead"). Trained ones load a
+checkpoint: "medusa" is the checkpoint shipped for the default model (checkpoints/medusa.safetensors),
+"medusa:PATH" any file written by `specjax train`.
+"""
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 
-from specjax.drafters.base import Drafter, NoDrafter
+from specjax.drafters.base import NoDrafter
+from specjax.protocol import Drafter
+
+_NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers"}
 
 
 def _classes():
   from specjax.drafters.lookahead import Lookahead
+  from specjax.drafters.medusa import Medusa
   from specjax.drafters.ngram import PromptLookup
-  return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead}
+  return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa}
+
+
+TRAINED = ("medusa",)
 
 
 def names() -> list[str]:
   return list(_classes())
+
+
+def checkpoints_dir() -> pathlib.Path:
+  """$SPECJAX_CHECKPOINTS, else checkpoints/ at the repository root (an editable install)."""
+  env = os.environ.get("SPECJAX_CHECKPOINTS")
+  return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+def checkpoint_path(name: str) -> pathlib.Path:
+  kind, sep, path = name.partition(":")
+  return pathlib.Path(path) if sep else checkpoints_dir() / f"{kind}.safetensors"
+
+
+def load_trained(name: str, **options) -> Drafter:
+  """'medusa' or 'medusa:PATH' -> the drafter with its weights (every file check done here)."""
+  from specjax.io import checkpoint
+  kind = name.partition(":")[0]
+  path = checkpoint_path(name)
+  tensors, meta = checkpoint.load(path)
+  recorded = meta.get("drafter", {}).get("name")
+  if recorded != kind:
+    raise checkpoint.CheckpointError(f"{path} holds a {recorded!r} drafter, not {kind!r}")
+  return _classes()[kind].from_checkpoint(tensors, meta["drafter"], meta["target"], **options)
 
 
 def make(drafter, **options) -> Drafter:
@@ -22,13 +59,19 @@ def make(drafter, **options) -> Drafter:
       drafter = dataclasses.replace(drafter, **options)
   else:
     classes = _classes()
-    if drafter not in classes:
-      raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(classes)}")
-    cls = classes[drafter]
-    fields = {f.name for f in dataclasses.fields(cls)}
+    kind = drafter.partition(":")[0] if isinstance(drafter, str) else drafter
+    if kind not in classes:
+      raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(classes)} (or medusa:PATH)")
+    cls = classes[kind]
+    fields = {f.name for f in dataclasses.fields(cls)} - _NOT_OPTIONS
     unknown = set(options) - fields
     if unknown:
-      raise ValueError(f"drafter {drafter!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
-    drafter = cls(**options)
+      raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
+    if kind in TRAINED:
+      drafter = load_trained(drafter, **options)
+    else:
+      if drafter != kind:
+        raise ValueError(f"drafter {kind!r} has no weights to load (got {drafter!r})")
+      drafter = cls(**options)
   drafter.validate()
   return drafter

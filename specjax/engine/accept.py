@@ -5,23 +5,13 @@ padding), n [B] accepted candidates (0..D), bonus [B] the token that follows the
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from specjax.engine.tree import DraftTree
+from specjax.protocol import Acceptance, DraftTree
 
 RULES = ("greedy", "sample", "typical")
 LOSSLESS = {"greedy": True, "sample": True, "typical": False}
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Acceptance:
-  path: jax.Array
-  n: jax.Array
-  bonus: jax.Array
 
 
 def target_probs(logits, temperature: float, top_k: int | None, top_p: float | None):

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specjax.cache import KVCache
-from specjax.drafters.base import Context, Drafter, Step
 from specjax.engine import accept as accept_lib
 from specjax.models.llama import causal_mask
+from specjax.protocol import Context, Drafter, Models, Prefill, Step
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,57 +58,79 @@ def _put_rows(buf, x, start):
 TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
 
 
-def _verify(model, tree, positions, cache, skip_empty: bool):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+  """The while_loop carry. new, forwards [B]: tokens generated and target forwards so far;
+  hist [B, D+1]: steps that accepted 0..D candidates; nan [B]: a row's logits held a NaN."""
+  cache: KVCache
+  ctx: Context
+  dstate: object
+  key: jax.Array
+  new: jax.Array
+  forwards: jax.Array
+  hist: jax.Array
+  nan: jax.Array
+
+
+def _verify(model, tree, positions, cache, skip_empty: bool, capture):
   """One target forward over the tree. When no row has a candidate (every non-root parent is -1)
   and the drafter allows it, a one-token forward runs instead (lax.cond: both live in the program),
   so a drafter with nothing to propose costs what autoregressive decoding costs."""
-  full = lambda: model(tree.tokens, positions, cache, tree.mask)
+  full = lambda: model(tree.tokens, positions, cache, tree.mask, capture=capture)
   T = tree.tokens.shape[1]
   if not skip_empty or T == 1:
     return full()
 
   def root_only():
-    o = model(tree.tokens[:, :1], positions[:, :1], cache, tree.mask[:, :1, :1])
+    o = model(tree.tokens[:, :1], positions[:, :1], cache, tree.mask[:, :1, :1], capture=capture)
     pad = lambda x, axis: jnp.pad(x, [(0, T - 1) if a == axis else (0, 0) for a in range(x.ndim)])
-    return dataclasses.replace(o, logits=pad(o.logits, 1), hidden=pad(o.hidden, 1), k=pad(o.k, 2), v=pad(o.v, 2))
+    return dataclasses.replace(o, logits=pad(o.logits, 1), hidden=pad(o.hidden, 1), k=pad(o.k, 2), v=pad(o.v, 2),
+                               layer_hidden={i: pad(h, 1) for i, h in o.layer_hidden.items()})
 
   return jax.lax.cond(jnp.any(tree.parent[:, 1:] >= 0), full, root_only)
 
 
-def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
-  """prompt [B, P] int32 right-padded, prompt_len [B] >= 1. Pure; jit with `spec` static."""
+def run(graphdef, params, drafter_params, prompt, prompt_len, key, *, spec: Spec) -> Result:
+  """prompt [B, P] int32 right-padded, prompt_len [B] >= 1. Pure; jit with `spec` static.
+
+  params: the target's NNX state; drafter_params: the drafter's (None for weightless drafters).
+  Both are arguments, never constants: new weights reuse the compiled program."""
   global TRACES
   TRACES += 1
   model = nnx.merge(graphdef, params)
+  drafter = spec.drafter
+  m = Models(model, None if drafter.graphdef is None else nnx.merge(drafter.graphdef, drafter_params))
   cfg = model.cfg
   B, P = prompt.shape
   S = spec.max_len
-  drafter = spec.drafter
   D = drafter.max_depth
+  capture = tuple(drafter.capture)
   eos = jnp.asarray(spec.eos_ids, jnp.int32)
 
   # Prefill every prompt token but the last, which becomes the first tree's root.
   cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=S, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
                         dtype=model.dtype)
   if P > 1:
-    pre = model(prompt[:, :-1], jnp.broadcast_to(jnp.arange(P - 1), (B, P - 1)), None, causal_mask(B, P - 1))
+    pre = model(prompt[:, :-1], jnp.broadcast_to(jnp.arange(P - 1), (B, P - 1)), None, causal_mask(B, P - 1),
+                capture=capture)
     cache = cache.write(pre.k, pre.v)
+    prefill = Prefill(pre.hidden, pre.layer_hidden)
+  else:
+    z = jnp.zeros((B, 1, cfg.hidden), model.dtype)
+    prefill = Prefill(z, {i: z for i in capture})
   cache = dataclasses.replace(cache, lengths=prompt_len - 1)
   tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
-  done = jnp.zeros(B, bool)
-  ctx = Context(tokens, prompt_len - 1, prompt_len, done)
-  carry = dict(cache=cache, ctx=ctx, dstate=drafter.init(ctx), key=key,
-               new=jnp.zeros(B, jnp.int32), forwards=jnp.zeros(B, jnp.int32),
-               hist=jnp.zeros((B, D + 1), jnp.int32), nan=jnp.zeros(B, bool))
+  ctx = Context(tokens, prompt_len - 1, prompt_len, jnp.zeros(B, bool))
+  zeros = jnp.zeros(B, jnp.int32)
+  carry = LoopState(cache, ctx, drafter.init(m, ctx, prefill), key, zeros, zeros,
+                    jnp.zeros((B, D + 1), jnp.int32), jnp.zeros(B, bool))
 
-  def cond(c):
-    return ~jnp.all(c["ctx"].done)
-
-  def body(c):
-    cache, ctx = c["cache"], c["ctx"]
-    key, k_acc = jax.random.split(c["key"])
-    tree, dstate = drafter.propose(c["dstate"], ctx)
-    out = _verify(model, tree, ctx.root[:, None] + tree.depth, cache, drafter.skip_empty_trees)
+  def body(c: LoopState) -> LoopState:
+    cache, ctx = c.cache, c.ctx
+    key, k_acc = jax.random.split(c.key)
+    tree, dstate = drafter.propose(m, c.dstate, ctx)
+    out = _verify(model, tree, ctx.root[:, None] + tree.depth, cache, drafter.skip_empty_trees, capture)
     acc = _accept(spec, out.logits, tree, k_acc)
 
     # Tokens this step adds: accepted candidates then the bonus, cut at EOS and at the budget.
@@ -117,20 +139,19 @@ def run(graphdef, params, prompt, prompt_len, key, *, spec: Spec) -> Result:
     new = jnp.where(idx == acc.n[:, None], acc.bonus[:, None], jnp.pad(cand, ((0, 0), (0, 1))))
     is_eos = jnp.isin(new, eos) & (idx <= acc.n[:, None])
     count = jnp.where(jnp.any(is_eos, 1), jnp.argmax(is_eos, 1) + 1, acc.n + 1)
-    count = jnp.minimum(count, spec.max_new_tokens - c["new"])
+    count = jnp.minimum(count, spec.max_new_tokens - c.new)
     count = jnp.where(ctx.done, 0, count)
     hit_eos = jnp.any(is_eos & (idx < count[:, None]), 1)
 
     cache = cache.write(out.k, out.v, rows=acc.path).advance(count)
-    new_tokens = c["new"] + count
+    new_tokens = c.new + count
     ctx = Context(_put_rows(ctx.tokens, new, ctx.root + 1), ctx.root + count, ctx.prompt_len,
                   ctx.done | hit_eos | (new_tokens >= spec.max_new_tokens))
-    live = ~c["ctx"].done
-    step = Step(tree, out.logits, out.hidden, acc, count)
-    return dict(cache=cache, ctx=ctx, dstate=drafter.update(dstate, ctx, step), key=key, new=new_tokens,
-                forwards=c["forwards"] + live,
-                hist=c["hist"] + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])),
-                nan=c["nan"] | (live & jnp.any(jnp.isnan(out.logits), axis=(1, 2))))
+    live = ~c.ctx.done
+    step = Step(tree, out.logits, out.hidden, out.layer_hidden, acc, count)
+    return LoopState(cache, ctx, drafter.update(m, dstate, ctx, step), key, new_tokens, c.forwards + live,
+                     c.hist + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])),
+                     c.nan | (live & jnp.any(jnp.isnan(out.logits), axis=(1, 2))))
 
-  c = jax.lax.while_loop(cond, body, carry)
-  return Result(c["ctx"].tokens, prompt_len, c["new"], c["forwards"], c["hist"], c["nan"])
+  c = jax.lax.while_loop(lambda c: ~jnp.all(c.ctx.done), body, carry)
+  return Result(c.ctx.tokens, prompt_len, c.new, c.forwards, c.hist, c.nan)

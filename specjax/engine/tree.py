@@ -15,22 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class DraftTree:
-  """tokens, parent, depth: [B, T] int32; mask: [B, T, T] bool, mask[b, i, j] = node i sees node j
-  (ancestor-or-self for candidates). draft_probs: [B, T, V] distribution each node was sampled from,
-  or None for deterministic candidates. max_depth: static upper bound of candidate depth."""
-  tokens: jax.Array
-  parent: jax.Array
-  depth: jax.Array
-  mask: jax.Array
-  draft_probs: jax.Array | None = None
-  max_depth: int = 0
-
-
-jax.tree_util.register_dataclass(DraftTree, data_fields=["tokens", "parent", "depth", "mask", "draft_probs"],
-                                 meta_fields=["max_depth"])
+from specjax.protocol import DraftTree
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -135,3 +120,30 @@ def ancestors_from_parents(parent: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   mask = jax.lax.fori_loop(0, T, body, jnp.broadcast_to(eye, (B, T, T)))
   return mask, mask.sum(-1).astype(jnp.int32) - 1
+
+
+def acceptance_table(ranks: np.ndarray, kmax: int) -> np.ndarray:
+  """ranks [N, D]: rank of the true next token in each depth's candidate list (kmax: absent).
+  Returns [D, kmax]: P(rank at depth d == k | the true tokens of depths < d were all candidates),
+  the per-depth rates `grow` builds trees from."""
+  ranks = np.asarray(ranks)
+  D = ranks.shape[1]
+  out = np.zeros((D, kmax))
+  for d in range(D):
+    ok = np.all(ranks[:, :d] < kmax, 1)
+    if ok.any():
+      out[d] = np.bincount(ranks[ok, d], minlength=kmax + 1)[:kmax] / ok.sum()
+  return out
+
+
+def accepted_lengths(ranks: np.ndarray, shape: StaticTree) -> np.ndarray:
+  """ranks [N, D] as above -> [N] candidates the static tree accepts at each position under greedy
+  verification: the depth of the deepest node whose whole rank path matches (exact, not estimated)."""
+  ranks = np.asarray(ranks)
+  best = np.zeros(len(ranks), np.int64)
+  for c in shape.choices:
+    if len(c) > ranks.shape[1]:
+      continue
+    ok = np.all(ranks[:, :len(c)] == np.asarray(c)[None, :], 1)
+    best = np.where(ok, np.maximum(best, len(c)), best)
+  return best

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
+import hashlib
 import importlib.util
 import pathlib
 
@@ -25,6 +27,28 @@ class Target:
   tokenizer: Tokenizer
   cfg: ModelConfig
   path: str
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A short hash of the architecture and the weights (see `fingerprint`)."""
+    return fingerprint(self.model)
+
+
+def fingerprint(model: Llama, samples: int = 4096) -> str:
+  """Hash of the config and of `samples` evenly spaced values of every weight, rounded to bfloat16
+  so that the same checkpoint loaded in float32 or bfloat16 gives the same fingerprint. Drafter
+  checkpoints record it: loading one beside another target is an error."""
+  from flax import nnx
+  import jax
+  import ml_dtypes
+  h = hashlib.sha256(repr(sorted(dataclasses.asdict(model.cfg).items())).encode())
+  flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]
+  for path, x in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    v = x.reshape(-1)
+    v = v[::max(1, v.size // samples)][:samples]
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).tobytes())
+  return h.hexdigest()[:16]
 
 
 def default_model_path() -> pathlib.Path:

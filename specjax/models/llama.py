@@ -40,8 +40,8 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Output:
-  """logits [B, T, V] float32; hidden [B, T, H] (after the final norm's input, i.e. last residual);
-  layer_hidden: {layer index: [B, T, H]} residual stream after that layer;
+  """logits [B, T, V] float32; hidden [B, T, H]: the last residual, before the final norm;
+  layer_hidden: {layer index: [B, T, H]} residual stream after each captured layer;
   k, v: fresh keys/values of the T tokens, [L, B, T, KVH, D], not yet in the cache."""
   logits: jax.Array
   hidden: jax.Array
@@ -84,9 +84,57 @@ def causal_mask(batch: int, t: int) -> jax.Array:
   return jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (batch, t, t))
 
 
+def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dtype):
+  """One decoder layer. x [B, T, H]; w: this layer's weights (see `weight_shapes`, layer axis removed);
+  cos, sin [B, T, D/2]; kv: this layer's cached (k, v) [B, S, KVH, D] or None; new_mask [B, 1, 1, T, T];
+  live [B, 1, 1, 1, S] (which cached keys are valid) or None. Returns (x, k, v): the new residual and
+  the T fresh keys/values [B, T, KVH, D]."""
+  B, T, _ = x.shape
+  N, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+  G = N // K
+  scale = 1.0 / math.sqrt(D)
+  neg = jnp.float32(-1e30)
+  h = rms_norm(x, w["attn_norm"], cfg.norm_eps)
+  qkv = jnp.dot(h, w["wqkv"])
+  if cfg.qkv_bias:
+    qkv = qkv + w["bqkv"].astype(qkv.dtype)
+  q, k, v = jnp.split(qkv, [N * D, (N + K) * D], axis=-1)
+  q = apply_rope(q.reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
+  k = apply_rope(k.reshape(B, T, K, D), cos, sin)
+  v = v.reshape(B, T, K, D)
+  s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32) * scale
+  s_new = jnp.where(new_mask, s_new, neg)
+  if kv is None:
+    p = jax.nn.softmax(s_new, axis=-1)
+    o = jnp.einsum("bkgtu,bukd->btkgd", p.astype(dtype), v)
+  else:
+    kc, vc = kv
+    s_old = jnp.einsum("btkgd,bskd->bkgts", q, kc, preferred_element_type=jnp.float32) * scale
+    s_old = jnp.where(live, s_old, neg)
+    p = jax.nn.softmax(jnp.concatenate([s_old, s_new], axis=-1), axis=-1).astype(dtype)
+    S = kc.shape[1]
+    o = (jnp.einsum("bkgts,bskd->btkgd", p[..., :S], vc)
+         + jnp.einsum("bkgtu,bukd->btkgd", p[..., S:], v))
+  x = x + jnp.dot(o.reshape(B, T, N * D), w["wo"])
+  h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
+  gate, up = jnp.split(jnp.dot(h, w["w_gate_up"]), 2, axis=-1)
+  x = x + jnp.dot(jax.nn.silu(gate) * up, w["w_down"])
+  return x, k, v
+
+
+LAYER_WEIGHTS = ("wqkv", "wo", "w_gate_up", "w_down", "attn_norm", "mlp_norm", "bqkv")
+
+
 class Llama(nnx.Module):
   """Target model. Call it with tokens [B, T], positions [B, T], a KVCache (or None for an empty
   one) and a mask [B, T, T] over the new tokens (mask[b, i, j]: token i sees token j).
+
+  Its pieces are public so drafters reuse them instead of copying code: `embed_tokens`, `layers`
+  (any range [start, stop) of decoder layers, `decoder_layer` per layer), `norm` (the final
+  RMSNorm), `head` (the LM head on a normed state) and `logits` (norm + head). Hidden states:
+  `Output.hidden` is the last residual BEFORE the final norm; `norm(hidden)` is the normed state
+  the LM head reads (what Hugging Face's model output and the Medusa/EAGLE trainers call the last
+  hidden state).
 
   `weights` (canonical names, see `weight_shapes`) is consumed: entries are popped as they are
   moved to the device, so loading never holds two full copies."""
@@ -111,71 +159,72 @@ class Llama(nnx.Module):
       del w
     self.inv_freq = nnx.Variable(jnp.asarray(rope_frequencies(cfg)))
 
-  def __call__(self, tokens, positions, cache: KVCache | None, mask, *, return_layers=()) -> Output:
-    cfg = self.cfg
-    B, T = tokens.shape
-    N, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
-    G = N // K
-    dt = self.dtype
-    x = self.embed[...][tokens].astype(dt)
+  def embed_tokens(self, tokens):
+    """tokens [B, T] -> [B, T, H] in the model dtype."""
+    return self.embed[...][tokens].astype(self.dtype)
+
+  def rope(self, positions):
+    """positions [B, T] -> (cos, sin) [B, T, D/2]."""
     ang = positions.astype(jnp.float32)[..., None] * self.inv_freq[...]
-    cos, sin = jnp.cos(ang), jnp.sin(ang)
-    scale = 1.0 / math.sqrt(D)
-    neg = jnp.float32(-1e30)
+    return jnp.cos(ang), jnp.sin(ang)
+
+  def layers(self, x, positions, cache: KVCache | None, mask, *, start: int = 0, stop: int | None = None,
+             capture=()):
+    """Runs decoder layers [start, stop) over x [B, T, H] (scan over the stacked weights).
+
+    cache: the KVCache of ALL layers (or None); layer i reads cache.k[i]. Returns (x, k, v, captured):
+    k, v [stop-start, B, T, KVH, D] fresh keys/values; captured {layer index: [B, T, H]} the residual
+    after each layer named in `capture` (absolute indices in [start, stop))."""
+    cfg = self.cfg
+    stop = cfg.layers if stop is None else stop
+    cos, sin = self.rope(positions)
     new_mask = mask[:, None, None, :, :]                                    # [B,1,1,T,T]
+    live = None
     if cache is not None:
-      live = jnp.arange(cache.max_len)[None, :] < cache.lengths[:, None]    # [B,S]
-      live = live[:, None, None, None, :]
+      live = (jnp.arange(cache.max_len)[None, :] < cache.lengths[:, None])[:, None, None, None, :]
+    w = {n: getattr(self, n)[...][start:stop] for n in LAYER_WEIGHTS if hasattr(self, n)}
+    kv = (cache.k[start:stop], cache.v[start:stop]) if cache is not None else None
 
-    layer_w = {n: getattr(self, n)[...] for n in ("wqkv", "wo", "w_gate_up", "w_down", "attn_norm", "mlp_norm")}
-    if cfg.qkv_bias:
-      layer_w["bqkv"] = self.bqkv[...]
-    xs = (layer_w, (cache.k, cache.v) if cache is not None else None)
+    def body(x, xs):
+      wl, kvl = xs
+      x, k, v = decoder_layer(cfg, wl, x, cos, sin, kvl, new_mask, live, self.dtype)
+      return x, (k, v, x if capture else None)
 
-    def layer(x, xs):
-      w, kv = xs
-      h = rms_norm(x, w["attn_norm"], cfg.norm_eps)
-      qkv = jnp.dot(h, w["wqkv"])
-      if cfg.qkv_bias:
-        qkv = qkv + w["bqkv"].astype(qkv.dtype)
-      q, k, v = jnp.split(qkv, [N * D, (N + K) * D], axis=-1)
-      q = apply_rope(q.reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
-      k = apply_rope(k.reshape(B, T, K, D), cos, sin)
-      v = v.reshape(B, T, K, D)
-      s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32) * scale
-      s_new = jnp.where(new_mask, s_new, neg)
-      if kv is None:
-        p = jax.nn.softmax(s_new, axis=-1)
-        o = jnp.einsum("bkgtu,bukd->btkgd", p.astype(dt), v)
-      else:
-        kc, vc = kv
-        s_old = jnp.einsum("btkgd,bskd->bkgts", q, kc, preferred_element_type=jnp.float32) * scale
-        s_old = jnp.where(live, s_old, neg)
-        p = jax.nn.softmax(jnp.concatenate([s_old, s_new], axis=-1), axis=-1).astype(dt)
-        S = kc.shape[1]
-        o = (jnp.einsum("bkgts,bskd->btkgd", p[..., :S], vc)
-             + jnp.einsum("bkgtu,bukd->btkgd", p[..., S:], v))
-      x = x + jnp.dot(o.reshape(B, T, N * D), w["wo"])
-      h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
-      gate, up = jnp.split(jnp.dot(h, w["w_gate_up"]), 2, axis=-1)
-      x = x + jnp.dot(jax.nn.silu(gate) * up, w["w_down"])
-      return x, (k, v, x if return_layers else None)
+    x, (k, v, per_layer) = jax.lax.scan(body, x, (w, kv))
+    return x, k, v, {i: per_layer[i - start] for i in capture}
 
-    x, (k_new, v_new, per_layer) = jax.lax.scan(layer, x, xs)
-    hidden = x
-    h = rms_norm(x, self.final_norm[...], cfg.norm_eps)
-    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-    logits = jnp.dot(h, head, preferred_element_type=jnp.float32)
-    layer_hidden = {i: per_layer[i] for i in return_layers}
-    return Output(logits, hidden, layer_hidden, k_new, v_new)
+  def norm(self, h):
+    """The final RMSNorm: last residual [..., H] -> the normed state the LM head reads."""
+    return rms_norm(h, self.final_norm[...], self.cfg.norm_eps)
+
+  def head_weight(self, rows=None):
+    """[H, V] LM head (the embedding, transposed, when tied); with rows [N] token ids, only those N
+    columns [H, N] (a reduced draft vocabulary)."""
+    if rows is None:
+      return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+    return self.embed[...][rows].T if self.cfg.tie_embeddings else self.lm_head[...][:, rows]
+
+  def head(self, hn, weight=None):
+    """Normed state [..., H] -> float32 logits [..., V] (or [..., N] with a `head_weight(rows)`)."""
+    w = self.head_weight() if weight is None else weight
+    return jnp.dot(hn.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+  def logits(self, h):
+    """Last residual [..., H] -> float32 logits [..., V]."""
+    return self.head(self.norm(h))
+
+  def __call__(self, tokens, positions, cache: KVCache | None, mask, *, capture=()) -> Output:
+    x = self.embed_tokens(tokens)
+    x, k, v, captured = self.layers(x, positions, cache, mask, capture=capture)
+    return Output(self.logits(x), x, captured, k, v)
 
 
-def forward(model: Llama, tokens, positions, cache: KVCache, mask, *, return_layers=()):
+def forward(model: Llama, tokens, positions, cache: KVCache, mask, *, capture=()):
   """Runs the model and appends all T fresh keys/values to the cache.
 
   Returns (Output, cache) with the cache's lengths advanced by T.
   """
-  out = model(tokens, positions, cache, mask, return_layers=return_layers)
+  out = model(tokens, positions, cache, mask, capture=capture)
   cache = cache.write(out.k, out.v).advance(jnp.full((tokens.shape[0],), tokens.shape[1]))
   return out, cache
 

@@ -1,0 +1,229 @@
+"""Medusa (Cai et al., ICML 2024; FasterDecoding/Medusa): K extra decoding heads on the target's last
+hidden state. At the last accepted position t the target's own head gave the next token (the tree's
+root); head k (0-based) predicts the token after that by k+1 places. Each head is ResBlock x layers
+(x + SiLU(W x + b), W and b zero-initialised as in Medusa) followed by the target's frozen LM head,
+shared rather than copied (a copy would be 28M parameters a head for SmolLM2's 49152 x 576), and
+optionally restricted to a reduced draft vocabulary (the N most frequent target predictions of the
+training data), mapped back to target ids. Verification always uses the full vocabulary.
+
+Candidates: the top-k of each head arranged in a static tree grown from the heads' measured top-k
+accuracies (`tree.grow`, the accuracy table stored with the checkpoint), so the node budget can be
+changed at generate time. With sampling the candidates are deterministic (q one-hot) and the
+engine's recursive rejection keeps the target's distribution exactly.
+
+Hidden state: the heads read the NORMED last hidden state, `target.norm(hidden)` (what Medusa's
+trainer reads from Hugging Face's model output), both in training and in decoding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax.engine import tree as tree_lib
+from specjax.protocol import Context, Drafter, Models, Prefill, Step
+
+
+class MedusaHeads(nnx.Module):
+  """w [K, L, H, H], b [K, L, H]: ResBlock weights of K heads x L layers; vocab [N] int32 draft
+  vocabulary (target ids) or [0] for the full vocabulary."""
+
+  def __init__(self, *, hidden: int, heads: int, layers: int, vocab=None):
+    self.w = nnx.Param(jnp.zeros((heads, layers, hidden, hidden), jnp.float32))
+    self.b = nnx.Param(jnp.zeros((heads, layers, hidden), jnp.float32))
+    self.vocab = nnx.Variable(jnp.asarray(np.zeros(0, np.int32) if vocab is None else vocab, jnp.int32))
+
+  def __call__(self, hn):
+    return apply({"w": self.w[...], "b": self.b[...]}, hn)
+
+
+def apply(p, hn):
+  """p {"w", "b"} (see MedusaHeads); hn [..., H] normed target state -> [..., K, H] one state per head,
+  for the LM head. A pure function of the weights, shared by decoding and training."""
+  K, L, H, _ = p["w"].shape
+  x = jnp.broadcast_to(hn[..., None, :], hn.shape[:-1] + (K, H)).astype(jnp.float32)
+  for l in range(L):
+    x = x + jax.nn.silu(jnp.einsum("...kh,khg->...kg", x, p["w"][:, l]) + p["b"][:, l])
+  return x
+
+
+def _prior(heads: int, ranks: int) -> np.ndarray:
+  """Acceptance table for heads without measurements: decays with depth and rank."""
+  return 0.6 * (0.75 ** np.arange(heads))[:, None] * (0.5 ** np.arange(ranks))[None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class Medusa(Drafter):
+  heads: int = 4
+  layers: int = 1
+  hidden: int = 576
+  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
+  nodes: int = 12               # tree budget: candidate nodes (the root not counted)
+  accuracy: tuple = ()          # measured [heads][ranks] acceptance rates (from the checkpoint)
+  trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
+  name = "medusa"
+
+  def validate(self):
+    for f in ("heads", "layers", "hidden", "nodes"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"medusa: {f} must be a positive integer, got {v!r}")
+    if self.nodes > 256:
+      raise ValueError(f"medusa: nodes must be at most 256, got {self.nodes}")
+
+  @functools.cached_property
+  def graphdef(self):
+    return nnx.split(nnx.eval_shape(lambda: MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
+                                                        vocab=np.zeros(self.draft_vocab, np.int32))))[0]
+
+  @functools.cached_property
+  def shape(self) -> tree_lib.StaticTree:
+    table = np.asarray(self.accuracy, np.float64) if self.accuracy else _prior(self.heads, 10)
+    return tree_lib.grow(table[:self.heads], self.nodes)
+
+  @property
+  def num_nodes(self):
+    return self.shape.size
+
+  @property
+  def max_depth(self):
+    return self.shape.max_depth
+
+  def check_target(self, target):
+    from specjax.io import checkpoint
+    if self.trained_for:
+      checkpoint.check_target(json.loads(self.trained_for), target, "the medusa checkpoint")
+    if self.hidden != target.cfg.hidden:
+      raise ValueError(f"medusa: heads of hidden size {self.hidden} do not fit a target of hidden size {target.cfg.hidden}")
+    if self.params is None:
+      raise ValueError("medusa: no weights; load a checkpoint (drafter='medusa' or 'medusa:PATH') or use Medusa.untrained")
+
+  # ---------------------------------------------------------------- decoding
+  def init(self, m: Models, ctx: Context, prefill: Prefill):
+    idx = jnp.clip(ctx.prompt_len - 2, 0, prefill.hidden.shape[1] - 1)
+    h = jnp.take_along_axis(prefill.hidden, idx[:, None, None], 1)[:, 0]
+    # The reduced head's columns are gathered once, outside the loop.
+    w = m.target.head_weight(m.drafter.vocab[...]) if self.draft_vocab else None
+    return dict(h=m.target.norm(h), w=w)
+
+  def propose(self, m: Models, state, ctx: Context):
+    x = m.drafter(state["h"])                                                   # [B, K, H]
+    logits = m.target.head(x, state["w"])                                       # [B, K, N]
+    choices = self.shape.choices
+    kmax = 1 + max(c[-1] for c in choices)
+    top = jax.lax.top_k(logits, kmax)[1]                                        # [B, K, kmax]
+    if self.draft_vocab:
+      top = m.drafter.vocab[...][top]
+    depth = np.array([len(c) - 1 for c in choices])
+    rank = np.array([c[-1] for c in choices])
+    cand = top[:, depth, rank]                                                  # [B, T-1]
+    return self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1)), state
+
+  def update(self, m: Models, state, ctx: Context, step: Step):
+    last = step.acceptance.last_node()
+    h = jnp.take_along_axis(step.hidden, last[:, None, None], 1)[:, 0]
+    return dict(state, h=m.target.norm(h))
+
+  # ---------------------------------------------------------------- construction
+  @classmethod
+  def untrained(cls, target, *, seed: int = 0, scale: float = 0.5, **config) -> "Medusa":
+    """Random heads (for tests: a bad drafter must cost speed, never correctness)."""
+    d = cls(hidden=target.cfg.hidden, **config)
+    module = MedusaHeads(hidden=d.hidden, heads=d.heads, layers=d.layers,
+                         vocab=np.arange(d.draft_vocab) if d.draft_vocab else None)
+    rng = np.random.default_rng(seed)
+    module.w[...] = jnp.asarray(scale / np.sqrt(d.hidden) * rng.standard_normal(module.w.shape), jnp.float32)
+    return dataclasses.replace(d, params=nnx.state(module))
+
+  def to_checkpoint(self) -> tuple[dict, dict]:
+    """(flat tensors, drafter metadata) for io.checkpoint.save."""
+    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(self.params)}
+    cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "trained_for")}
+    return flat, {"name": self.name, "config": cfg}
+
+  @classmethod
+  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "Medusa":
+    cfg = dict(drafter_meta["config"])
+    cfg["accuracy"] = tuple(tuple(r) for r in cfg.get("accuracy", ()))
+    cfg.update(options)
+    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
+    d.validate()
+    abstract = nnx.split(nnx.eval_shape(lambda: MedusaHeads(hidden=d.hidden, heads=d.heads, layers=d.layers,
+                                                            vocab=np.zeros(d.draft_vocab, np.int32))))[1]
+    pure = nnx.to_pure_dict(abstract)
+    for key in list(_flat_keys(pure)):
+      name = "/".join(map(str, key))
+      if name not in tensors:
+        raise ValueError(f"medusa checkpoint lacks tensor {name!r}")
+      want = _get(pure, key)
+      x = tensors[name]
+      if tuple(x.shape) != tuple(want.shape):
+        raise ValueError(f"medusa checkpoint tensor {name!r} has shape {x.shape}, expected {want.shape}")
+      _set(pure, key, jnp.asarray(x, want.dtype))
+    nnx.replace_by_pure_dict(abstract, pure)
+    return dataclasses.replace(d, params=abstract)
+
+
+def _flat_keys(d, prefix=()):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _flat_keys(v, prefix + (k,))
+    else:
+      yield prefix + (k,)
+
+
+def _get(d, key):
+  for k in key:
+    d = d[k]
+  return d
+
+
+def _set(d, key, value):
+  for k in key[:-1]:
+    d = d[k]
+  d[key[-1]] = value
+
+
+# ------------------------------------------------------------------ training
+
+def labels(feat, heads: int) -> np.ndarray:
+  """[N, K] target ids head k must predict at each position (-1 where the sequence ends first):
+  the target's own top-1 prediction at position i+k+1 (for self-distilled text, the next-but-k token)."""
+  out = np.full((len(feat), heads), -1, np.int32)
+  top1 = feat.top_ids[:, 0]
+  n = len(feat)
+  for k in range(heads):
+    ok = feat.valid_ahead(k + 1)
+    out[ok, k] = top1[np.minimum(np.arange(n) + k + 1, n - 1)][ok]
+  return out
+
+
+def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8):
+  """Cross-entropy of every head against its label, weighted decay^k. h [b, H] last residual
+  (normed here, as in decoding); lab [b, K] indices into the head's vocabulary (-1: no label).
+  Returns (loss, top-1 accuracy per head [K])."""
+  from specjax.models.llama import rms_norm
+  hn = rms_norm(h.astype(jnp.float32), norm_w, eps)
+  logits = jnp.dot(apply(p, hn), head_w, preferred_element_type=jnp.float32)     # [b, K, N]
+  valid = lab >= 0
+  logp = jax.nn.log_softmax(logits, -1)
+  nll = -jnp.take_along_axis(logp, jnp.maximum(lab, 0)[..., None], -1)[..., 0]
+  per_head = jnp.sum(jnp.where(valid, nll, 0.0), 0) / jnp.maximum(valid.sum(0), 1)
+  K = lab.shape[1]
+  loss = jnp.sum(per_head * decay ** jnp.arange(K))
+  acc = jnp.sum(valid & (jnp.argmax(logits, -1) == lab), 0) / jnp.maximum(valid.sum(0), 1)
+  return loss, acc
+
+
+def ranks(p, norm_w, head_w, h, lab, *, eps: float, kmax: int):
+  """[b, K] rank of each label among its head's top-kmax (kmax where absent or no label)."""
+  from specjax.models.llama import rms_norm
+  logits = jnp.dot(apply(p, rms_norm(h.astype(jnp.float32), norm_w, eps)), head_w, preferred_element_type=jnp.float32)
+  top = jax.lax.top_k(logits, kmax)[1]
+  hit = top == lab[..., None]
+  return jnp.where(jnp.any(hit, -1) & (lab >= 0), jnp.argmax(hit, -1), kmax)

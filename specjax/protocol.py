@@ -1,0 +1,143 @@
+"""The types every drafter and the engine share. Lowest layer of the package: the engine, the
+acceptance rules and every drafter import from here, never from each other.
+
+    state = drafter.init(m, ctx, prefill)          # once, after prefill
+    tree, state = drafter.propose(m, state, ctx)   # before each target forward
+    state = drafter.update(m, state, ctx, step)    # after acceptance and commit
+
+`m` is `Models(target, drafter)`: the target module (its pieces: `embed_tokens`, `layers`, `norm`,
+`head`, ...) and the drafter's own NNX module merged from the drafter's params, both built from
+PROGRAM ARGUMENTS inside the compiled program. Drafters are frozen (hashable) dataclasses whose
+fields are static configuration; weights are never fields of the static part (see `Drafter.params`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftTree:
+  """tokens, parent, depth: [B, T] int32; mask: [B, T, T] bool, mask[b, i, j] = node i sees node j
+  (ancestor-or-self for candidates). draft_probs: [B, T, V] distribution each node was sampled from,
+  or None for deterministic candidates. max_depth: static upper bound of candidate depth."""
+  tokens: jax.Array
+  parent: jax.Array
+  depth: jax.Array
+  mask: jax.Array
+  draft_probs: jax.Array | None = None
+  max_depth: int = 0
+
+
+jax.tree_util.register_dataclass(DraftTree, data_fields=["tokens", "parent", "depth", "mask", "draft_probs"],
+                                 meta_fields=["max_depth"])
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Acceptance:
+  """path [B, D+1] accepted node indices from the root (entries past n are padding); n [B] accepted
+  candidates (0..D); bonus [B] the token that follows the accepted path."""
+  path: jax.Array
+  n: jax.Array
+  bonus: jax.Array
+
+  def last_node(self) -> jax.Array:
+    """[B] the deepest accepted node (the root when nothing was accepted)."""
+    return jnp.take_along_axis(self.path, self.n[:, None], 1)[:, 0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a drafter may read. tokens [B, S]: prompt then generated tokens; tokens[b, root[b]] is the
+  last committed token (the next tree's root); prompt_len [B]; done [B]."""
+  tokens: jax.Array
+  root: jax.Array
+  prompt_len: jax.Array
+  done: jax.Array
+
+  def root_token(self) -> jax.Array:
+    return jnp.take_along_axis(self.tokens, self.root[:, None], 1)[:, 0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Prefill:
+  """The prompt's forward, all prompt tokens but the last (which is the first tree's root).
+  hidden [B, P-1, H]: last residual before the final norm at each prefilled position (rows are
+  right-padded: row b's last real position is prompt_len[b] - 2); layer_hidden {layer: [B, P-1, H]}
+  for the layers the drafter declared in `capture`."""
+  hidden: jax.Array
+  layer_hidden: dict
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """What one verify step produced: the tree, the target's logits [B, T, V], its last residual
+  before the final norm [B, T, H] and captured layers {layer: [B, T, H]} at every node, the
+  acceptance, and the count of tokens committed per row."""
+  tree: DraftTree
+  logits: jax.Array
+  hidden: jax.Array
+  layer_hidden: dict
+  acceptance: Acceptance
+  committed: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The modules a drafter may call inside the program: `target` (the target model, frozen) and
+  `drafter` (the drafter's own module merged from its params; None for weightless drafters)."""
+  target: Any
+  drafter: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Drafter:
+  """Base class. Subclasses set `num_nodes` and `max_depth` (static) and override the three methods.
+
+  A tree whose non-root nodes all have parent -1 proposes nothing; the engine then runs a one-token
+  forward, unless `skip_empty_trees` is False (drafters that need every node's logits, e.g. lookahead).
+
+  Drafters with weights define `graphdef` (the NNX graphdef of their module, derived from the static
+  fields) and carry their weights in `params`: that field takes no part in equality or hashing, and
+  the engine strips it from the static configuration and passes it as an argument of the compiled
+  program. So new weights never recompile and are never stale. `capture` lists the target layers
+  whose residual outputs the drafter reads from every verification (and from the prefill).
+  """
+  name = "drafter"
+  skip_empty_trees = True
+  capture = ()       # a class attribute or property of static layer indices, not an option
+  params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True)
+
+  @property
+  def graphdef(self):
+    return None
+
+  @property
+  def num_nodes(self) -> int:
+    raise NotImplementedError
+
+  @property
+  def max_depth(self) -> int:
+    raise NotImplementedError
+
+  def validate(self) -> None:
+    """Raises ValueError on invalid options, before anything is compiled."""
+
+  def check_target(self, target) -> None:
+    """Raises ValueError when this drafter's weights were made for another target."""
+
+  def init(self, m: Models, ctx: Context, prefill: Prefill):
+    return ()
+
+  def propose(self, m: Models, state, ctx: Context) -> tuple[DraftTree, object]:
+    raise NotImplementedError
+
+  def update(self, m: Models, state, ctx: Context, step: Step):
+    return state

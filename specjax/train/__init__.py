@@ -1,0 +1,77 @@
+"""Drafter training: data (self-distillation or teacher forcing, cached), features, the training loop.
+
+    specjax train --drafter medusa --out DIR [--data distill|teacher] [--max-prompts N] [--steps N] [--resume]
+"""
+from __future__ import annotations
+
+import pathlib
+
+from specjax.train import data as data_lib
+
+
+def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, heldout_prompts: int = 100,
+                 answer_tokens: int = 256, max_prompt_tokens: int = 256, prompts_dir=None, batch_size: int = 16,
+                 sequences_file=None, feature_batch_tokens: int = 4096, progress: bool = True):
+  """(train Features, held-out Features) for `target`, everything cached under
+  $SPECJAX_CACHE/train/<target fingerprint>/ and resumable. `sequences_file`: a file of sequences
+  made elsewhere (e.g. answers generated on a GPU by benchmarks/gpu_distill.py), used as the
+  sequence cache's starting content."""
+  records = data_lib.training_prompts(prompts_dir)
+  root = data_lib.cache_root() / "train" / target.fingerprint
+  tag = f"{mode}-a{answer_tokens}-p{max_prompt_tokens}"
+  seq_path = root / f"{tag}.jsonl"
+  if sequences_file is not None and not seq_path.exists():
+    root.mkdir(parents=True, exist_ok=True)
+    seq_path.write_bytes(pathlib.Path(sequences_file).read_bytes())
+  out = []
+  for held, n in ((False, max_prompts), (True, heldout_prompts)):
+    items = data_lib.encode(target, data_lib.select(records, n, heldout=held), max_prompt_tokens=max_prompt_tokens)
+    seqs = data_lib.sequences(target, items, seq_path, mode=mode, answer_tokens=answer_tokens,
+                              batch_size=batch_size, progress=progress)
+    if len(seqs) < len(items) and mode == "distill":
+      raise RuntimeError(f"only {len(seqs)} of {len(items)} sequences were made; rerun to resume")
+    out.append(data_lib.features(target, seqs, root / f"features-{tag}" / ("heldout" if held else "train"),
+                                 batch_tokens=feature_batch_tokens, progress=progress))
+  return tuple(out)
+
+
+def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill", max_prompts: int = 2000,
+                  heldout_prompts: int = 100, answer_tokens: int = 256, sequences_file=None, prompts_dir=None,
+                  gen_batch: int = 16, feature_batch_tokens: int = 4096, overwrite: bool = False, stop_after: int | None = None,
+                  progress: bool = True, log=print, **config):
+  """Trains a drafter for `target` and writes OUT/<drafter>.safetensors (bfloat16, with metadata).
+
+  Rerunning the same call resumes: data, features and the optimiser state are all cached.
+  config: TrainConfig fields (steps, batch, lr, heads, draft_vocab, nodes, ...). Returns
+  (drafter with its weights, summary of the final held-out evaluation)."""
+  import dataclasses
+  import shutil
+
+  from specjax.io import checkpoint
+  from specjax.train import loop
+
+  if drafter not in loop.RECIPES:
+    raise ValueError(f"no trainer for drafter {drafter!r}; trainable: {', '.join(loop.RECIPES)}")
+  fields = {f.name for f in dataclasses.fields(loop.TrainConfig)} - {"drafter"}
+  unknown = set(config) - fields
+  if unknown:
+    raise ValueError(f"unknown training option(s) {sorted(unknown)}; options: {sorted(fields)}")
+  c = loop.TrainConfig(drafter=drafter, **config)
+  out = pathlib.Path(out)
+  if overwrite and out.exists():
+    shutil.rmtree(out)
+  train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
+                             answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
+                             sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
+                             progress=progress)
+  log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
+  d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, progress=progress, log=log)
+  tensors, dmeta = d.to_checkpoint()
+  meta = {"drafter": dmeta, "target": checkpoint.target_info(target),
+          "training": {"data": data, "prompts": max_prompts, "heldout_prompts": heldout_prompts,
+                       "answer_tokens": answer_tokens, "train_positions": len(train), "heldout_positions": len(held),
+                       "config": dataclasses.asdict(c), "eval": {k: v for k, v in summary.items() if k != "table"}}}
+  path = checkpoint.save(out / f"{drafter}.safetensors", tensors, meta)
+  log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): held-out top1 {[round(x, 3) for x in summary['top1']]}, "
+      f"tau {summary['tau']:.3f} at {c.nodes} nodes")
+  return d, summary

@@ -1,0 +1,267 @@
+"""Training data for drafters: prompts, the target's own answers (self-distillation), target features.
+
+Three stages, each cached on disk outside git and keyed by the target's fingerprint and the settings,
+each resumable (a killed run continues where it stopped, nothing is done twice):
+
+1. `training_prompts`: the shared train-prompts files (GSM8K train, GPTeacher, self-instruct), one
+   list interleaved across sources, with a held-out split chosen by a hash of the record id (never
+   Spec-Bench, which is for benchmarks only).
+2. `distill`: the target's greedy answers to those prompts, generated in batches by the compiled
+   generator (what Medusa-2, EAGLE and Clover-2 train on: the drafter learns the target's own
+   outputs). The cheaper alternative, `teacher`, uses the files' own responses as the text and only
+   the target's predictions as labels (EAGLE showed it works); `sequences` builds either.
+3. `features`: one forward of the target over every sequence; per answer position the last residual
+   before the final norm (bfloat16, [N, H]) and the target's top-8 next-token ids and probabilities.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from specjax.models.llama import causal_mask
+
+SOURCES = {   # file -> (prompt fields, response field)
+    "gsm8k_train.jsonl": (("question",), "answer"),
+    "gpteacher_codegen-instruct.json": (("instruction", "input"), "response"),
+    "gpteacher_roleplay-simple-deduped-roleplay-instruct.json": (("instruction", "input"), "response"),
+    "gpteacher_toolformer-dedupe-only-dataset.json": (("instruction", "input"), "response"),
+    "selfinstruct_user_oriented_instructions.jsonl": (("instruction",), None),
+    "selfinstruct_seed_tasks.jsonl": (("instruction",), None),
+}
+TOPK = 8
+
+
+def default_prompts_dir() -> pathlib.Path:
+  """../shared/data/train-prompts beside the checkout (or SPECJAX_TRAIN_PROMPTS)."""
+  env = os.environ.get("SPECJAX_TRAIN_PROMPTS")
+  if env:
+    return pathlib.Path(env)
+  return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "train-prompts"
+
+
+def cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("SPECJAX_CACHE", pathlib.Path.home() / ".cache" / "specjax"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  id: str
+  prompt: str
+  response: str | None     # the file's own answer (teacher forcing only); None where the file has none
+  heldout: bool
+
+
+def _instances_text(row) -> tuple[str, str | None]:
+  inst = (row.get("instances") or [{}])[0]
+  prompt = row["instruction"] + (("\n\n" + inst["input"]) if inst.get("input") else "")
+  return prompt, inst.get("output")
+
+
+def training_prompts(directory=None, *, heldout_every: int = 40) -> list[Record]:
+  """All records, interleaved round-robin across sources (each source in a fixed shuffled order), so
+  any prefix of the list is balanced. A record is held out when a hash of its id says so (1 in
+  `heldout_every`), independently of how many records are used."""
+  d = pathlib.Path(directory) if directory else default_prompts_dir()
+  if not d.is_dir():
+    raise FileNotFoundError(f"training prompts not found at {d} (set --prompts DIR or SPECJAX_TRAIN_PROMPTS)")
+  per_source = []
+  for name, (fields, resp) in SOURCES.items():
+    f = d / name
+    if not f.exists():
+      continue
+    text = f.read_text(encoding="utf-8")
+    rows = json.loads(text) if name.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    recs = []
+    for i, row in enumerate(rows):
+      if "instances" in row:
+        prompt, response = _instances_text(row)
+      else:
+        prompt = "\n\n".join(str(row[k]) for k in fields if row.get(k))
+        response = row.get(resp) if resp else None
+      if not prompt.strip():
+        continue
+      rid = f"{name}:{i}"
+      h = int(hashlib.sha1(rid.encode()).hexdigest()[:8], 16)
+      recs.append(Record(rid, prompt, response, h % heldout_every == 0))
+    np.random.default_rng(0).shuffle(recs)
+    per_source.append(recs)
+  if not per_source:
+    raise FileNotFoundError(f"no training prompt files in {d}; expected some of {', '.join(SOURCES)}")
+  out = []
+  for i in range(max(len(r) for r in per_source)):
+    out.extend(r[i] for r in per_source if i < len(r))
+  return out
+
+
+def select(records: list[Record], n: int, *, heldout: bool) -> list[Record]:
+  return [r for r in records if r.heldout == heldout][:n]
+
+
+# ----------------------------------------------------------------------------- sequences
+
+def _append_jsonl(path: pathlib.Path, rows: list[dict]):
+  with open(path, "a", encoding="utf-8") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl_prefix(path: pathlib.Path) -> list[dict]:
+  """Complete lines of an append-only log; a torn last line (a crash mid-write) is cut off."""
+  if not path.exists():
+    return []
+  data = path.read_bytes()
+  end = data.rfind(b"\n") + 1
+  if end < len(data):
+    with open(path, "r+b") as f:
+      f.truncate(end)
+  return [json.loads(l) for l in data[:end].decode("utf-8").splitlines() if l.strip()]
+
+
+def encode(target, records: list[Record], *, max_prompt_tokens: int = 256) -> list[dict]:
+  """Records -> {"id", "prompt": token ids (chat template applied, the last max_prompt_tokens kept),
+  "response": the file's own answer or None}."""
+  from specjax import api
+  return [{"id": r.id, "prompt": api.encode_prompts(target, [r.prompt], chat=True)[0][-max_prompt_tokens:],
+           "response": r.response} for r in records]
+
+
+def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "distill", answer_tokens: int = 256,
+              batch_size: int = 16, deadline: float | None = None, progress: bool = True) -> list[dict]:
+  """Token sequences {"id", "prompt": [ids], "answer": [ids]} for encoded `items` (see `encode`),
+  appended to `path` as they are made: resumable, ids already in the file are skipped.
+
+  mode "distill": the target's greedy answer (up to answer_tokens, stopping at EOS), generated in
+  batches of similar prompt lengths by the compiled generator; stops starting batches after
+  `deadline` (time.time()). mode "teacher": the item's own response, tokenized (no generation)."""
+  from specjax import api
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  done = {r["id"] for r in read_jsonl_prefix(path)}
+  todo = [it for it in items if it["id"] not in done]
+  if mode == "teacher":
+    _append_jsonl(path, [{"id": it["id"], "prompt": it["prompt"],
+                          "answer": target.tokenizer.encode(it["response"])[:answer_tokens]}
+                         for it in todo if it.get("response")])
+  elif mode == "distill":
+    todo.sort(key=lambda it: len(it["prompt"]))      # similar lengths share a padded shape and a compile
+    t0, made = time.perf_counter(), 0
+    for s in range(0, len(todo), batch_size):
+      if deadline is not None and time.time() > deadline:
+        break
+      chunk = todo[s:s + batch_size]
+      g = api.generate(target, [it["prompt"] for it in chunk], max_new_tokens=answer_tokens, drafter="none")
+      _append_jsonl(path, [{"id": it["id"], "prompt": it["prompt"], "answer": out}
+                           for it, out in zip(chunk, g.token_ids)])
+      made += sum(g.new_tokens)
+      if progress:
+        rate = made / (time.perf_counter() - t0)
+        print(f"distill: {s + len(chunk)}/{len(todo)} prompts, {made} tokens, {rate:.0f} tokens/s", flush=True)
+  else:
+    raise ValueError(f"unknown data mode {mode!r}; choose distill or teacher")
+  have = {r["id"]: r for r in read_jsonl_prefix(path)}
+  return [have[it["id"]] for it in items if it["id"] in have]     # in the items' order, whatever the file's
+
+
+# ----------------------------------------------------------------------------- features
+
+@dataclasses.dataclass
+class Features:
+  """Answer positions of many sequences, concatenated. hidden [N, H] bfloat16: the target's last
+  residual (before the final norm) at each position; top_ids [N, 8] int32 and top_p [N, 8] float16:
+  the target's most likely next tokens and their probabilities there; token [N]: the token AT each
+  position; seq [N]: which sequence; pos [N]: index within the sequence's answer part (position 0
+  is the last prompt token, whose prediction is the answer's first token)."""
+  hidden: np.ndarray
+  top_ids: np.ndarray
+  top_p: np.ndarray
+  token: np.ndarray
+  seq: np.ndarray
+  pos: np.ndarray
+
+  def __len__(self):
+    return len(self.seq)
+
+  def valid_ahead(self, k: int) -> np.ndarray:
+    """[N] bool: position i+k exists in the same sequence."""
+    n = len(self)
+    idx = np.minimum(np.arange(n) + k, n - 1)
+    return (np.arange(n) + k < n) & (self.seq[idx] == self.seq)
+
+
+_FIELDS = ("hidden", "top_ids", "top_p", "token", "seq", "pos")
+
+
+def _feature_fn(graphdef):
+  def f(params, seq):
+    model = nnx.merge(graphdef, params)
+    B, T = seq.shape
+    out = model(seq, jnp.broadcast_to(jnp.arange(T), (B, T)), None, causal_mask(B, T))
+    p, ids = jax.lax.top_k(jax.nn.softmax(out.logits, -1), TOPK)
+    return out.hidden.astype(jnp.bfloat16), ids.astype(jnp.int32), p.astype(jnp.float16)
+  return jax.jit(f)
+
+
+def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens: int = 4096,
+             shard_size: int = 128, progress: bool = True) -> Features:
+  """Target features of every sequence, computed in shards of `shard_size` sequences saved as .npz
+  (no pickles) under `directory`; an existing shard is reused, so a killed run resumes."""
+  directory.mkdir(parents=True, exist_ok=True)
+  graphdef, params = nnx.split(target.model)
+  fn = _feature_fn(graphdef)
+  parts = []
+  t0, made = time.perf_counter(), 0
+  for s in range(0, len(seqs), shard_size):
+    chunk = seqs[s:s + shard_size]
+    # Named by content: a different selection of sequences never reuses a stale shard.
+    key = hashlib.sha1(json.dumps([[r["id"], len(r["prompt"]), len(r["answer"])] for r in chunk]).encode()).hexdigest()[:10]
+    f = directory / f"shard_{s // shard_size:05d}_{key}.npz"
+    if not f.exists():
+      cols = {k: [] for k in _FIELDS}
+      lens = [len(r["prompt"]) + len(r["answer"]) for r in chunk]
+      groups, cur = [], []
+      for j in np.argsort(lens, kind="stable"):     # ascending: the newest row is the group's longest
+        if cur and (len(cur) + 1) * (-(-lens[j] // 64) * 64) > batch_tokens:
+          groups.append(cur)
+          cur = []
+        cur.append(int(j))
+      groups.append(cur)
+      for group in groups:
+        rows = [chunk[j] for j in group]
+        L = -(-max(lens[j] for j in group) // 64) * 64
+        arr = np.zeros((max(batch_tokens // L, 1), L), np.int32)   # one batch shape per length bucket
+        for b, r in enumerate(rows):
+          full = r["prompt"] + r["answer"]
+          arr[b, :len(full)] = full
+        hid, ids, p = jax.device_get(fn(params, jnp.asarray(arr)))
+        for b, r in enumerate(rows):
+          a, n = len(r["prompt"]) - 1, len(r["prompt"]) + len(r["answer"])
+          cols["hidden"].append(np.asarray(hid[b, a:n]).view(np.uint16))
+          cols["top_ids"].append(ids[b, a:n])
+          cols["top_p"].append(p[b, a:n])
+          cols["token"].append(arr[b, a:n])
+          cols["seq"].append(np.full(n - a, s + group[b], np.int32))
+          cols["pos"].append(np.arange(n - a, dtype=np.int32))
+          made += n - a
+      tmp = f.with_suffix(".tmp.npz")
+      np.savez(tmp, **{k: np.concatenate(v) for k, v in cols.items()})
+      os.replace(tmp, f)
+      if progress:
+        print(f"features: {min(s + shard_size, len(seqs))}/{len(seqs)} sequences, "
+              f"{made / (time.perf_counter() - t0):.0f} tokens/s", flush=True)
+    with np.load(f, allow_pickle=False) as z:
+      parts.append({k: z[k] for k in _FIELDS})
+  cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in _FIELDS}
+  cat["hidden"] = cat["hidden"].view(ml_dtypes.bfloat16)
+  return Features(**cat)

@@ -1,0 +1,220 @@
+"""The drafter training loop: optax AdamW with warm-up + cosine decay and gradient clipping, a jitted
+step, orbax checkpoints every `save_every` steps, exact resume (same optimiser state, same data
+order: batch s is a function of the seed and s alone), held-out evaluation with the expected
+acceptance length of the tree the drafter will use.
+
+Training runs in float32: the heads are small (a few M parameters), the CPU's float32 matmuls are
+several times faster than its bfloat16 ones (DESIGN.md), and the shipped checkpoint is cast to
+bfloat16 once at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from specjax.engine import tree as tree_lib
+
+KMAX = 10   # ranks measured per head (a tree never uses more siblings than this)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  drafter: str = "medusa"
+  steps: int = 2000
+  batch: int = 256            # positions per step
+  lr: float = 1e-3
+  warmup: int = 100
+  weight_decay: float = 0.0
+  clip: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.999
+  seed: int = 0
+  eval_every: int = 500
+  save_every: int = 250
+  eval_positions: int = 8192
+  heads: int = 4
+  layers: int = 1
+  draft_vocab: int = 8192     # 0: the full vocabulary
+  nodes: int = 12             # tree budget used for the tau estimate and stored in the checkpoint
+
+
+def _schedule(c: TrainConfig):
+  return optax.warmup_cosine_decay_schedule(0.0, c.lr, max(c.warmup, 1), max(c.steps, c.warmup + 1), c.lr * 0.05)
+
+
+def optimizer(c: TrainConfig):
+  return optax.chain(optax.clip_by_global_norm(c.clip),
+                     optax.adamw(_schedule(c), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay))
+
+
+def batch_indices(n: int, step: int, batch: int, seed: int) -> np.ndarray:
+  """Positions of batch `step`: epochs of a seeded permutation, so a resumed run sees the same data."""
+  per_epoch = max(n // batch, 1)
+  epoch, i = divmod(step, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[i * batch:(i + 1) * batch]
+
+
+class MedusaRecipe:
+  """What the loop needs from Medusa: initial weights, the loss, ranks for evaluation, the drafter."""
+
+  def __init__(self, target, train, c: TrainConfig):
+    from specjax.drafters import medusa
+    self.m, self.c, self.target = medusa, c, target
+    model = target.model
+    V = target.cfg.vocab
+    if c.draft_vocab and c.draft_vocab < V:
+      counts = np.bincount(train.top_ids[:, 0], minlength=V)
+      self.vocab = np.sort(np.argsort(-counts, kind="stable")[:c.draft_vocab]).astype(np.int32)
+      self.coverage = float(counts[self.vocab].sum() / max(counts.sum(), 1))
+    else:
+      self.vocab, self.coverage = None, 1.0
+    self.index = np.full(V, -1, np.int32)
+    if self.vocab is None:
+      self.index = np.arange(V, dtype=np.int32)
+    else:
+      self.index[self.vocab] = np.arange(len(self.vocab), dtype=np.int32)
+    self.consts = dict(norm_w=model.final_norm[...],
+                       head_w=jnp.asarray(model.head_weight(None if self.vocab is None else jnp.asarray(self.vocab)),
+                                          jnp.float32))
+    self.eps = target.cfg.norm_eps
+
+  def labels(self, feat):
+    lab = self.m.labels(feat, self.c.heads)
+    return np.where(lab >= 0, self.index[np.maximum(lab, 0)], -1)
+
+  def init(self):
+    H = self.target.cfg.hidden
+    return {"w": jnp.zeros((self.c.heads, self.c.layers, H, H)), "b": jnp.zeros((self.c.heads, self.c.layers, H))}
+
+  def loss(self, p, consts, h, lab):
+    return self.m.loss_fn(p, consts["norm_w"], consts["head_w"], h, lab, eps=self.eps)
+
+  def ranks(self, p, consts, h, lab):
+    return self.m.ranks(p, consts["norm_w"], consts["head_w"], h, lab, eps=self.eps, kmax=KMAX)
+
+  def drafter(self, p, table):
+    from flax import nnx
+    c = self.c
+    d = self.m.Medusa(heads=c.heads, layers=c.layers, hidden=self.target.cfg.hidden,
+                      draft_vocab=0 if self.vocab is None else len(self.vocab), nodes=c.nodes,
+                      accuracy=tuple(tuple(round(float(x), 4) for x in row) for row in table))
+    module = self.m.MedusaHeads(hidden=d.hidden, heads=d.heads, layers=d.layers, vocab=self.vocab)
+    module.w[...] = jnp.asarray(p["w"], jnp.float32)
+    module.b[...] = jnp.asarray(p["b"], jnp.float32)
+    return dataclasses.replace(d, params=nnx.state(module))
+
+
+RECIPES = {"medusa": MedusaRecipe}
+
+
+def evaluate(recipe, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
+  """[n, K] label ranks (KMAX = absent) at the given positions."""
+  fn = jax.jit(recipe.ranks)
+  out = []
+  for s in range(0, len(positions), chunk):
+    idx = positions[s:s + chunk]
+    pad = chunk - len(idx)
+    idx_p = np.pad(idx, (0, pad))
+    r = np.asarray(fn(p, consts, jnp.asarray(np.asarray(feat.hidden[idx_p], np.float32)), jnp.asarray(lab[idx_p])))
+    out.append(r[:len(idx)])
+  return np.concatenate(out) if out else np.zeros((0, recipe.c.heads), np.int64)
+
+
+def summarize(held_ranks: np.ndarray, train_ranks: np.ndarray, nodes: int) -> dict:
+  """Per-head top-1 / top-5 accuracy on held-out positions, the acceptance table (from training
+  positions) and the exact tau of the tree grown from it, on held-out positions."""
+  table = tree_lib.acceptance_table(train_ranks, KMAX)
+  shape = tree_lib.grow(table, nodes)
+  acc_len = tree_lib.accepted_lengths(held_ranks, shape)
+  return {"top1": [float(x) for x in (held_ranks == 0).mean(0)],
+          "top5": [float(x) for x in (held_ranks < 5).mean(0)],
+          "tau": 1.0 + float(acc_len.mean()), "table": table.tolist(), "tree_nodes": nodes,
+          "tau_by_nodes": {n: 1.0 + float(tree_lib.accepted_lengths(held_ranks, tree_lib.grow(table, n)).mean())
+                           for n in (4, 8, 12, 16, 24, 32)}}
+
+
+def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: int | None = None,
+        progress: bool = True, log=print):
+  """Trains, checkpointing to out/state (orbax) and resuming from it; returns (drafter, summary).
+  stop_after: return after that many steps of this call (what a crash after a checkpoint leaves)."""
+  import orbax.checkpoint as ocp
+  from tqdm import tqdm
+
+  out = pathlib.Path(out).resolve()
+  out.mkdir(parents=True, exist_ok=True)
+  settings = out / "settings.json"
+  mine = json.dumps(dataclasses.asdict(c), sort_keys=True)
+  if settings.exists() and settings.read_text() != mine:
+    raise ValueError(f"{out} holds a training run with other settings ({settings}); use another --out or --overwrite")
+  settings.write_text(mine)
+
+  recipe = RECIPES[c.drafter](target, train, c)
+  lab_train, lab_held = recipe.labels(train), recipe.labels(held)
+  pos_train = np.flatnonzero(lab_train[:, 0] >= 0)
+  pos_held = np.flatnonzero(lab_held[:, 0] >= 0)
+  rng = np.random.default_rng(c.seed)
+  ev_held = np.sort(rng.choice(pos_held, min(len(pos_held), c.eval_positions), replace=False))
+  ev_train = np.sort(rng.choice(pos_train, min(len(pos_train), c.eval_positions), replace=False))
+  if len(pos_train) < c.batch:
+    raise ValueError(f"only {len(pos_train)} training positions, fewer than a batch of {c.batch}")
+
+  opt = optimizer(c)
+  consts = recipe.consts
+  params = recipe.init()
+  opt_state = opt.init(params)
+  mngr = ocp.CheckpointManager(out / "state", options=ocp.CheckpointManagerOptions(max_to_keep=2))
+  start = 0
+  if mngr.latest_step() is not None:
+    start = mngr.latest_step()
+    abstract = {"params": params, "opt": opt_state}
+    restored = mngr.restore(start, args=ocp.args.StandardRestore(abstract))
+    params, opt_state = restored["params"], restored["opt"]
+    log(f"resumed from step {start} ({out / 'state'})")
+
+  @jax.jit
+  def step_fn(params, opt_state, h, lab):
+    (loss, acc), grads = jax.value_and_grad(recipe.loss, has_aux=True)(params, consts, h, lab)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+  hidden = train.hidden
+  end = c.steps if stop_after is None else min(c.steps, start + stop_after)
+  bar = tqdm(range(start, end), initial=start, total=c.steps, disable=not progress, desc=f"train {c.drafter}",
+             mininterval=2.0)
+  t0, seen, summary = time.perf_counter(), 0, None
+  log_path = out / "log.jsonl"
+  for s in bar:
+    idx = pos_train[batch_indices(len(pos_train), s, c.batch, c.seed)]
+    h = jnp.asarray(np.asarray(hidden[idx], np.float32))
+    params, opt_state, loss, acc = step_fn(params, opt_state, h, jnp.asarray(lab_train[idx]))
+    seen += len(idx)
+    done = s + 1
+    if done % 20 == 0 or done == end:
+      accs = " ".join(f"{a:.2f}" for a in np.asarray(acc))
+      bar.set_postfix_str(f"loss {float(loss):.3f} top1 [{accs}] {seen / (time.perf_counter() - t0):.0f} pos/s")
+    if done % c.save_every == 0 or done == c.steps:
+      mngr.save(done, args=ocp.args.StandardSave({"params": params, "opt": opt_state}))
+      mngr.wait_until_finished()
+    if done % c.eval_every == 0 or done == c.steps:
+      summary = summarize(evaluate(recipe, params, consts, held, lab_held, ev_held),
+                          evaluate(recipe, params, consts, train, lab_train, ev_train), c.nodes)
+      row = {"step": done, "loss": float(loss), "top1": summary["top1"], "top5": summary["top5"], "tau": summary["tau"],
+             "wall_s": time.perf_counter() - t0}
+      with open(log_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+      bar.write(f"step {done}: held-out top1 {['%.3f' % x for x in summary['top1']]} "
+                f"top5 {['%.3f' % x for x in summary['top5']]} tau({c.nodes} nodes) {summary['tau']:.3f}")
+  mngr.wait_until_finished()
+  if summary is None:
+    summary = summarize(evaluate(recipe, params, consts, held, lab_held, ev_held),
+                        evaluate(recipe, params, consts, train, lab_train, ev_train), c.nodes)
+  summary.update(vocab_coverage=recipe.coverage, steps_done=end, wall_s_this_run=time.perf_counter() - t0)
+  return recipe.drafter(params, summary["table"]), summary

@@ -1,0 +1,126 @@
+"""Drafter training: data order, loss goes down, exact resume, checkpoint round trip and its errors."""
+import dataclasses
+import json
+import pathlib
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+import specjax
+from specjax.drafters import registry
+from specjax.drafters.medusa import Medusa
+from specjax.io import checkpoint
+from specjax.testing import tiny_target
+from specjax.train import data as data_lib
+from specjax.train import loop
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  """A tiny target, its own greedy answers to random prompts, and their features (train, held-out)."""
+  t = tiny_target(seed=3, scale=6.0, eos_id=999)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(2, 64, rng.integers(3, 12)).tolist() for _ in range(40)]
+  g = specjax.generate(t, prompts, max_new_tokens=48)
+  seqs = [{"id": str(i), "prompt": p, "answer": a} for i, (p, a) in enumerate(zip(prompts, g.token_ids))]
+  d = tmp_path_factory.mktemp("feat")
+  train = data_lib.features(t, seqs[:32], d / "train", shard_size=8, progress=False)
+  held = data_lib.features(t, seqs[32:], d / "held", shard_size=8, progress=False)
+  return t, train, held, seqs, d
+
+
+def test_features_record_the_targets_predictions(tiny_data):
+  t, train, _, seqs, d = tiny_data
+  # Self-distilled greedy text: the target's top-1 at a position is the next token of the sequence.
+  nxt = train.valid_ahead(1)
+  agree = (train.top_ids[:-1, 0] == train.token[1:])[nxt[:-1]]
+  assert agree.mean() > 0.99
+  assert len(train) == sum(len(s["answer"]) + 1 for s in seqs[:32])
+  again = data_lib.features(t, seqs[:32], d / "train", shard_size=8, progress=False)   # cached shards
+  assert np.array_equal(np.asarray(again.hidden, np.float32), np.asarray(train.hidden, np.float32))
+
+
+def test_batches_depend_only_on_seed_and_step():
+  a = [loop.batch_indices(100, s, 16, 0) for s in range(12)]
+  b = [loop.batch_indices(100, s, 16, 0) for s in range(12)]
+  assert all(np.array_equal(x, y) for x, y in zip(a, b))
+  assert len(set(np.concatenate(a[:6]).tolist())) == 96          # one epoch: no repeats
+
+
+CFG = dict(steps=40, batch=64, lr=2e-2, warmup=5, eval_every=20, save_every=10, heads=3, draft_vocab=32, nodes=6,
+           eval_positions=512)
+
+
+def test_training_lowers_the_loss_and_improves_heads(tiny_data, tmp_path):
+  t, train, held, _, _ = tiny_data
+  c = loop.TrainConfig(**CFG)
+  recipe = loop.MedusaRecipe(t, train, c)
+  lab = recipe.labels(train)
+  pos = np.flatnonzero(lab[:, 0] >= 0)[:256]
+  h = jax.numpy.asarray(np.asarray(train.hidden[pos], np.float32))
+  before = float(recipe.loss(recipe.init(), recipe.consts, h, jax.numpy.asarray(lab[pos]))[0])
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  after = float(recipe.loss({"w": d.params["w"][...], "b": d.params["b"][...]}, recipe.consts, h,
+                            jax.numpy.asarray(lab[pos]))[0])
+  assert after < 0.8 * before
+  assert summary["top1"][0] > 0.3 and summary["tau"] > 1.2
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tiny_data, tmp_path):
+  t, train, held, _, _ = tiny_data
+  c = loop.TrainConfig(**CFG)
+  whole, _ = loop.fit(t, train, held, c, tmp_path / "a", progress=False, log=lambda m: None)
+  loop.fit(t, train, held, c, tmp_path / "b", stop_after=20, progress=False, log=lambda m: None)   # "killed" at 20
+  resumed, _ = loop.fit(t, train, held, c, tmp_path / "b", progress=False, log=lambda m: None)
+  for k in ("w", "b"):
+    assert np.array_equal(np.asarray(whole.params[k][...]), np.asarray(resumed.params[k][...]))
+  with pytest.raises(ValueError, match="other settings"):
+    loop.fit(t, train, held, dataclasses.replace(c, lr=1e-2), tmp_path / "b", progress=False, log=lambda m: None)
+
+
+def _write(t, d: Medusa, path):
+  tensors, meta = d.to_checkpoint()
+  return checkpoint.save(path, tensors, {"drafter": meta, "target": checkpoint.target_info(t), "training": {}})
+
+
+def test_checkpoint_round_trip_is_exact_and_generates(tmp_path):
+  t = tiny_target(seed=1, scale=8.0)
+  d = Medusa.untrained(t, seed=2, draft_vocab=16, nodes=5)
+  path = _write(t, d, tmp_path / "m.safetensors")
+  loaded = registry.make(f"medusa:{path}")
+  assert dataclasses.replace(loaded, trained_for="") == d          # the same static configuration
+  for k in ("w", "b"):   # stored in bfloat16: equal to the weights rounded to bfloat16, exactly
+    want = np.asarray(d.params[k][...]).astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.array_equal(np.asarray(loaded.params[k][...]), want)
+  assert np.array_equal(np.asarray(loaded.params["vocab"][...]), np.asarray(d.params["vocab"][...]))
+  prompts = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 21]]
+  base = specjax.generate(t, prompts, max_new_tokens=20)
+  assert specjax.generate(t, prompts, max_new_tokens=20, drafter=f"medusa:{path}").token_ids == base.token_ids
+
+
+def test_bad_checkpoints_give_one_line_errors(tmp_path):
+  t = tiny_target(seed=1, scale=8.0)
+  path = _write(t, Medusa.untrained(t, seed=2, nodes=5), tmp_path / "m.safetensors")
+  raw = path.read_bytes()
+  with pytest.raises(checkpoint.CheckpointError, match="not found"):
+    registry.make(f"medusa:{tmp_path / 'missing.safetensors'}")
+  (tmp_path / "cut.safetensors").write_bytes(raw[:len(raw) - 100])
+  with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+    registry.make(f"medusa:{tmp_path / 'cut.safetensors'}")
+  flipped = bytearray(raw)
+  flipped[-10] ^= 0xFF
+  (tmp_path / "bad.safetensors").write_bytes(bytes(flipped))
+  with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+    registry.make(f"medusa:{tmp_path / 'bad.safetensors'}")
+  (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+  with pytest.raises(checkpoint.CheckpointError, match="not a specjax drafter checkpoint"):
+    registry.make(f"medusa:{tmp_path / 'junk.safetensors'}")
+  # Beside another target (same shapes, other weights): refused before any work.
+  other = tiny_target(seed=9, scale=8.0)
+  with pytest.raises(ValueError, match="trained for another target"):
+    specjax.generate(other, [[1, 2, 3]], max_new_tokens=4, drafter=f"medusa:{path}")
+  wide = tiny_target(seed=1, scale=8.0, hidden=48, heads=6, kv_heads=2)
+  with pytest.raises(ValueError, match="trained for another target"):
+    specjax.generate(wide, [[1, 2, 3]], max_new_tokens=4, drafter=f"medusa:{path}")
