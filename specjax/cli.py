@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--batch", type=_positive_int, default=256, help="positions per step")
   t.add_argument("--lr", type=float, default=1e-3)
   t.add_argument("--heads", type=_positive_int, default=4)
-  t.add_argument("--draft-vocab", type=int, default=8192, help="0: the full vocabulary")
+  t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
   t.add_argument("--feature-batch-tokens", type=_positive_int, default=4096)
   t.add_argument("--resume", action="store_true", help="continue a run in OUT (also what rerunning does)")

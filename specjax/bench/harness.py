@@ -485,7 +485,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   drafters = [d for d in dict.fromkeys([BASELINE, *drafters])]
   known = registry.names()
   for d in drafters:
-    if d not in known:
+    if d.partition(":")[0] not in known:      # "medusa:PATH" names a checkpoint of a known drafter
       raise ValueError(f"unknown drafter {d!r}; choose from {', '.join(known)}")
   peers = list(dict.fromkeys(peers or ()))
   for p in peers:

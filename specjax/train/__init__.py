@@ -18,17 +18,18 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
   sequence cache's starting content."""
   records = data_lib.training_prompts(prompts_dir)
   root = data_lib.cache_root() / "train" / target.fingerprint
-  tag = f"{mode}-a{answer_tokens}-p{max_prompt_tokens}"
-  seq_path = root / f"{tag}.jsonl"
+  seq_path = root / f"distill-a{answer_tokens}-p{max_prompt_tokens}.jsonl"
   if sequences_file is not None and not seq_path.exists():
     root.mkdir(parents=True, exist_ok=True)
     seq_path.write_bytes(pathlib.Path(sequences_file).read_bytes())
   out = []
-  for held, n in ((False, max_prompts), (True, heldout_prompts)):
+  # Held-out text is always the target's own answers: what the drafter sees when decoding.
+  for held, n, m in ((False, max_prompts, mode), (True, heldout_prompts, "distill")):
+    tag = f"{m}-a{answer_tokens}-p{max_prompt_tokens}"
     items = data_lib.encode(target, data_lib.select(records, n, heldout=held), max_prompt_tokens=max_prompt_tokens)
-    seqs = data_lib.sequences(target, items, seq_path, mode=mode, answer_tokens=answer_tokens,
+    seqs = data_lib.sequences(target, items, root / f"{tag}.jsonl", mode=m, answer_tokens=answer_tokens,
                               batch_size=batch_size, progress=progress)
-    if len(seqs) < len(items) and mode == "distill":
+    if len(seqs) < len(items) and m == "distill":
       raise RuntimeError(f"only {len(seqs)} of {len(items)} sequences were made; rerun to resume")
     out.append(data_lib.features(target, seqs, root / f"features-{tag}" / ("heldout" if held else "train"),
                                  batch_tokens=feature_batch_tokens, progress=progress))

@@ -240,7 +240,8 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
       for group in groups:
         rows = [chunk[j] for j in group]
         L = -(-max(lens[j] for j in group) // 64) * 64
-        arr = np.zeros((max(batch_tokens // L, 1), L), np.int32)   # one batch shape per length bucket
+        # One batch shape per length bucket (and per shard size), so few compiles.
+        arr = np.zeros((min(max(batch_tokens // L, 1), len(chunk)), L), np.int32)
         for b, r in enumerate(rows):
           full = r["prompt"] + r["answer"]
           arr[b, :len(full)] = full

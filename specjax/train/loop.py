@@ -41,7 +41,7 @@ class TrainConfig:
   eval_positions: int = 8192
   heads: int = 4
   layers: int = 1
-  draft_vocab: int = 8192     # 0: the full vocabulary
+  draft_vocab: int = 4096     # 0: the full vocabulary (4096 measured best, BENCHMARKS.md)
   nodes: int = 12             # tree budget used for the tau estimate and stored in the checkpoint
 
 
