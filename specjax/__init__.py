@@ -20,6 +20,8 @@ _tune_xla_cpu()
 from specjax.api import Generation, generate
 from specjax.bench import run_bench as bench
 from specjax.io import Target, load
+from specjax.train import train_drafter
+from specjax import drafters
 
-__all__ = ["Generation", "Target", "bench", "generate", "load"]
+__all__ = ["Generation", "Target", "bench", "drafters", "generate", "load", "train_drafter"]
 __version__ = "0.1.0"

@@ -66,3 +66,30 @@ def test_nan_logits_raise_a_clear_error():
     specjax.generate(bad, [[1, 2, 3]], max_new_tokens=4)
   with pytest.raises(FloatingPointError, match="NaN logits"):
     specjax.generate(bad, [[1, 2, 3]], max_new_tokens=4, drafter="pld")
+
+
+def test_declared_capture_reaches_drafters_through_both_verify_branches(t):
+  """The layers a drafter declares come back from the full tree forward and from the one-token
+  branch taken when no row has a candidate (padded to the tree's size), with the same root values."""
+  import dataclasses
+
+  import jax.numpy as jnp
+
+  from specjax.cache import KVCache
+  from specjax.engine import tree as tree_lib
+  from specjax.models.llama import causal_mask, forward
+
+  cfg = t.cfg
+  prefix = jnp.asarray([[3, 4, 5, 6], [9, 8, 7, 6]], jnp.int32)
+  cache = KVCache.zeros(layers=cfg.layers, batch=2, max_len=16, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim)
+  _, cache = forward(t.model, prefix, jnp.broadcast_to(jnp.arange(4), (2, 4)), cache, causal_mask(2, 4))
+  tree = tree_lib.chain(2).draft(jnp.asarray([[6, 1, 2], [6, 3, 4]], jnp.int32))
+  empty = dataclasses.replace(tree, parent=jnp.full_like(tree.parent, -1))
+  positions = 4 + tree.depth
+  full = decode._verify(t.model, tree, positions, cache, True, (0, 1))
+  root = decode._verify(t.model, empty, positions, cache, True, (0, 1))
+  for layer in (0, 1):
+    assert full.layer_hidden[layer].shape == root.layer_hidden[layer].shape == (2, 3, cfg.hidden)
+    np.testing.assert_allclose(root.layer_hidden[layer][:, 0], full.layer_hidden[layer][:, 0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(full.layer_hidden[1], full.hidden, rtol=1e-6)        # the last layer is the residual
+  np.testing.assert_allclose(root.logits[:, 0], full.logits[:, 0], rtol=1e-4, atol=1e-4)
