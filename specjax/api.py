@@ -98,30 +98,47 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
   P = _round_up(longest, _BUCKET)
   S = _round_up(P + max_new_tokens + d.max_depth + 2, _BUCKET)
   # The static configuration never holds weights: they travel as a program argument (`drafter_params`).
-  spec = decode.Spec(drafter=dataclasses.replace(d, params=None), max_new_tokens=int(max_new_tokens), max_len=S,
+  spec = decode.Spec(drafter=dataclasses.replace(d, params=None), max_len=S,
                      eos_ids=tuple(target.tokenizer.eos_ids), acceptance=acceptance, temperature=float(temperature),
                      top_k=top_k, top_p=top_p)
   prompt = np.zeros((len(prompt_ids), P), np.int32)
   for i, p in enumerate(prompt_ids):
     prompt[i, :len(p)] = p
   lens = np.array([len(p) for p in prompt_ids], np.int32)
-  return spec, d.params, (jnp.asarray(prompt), jnp.asarray(lens))
+  return spec, d.params, (jnp.asarray(prompt), jnp.asarray(lens), jnp.asarray(max_new_tokens, jnp.int32))
 
 
 _EXECUTABLES: dict = {}
 
 
-def _executable(graphdef, spec, params, dparams, prompt, lens, key):
+def _executable(graphdef, spec, params, dparams, inputs, key):
   """Compiled program for these static settings and input shapes, compiled at most once. Weights
-  (target and drafter) are arguments: only their shapes and dtypes enter the key, never values."""
+  (target and drafter) and the token budget are arguments: only shapes and dtypes enter the key."""
   shapes = lambda tree: tuple((x.shape, x.dtype) for x in jax.tree.leaves(tree))
-  sig = (graphdef, spec, prompt.shape, shapes(params), shapes(dparams))
+  sig = (graphdef, spec, shapes(inputs), shapes(params), shapes(dparams))
   if sig not in _EXECUTABLES:
     if len(_EXECUTABLES) >= 16:
       _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
+    _compilation_cache()
     program = jax.jit(functools.partial(decode.run, graphdef, spec=spec))
-    _EXECUTABLES[sig] = program.lower(params, dparams, prompt, lens, key).compile()
+    _EXECUTABLES[sig] = program.lower(params, dparams, *inputs, key).compile()
   return _EXECUTABLES[sig]
+
+
+@functools.cache
+def _compilation_cache():
+  """JAX's persistent compilation cache in a user cache directory, so a new process (the CLI, a
+  notebook restart) loads compiled programs instead of compiling them again. Off with
+  SPECJAX_COMPILATION_CACHE=0; a cache directory the user configured is left alone."""
+  import os
+  import pathlib
+  setting = os.environ.get("SPECJAX_COMPILATION_CACHE", "1")
+  if setting.lower() in ("0", "off", "false", "no") or jax.config.jax_compilation_cache_dir:
+    return
+  path = setting if setting not in ("1", "on", "true", "yes") else str(
+      pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "specjax" / "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)     # bytes; least recently used go first
 
 
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
@@ -135,15 +152,15 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   "typical" (lossy, opt-in). Temperature 0 is greedy.
   """
   ids = encode_prompts(target, prompts, chat)
-  spec, dparams, (prompt, lens) = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
+  spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
                                  temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance,
                                  **drafter_options)
   graphdef, params = nnx.split(target.model)
   key = jax.random.key(seed)
   t0 = time.perf_counter()
-  fn = _executable(graphdef, spec, params, dparams, prompt, lens, key)
+  fn = _executable(graphdef, spec, params, dparams, inputs, key)
   t1 = time.perf_counter()
-  res = fn(params, dparams, prompt, lens, key)
+  res = fn(params, dparams, *inputs, key)
   res = jax.device_get(res)
   wall = time.perf_counter() - t1
   if res.nan.any():

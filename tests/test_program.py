@@ -18,11 +18,11 @@ def t():
 @pytest.mark.parametrize("drafter", ["none", "pld", "lookahead"])
 def test_generation_runs_with_transfers_disallowed(t, drafter):
   ids = [[3, 4, 5, 3, 4], [9, 8, 7]]
-  spec, dparams, (prompt, lens) = api.prepare(t, ids, max_new_tokens=20, drafter=drafter)
+  spec, dparams, inputs = api.prepare(t, ids, max_new_tokens=20, drafter=drafter)
   graphdef, params = nnx.split(t.model)
   key = jax.random.key(0)
-  fn = api._executable(graphdef, spec, params, dparams, prompt, lens, key)
-  args = jax.device_put((params, dparams, prompt, lens, key))
+  fn = api._executable(graphdef, spec, params, dparams, inputs, key)
+  args = jax.device_put((params, dparams, *inputs, key))
   jax.block_until_ready(args)
   with jax.transfer_guard("disallow"):
     res = fn(*args)
@@ -37,7 +37,9 @@ def test_second_call_with_same_shapes_does_not_recompile(t):
   g = specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=12, drafter="pld")   # same padded shapes
   assert decode.TRACES == before
   assert g.compile_s < 0.05
-  specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=13, drafter="pld")      # new static setting
+  g13 = specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=13, drafter="pld")   # the budget is traced
+  assert decode.TRACES == before and g13.new_tokens == [13]
+  specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=100, drafter="pld")   # a longer buffer: new program
   assert decode.TRACES == before + 1
 
 

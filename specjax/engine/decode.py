@@ -21,8 +21,7 @@ from specjax.protocol import Context, Drafter, Models, Prefill, Step
 class Spec:
   """Static configuration of one compiled program."""
   drafter: Drafter
-  max_new_tokens: int
-  max_len: int                      # cache / token buffer length S
+  max_len: int                      # cache / token buffer length S (max_new_tokens is an argument)
   eos_ids: tuple[int, ...]
   acceptance: str = "greedy"
   temperature: float = 0.0
@@ -91,8 +90,9 @@ def _verify(model, tree, positions, cache, skip_empty: bool, capture):
   return jax.lax.cond(jnp.any(tree.parent[:, 1:] >= 0), full, root_only)
 
 
-def run(graphdef, params, drafter_params, prompt, prompt_len, key, *, spec: Spec) -> Result:
-  """prompt [B, P] int32 right-padded, prompt_len [B] >= 1. Pure; jit with `spec` static.
+def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, spec: Spec) -> Result:
+  """prompt [B, P] int32 right-padded, prompt_len [B] >= 1, max_new [] int32 new tokens per row
+  (traced: any budget that fits the buffer reuses the program). Pure; jit with `spec` static.
 
   params: the target's NNX state; drafter_params: the drafter's (None for weightless drafters).
   Both are arguments, never constants: new weights reuse the compiled program."""
@@ -139,14 +139,14 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, key, *, spec: Spec
     new = jnp.where(idx == acc.n[:, None], acc.bonus[:, None], jnp.pad(cand, ((0, 0), (0, 1))))
     is_eos = jnp.isin(new, eos) & (idx <= acc.n[:, None])
     count = jnp.where(jnp.any(is_eos, 1), jnp.argmax(is_eos, 1) + 1, acc.n + 1)
-    count = jnp.minimum(count, spec.max_new_tokens - c.new)
+    count = jnp.minimum(count, max_new - c.new)
     count = jnp.where(ctx.done, 0, count)
     hit_eos = jnp.any(is_eos & (idx < count[:, None]), 1)
 
     cache = cache.write(out.k, out.v, rows=acc.path).advance(count)
     new_tokens = c.new + count
     ctx = Context(_put_rows(ctx.tokens, new, ctx.root + 1), ctx.root + count, ctx.prompt_len,
-                  ctx.done | hit_eos | (new_tokens >= spec.max_new_tokens))
+                  ctx.done | hit_eos | (new_tokens >= max_new))
     live = ~c.ctx.done
     step = Step(tree, out.logits, out.hidden, out.layer_hidden, acc, count)
     return LoopState(cache, ctx, drafter.update(m, dstate, ctx, step), key, new_tokens, c.forwards + live,
