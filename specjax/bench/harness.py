@@ -39,7 +39,8 @@ import time
 
 import numpy as np
 
-MT_BENCH = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+from specjax.io.prompts import MT_BENCH, Prompt, group_of, parse_prompt_row, read_prompts  # noqa: F401 (re-exported)
+
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 OVERALL = "overall"
 BASELINE = "none"
@@ -49,72 +50,6 @@ RECORDS = "records.jsonl"
 # A greedy divergence whose top-2 logit gap (at the first differing token) is at most this is a
 # near-tie (float rounding of a T-node vs a one-node forward), counted apart from real mismatches.
 NEAR_TIE_GAP = 1e-3
-
-
-@dataclasses.dataclass
-class Prompt:
-  id: object            # question_id for Spec-Bench rows, else the row's "id", else its index in the file
-  text: str
-  category: str
-  group: str
-
-
-def group_of(category: str | None) -> str:
-  """Spec-Bench category -> category group: the 8 MT-bench categories are "mt_bench"."""
-  if not category:
-    return "other"
-  return "mt_bench" if category in MT_BENCH else str(category)
-
-
-def parse_prompt_row(row, where: str, index: int) -> Prompt:
-  """{"prompt": text[, "id", "category"]} or a Spec-Bench row {"question_id", "category", "turns"}."""
-  if not isinstance(row, dict):
-    raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-  if "prompt" in row:
-    text = row["prompt"]
-    pid = row.get("id", row.get("question_id", index))
-  elif "turns" in row:
-    turns = row["turns"]
-    if not isinstance(turns, list) or not turns:
-      raise ValueError(f"{where}: 'turns' must be a non-empty list")
-    text = turns[0]
-    pid = row.get("question_id", row.get("id", index))
-  else:
-    raise ValueError(f"{where}: a row needs 'prompt' or 'turns' (a Spec-Bench row)")
-  if not isinstance(text, str) or not text.strip():
-    raise ValueError(f"{where}: the prompt is empty or not a string")
-  if not isinstance(pid, (str, int)) or isinstance(pid, bool):
-    raise ValueError(f"{where}: the id must be a string or an integer, got {pid!r}")
-  cat = row.get("category")
-  cat = str(cat) if cat is not None else None
-  return Prompt(pid, text, cat or "other", group_of(cat))
-
-
-def read_prompts(path) -> list[Prompt]:
-  """Reads a JSONL prompts file (see `parse_prompt_row`). Raises FileNotFoundError / ValueError."""
-  p = pathlib.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"prompts file not found: {p}")
-  if p.is_dir():
-    raise ValueError(f"{p} is a directory, not a JSONL prompts file")
-  out, seen = [], set()
-  with p.open(encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{p}:{lineno}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      pr = parse_prompt_row(row, where, len(out))
-      if str(pr.id) in seen:
-        raise ValueError(f"{where}: duplicate id {pr.id!r}")
-      seen.add(str(pr.id))
-      out.append(pr)
-  if not out:
-    raise ValueError(f"{p}: no prompts in the file")
-  return out
 
 
 def select(prompts: list[Prompt], *, limit: int | None = None, per_category: int | None = None) -> list[Prompt]:
