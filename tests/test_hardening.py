@@ -103,6 +103,33 @@ NAMED = [{"name": "default", "template": "D:{{ messages[0]['content'] }}"},
 
 # ---------------------------------------------------------------------------------------------- 10. smaller items
 
+def test_bench_resumes_with_an_option_given_at_its_default(tmp_path, tiny_chat, monkeypatch):
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2 t3"}', b'{"prompt": "t4 t5"}'])
+  kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=3, progress=False)
+  run_bench(f, **kw)
+  calls = []
+  real = api.generate
+  monkeypatch.setattr(api, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+  default = registry.make("pld").num_tokens
+  run_bench(f, drafter_options={"pld": {"num_tokens": default}}, **kw)
+  assert calls == []                                     # all records reused, nothing measured again
+  with pytest.raises(ValueError, match="num_tokens"):
+    run_bench(f, drafter_options={"pld": {"num_tokens": default + 1}}, **kw)
+
+
+def test_bench_resumes_records_of_older_versions(tmp_path, tiny_chat):
+  """Records written before options were recorded in full (only the given ones) still resume."""
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2 t3"}'])
+  kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=3, progress=False)
+  run_bench(f, **kw)
+  path = tmp_path / "o" / "records.jsonl"
+  recs = [json.loads(line) for line in path.read_text().splitlines()]
+  for r in recs:
+    r["settings"]["options"] = {}
+  path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+  assert len(run_bench(f, **kw)["records"]) == 2
+
+
 @pytest.mark.parametrize("line, message", [
     (b'{"prompt": "t1", ', "invalid JSON (it ends early: Expecting property name enclosed in double quotes)"),
     (b'{"prompt": "t1', "invalid JSON (Unterminated string starting at column 12)"),
@@ -130,3 +157,11 @@ def test_prompts_file_from_stdin(monkeypatch, capsys, use_tiny, tmp_path):
                             "--no-progress", "--out", str(tmp_path / "o"))
   assert code == 0, err
   assert len((tmp_path / "o" / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_nan_never_reaches_records(tmp_path, tiny_chat):
+  from specjax.io import records
+  log = records.RecordLog(tmp_path / "r.jsonl")
+  with pytest.raises(ValueError):
+    log.write([{"method": "none", "id": 1, "tau": math.nan}])
+  log.close()

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from specjax.io import records as records_io
 from specjax.io.prompts import MT_BENCH, Prompt, group_of, parse_prompt_row, read_prompts  # noqa: F401 (re-exported)
 
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -123,50 +124,35 @@ def _prompt_sha(ids: list[int]) -> str:
 
 
 def load_records(path: pathlib.Path) -> dict[tuple[str, str], dict]:
-  """(method, str(id)) -> record; a later record for the same key wins. Lines that do not parse (a
-  write cut short by a crash) are skipped with a warning."""
-  out: dict[tuple[str, str], dict] = {}
-  if not path.exists():
-    return out
-  bad = 0
-  with path.open(encoding="utf-8") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        r = json.loads(line)
-        out[_key(r["method"], r["id"])] = r
-      except (json.JSONDecodeError, KeyError, TypeError):
-        bad += 1
-  if bad:
-    print(f"specjax bench: warning: skipped {bad} unreadable line(s) in {path} (an interrupted write); "
-          "those records are measured again", file=sys.stderr)
-  return out
+  """(method, str(id)) -> record; a later record for the same key wins. Unreadable lines (a write cut
+  short by a crash) are removed from the file once, with a warning (specjax.io.records)."""
+  return {_key(r["method"], r["id"]): r
+          for r in records_io.load(path, valid=_is_record, label="specjax bench")}
 
 
-class RecordWriter:
-  """Appends records as JSON lines; each `write` is flushed and fsync'ed before it returns."""
+def _is_record(r: dict) -> bool:
+  return isinstance(r.get("method"), str) and isinstance(r.get("id"), (str, int))
 
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    # A crash mid-line leaves no trailing newline: start on a fresh line so the next record parses.
-    if path.exists() and path.stat().st_size:
-      with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        needs_nl = f.read(1) != b"\n"
-    else:
-      needs_nl = False
-    self._f = path.open("a", encoding="utf-8")
-    if needs_nl:
-      self._f.write("\n")
 
-  def write(self, records: list[dict]):
-    self._f.write("".join(json.dumps(r) + "\n" for r in records))
-    self._f.flush()
-    os.fsync(self._f.fileno())
+def _options_of(drafter) -> dict:
+  """Every option of a drafter, defaults included, as JSON values: an option given explicitly at its
+  default and one left out record the same settings."""
+  opts = {f.name: getattr(drafter, f.name) for f in dataclasses.fields(drafter) if f.init}
+  return json.loads(json.dumps(opts, default=repr))
 
-  def close(self):
-    self._f.close()
+
+def _resolved(settings, drafter: str | None) -> dict:
+  """Recorded settings with the drafter's options completed by its defaults (older records hold only
+  the options that were given)."""
+  from specjax.drafters import registry
+  if not isinstance(settings, dict):
+    return {}
+  if drafter is not None and isinstance(settings.get("options"), dict):
+    try:
+      settings = dict(settings, options=_options_of(registry.make(drafter, **settings["options"])))
+    except (ValueError, TypeError):
+      pass                           # options no longer valid: compared as recorded, so they differ
+  return settings
 
 
 def _check_settings(old: dict, settings: dict, method: str, path: pathlib.Path):
@@ -460,7 +446,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   def settings_for(m):
     s = dict(base_settings)
     if m in drafters:
-      s.update(batch_size=batch_size, options=drafter_options.get(m, {}))
+      s.update(batch_size=batch_size, options=_options_of(made[m]))
     else:
       s.update(batch_size=1, options={"prompt_lookup": list(lookup)} if m == "hf_pld" else {})
     return s
@@ -470,7 +456,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   by_sha = {str(p.id): _prompt_sha(ids[str(p.id)]) for p in selected}
   for (m, pid), r in list(records.items()):
     if m in methods and pid in by_sha:
-      _check_settings(r.get("settings", {}), settings_for(m), m, rec_path)
+      _check_settings(_resolved(r.get("settings"), m if m in drafters else None), settings_for(m), m, rec_path)
       if r.get("prompt_sha") != by_sha[pid]:
         raise ValueError(f"{rec_path} holds a record for prompt {pid!r} whose text differs from the one now "
                          "given; use another --out directory or delete that file")
@@ -496,7 +482,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
              lookup=lookup if m == "hf_pld" else None)
 
   load_start = _loadavg()
-  writer = RecordWriter(rec_path)
+  writer = records_io.RecordLog(rec_path)
   from tqdm import tqdm
   done_before = sum(1 for p in selected if all(_key(m, p.id) in records for m in methods))
   bar = tqdm(total=len(selected), initial=done_before, unit="prompt", desc="bench", file=sys.stderr,
