@@ -134,6 +134,49 @@ def check_config(d: pathlib.Path) -> ModelConfig | None:
   return c
 
 
+@FUZZ
+@given(JSON)
+def test_config_json_of_arbitrary_values(workdir, value):
+  d = workdir / "any"
+  d.mkdir(exist_ok=True)
+  (d / "config.json").write_bytes(to_bytes(value, True))
+  check_config(d)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_config_json_of_arbitrary_bytes(workdir, data):
+  d = workdir / "bytes"
+  d.mkdir(exist_ok=True)
+  (d / "config.json").write_bytes(data)
+  check_config(d)
+
+
+@FUZZ
+@given(CHANGES, st.sets(st.sampled_from(KEYS), max_size=2))
+def test_config_json_with_fields_changed(workdir, changes, removed):
+  d = workdir / "changed"
+  d.mkdir(exist_ok=True)
+  cfg = {k: v for k, v in {**hf_config(), **changes}.items() if k not in removed}
+  (d / "config.json").write_bytes(to_bytes(cfg, True))
+  check_config(d)
+
+
 @pytest.fixture(scope="module")
 def model_dir(workdir):
   return write_hf_dir(workdir / "model")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(CHANGES)
+def test_loading_with_a_changed_config(model_dir, changes):
+  """The whole load, weights included: a config that does not fit the weights is a clear error."""
+  (model_dir / "config.json").write_bytes(to_bytes({**hf_config(), **changes}, True))
+  try:
+    t = sio.load(model_dir)
+  except Exception as e:  # noqa: BLE001
+    assert_clear(e, model_dir)
+    return
+  w = hf_tensors(hf_config())
+  assert t.model.embed[...].shape == w["model.embed_tokens.weight"].shape
+  event("loaded")
