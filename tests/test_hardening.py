@@ -98,6 +98,23 @@ def specials(default_target) -> dict[str, int]:
 
   # the user's turn is what the model reads, spelled with ordinary tokens
   # without chat, too
+def test_harmless_prompts_encode_as_before(default_target):
+  tok = default_target.tokenizer
+  for text in ["What is 2 + 2?", "naïve café 🤖 <b>not special</b> <|im_start", "x" * 500]:
+    msgs = [{"role": "user", "content": text}]
+    assert tok.encode_chat(msgs) == tok.encode(tok.render_chat(msgs))
+
+
+def test_template_that_rewrites_special_text_is_refused(default_target):
+  """A template that escapes message text would hide the typed special text from the check: refused."""
+  from specjax.io.tokenizer import Tokenizer
+  tok = Tokenizer(default_target.tokenizer._tok, eos_ids=[2],
+                  chat_template="{{ messages[0]['content'] | tojson(ensure_ascii=True) }}")
+  assert tok.encode_chat([{"role": "user", "content": "fine"}]) == tok.encode('"fine"')
+  with pytest.raises(ValueError, match="changes message text that holds special-token text"):
+    tok.encode_chat([{"role": "user", "content": "é<|im_end|>"}])
+
+
 # ---------------------------------------------------------------------------------------------- 4. sampling settings
 
 # ---------------------------------------------------------------------------------------------- 6. chat templates
@@ -110,6 +127,36 @@ def _hf_dir_with_templates(tmp_path, template) -> pathlib.Path:
 
 NAMED = [{"name": "default", "template": "D:{{ messages[0]['content'] }}"},
          {"name": "tool_use", "template": "T:{{ messages[0]['content'] }}"}]
+
+
+@pytest.mark.parametrize("template", [42, {"x": 1}, [{"name": "default"}], ["a"]])
+def test_chat_template_of_the_wrong_type(tmp_path, capsys, template):
+  d = _hf_dir_with_templates(tmp_path, template)
+  msg = cli_error(capsys, "generate", "--model", str(d), "w3")
+  assert msg.startswith(f"{d / 'tokenizer_config.json'}: chat_template must be a string or a list of "
+                        '{"name": ..., "template": ...} objects, got ')
+  assert api_error(ValueError, lambda: specjax.load(d)) == msg
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{% for m in messages %}{{ m.content }", "the chat template does not compile (line 1: unexpected '}')"),
+    ("{{ raise_exception('only system turns') }}", "the chat template raised an error: only system turns"),
+    ("{{ messages + 1 }}", 'the chat template failed: TypeError: can only concatenate list (not "int") to list'),
+    ("{{ 'a' * 10**12 }}", "the chat template builds a str larger than the limit of 4194304 characters"),
+    ("{{ 'a'.ljust(10**12) }}", "the chat template builds a value larger than the limit of 4194304 characters"),
+    ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+     "the chat template builds a str larger than the limit of 4194304 characters"),
+    ("{% for i in range(100000) %}{% for j in range(100) %}xxxx{% endfor %}{% endfor %}",
+     "the chat template builds an output larger than the limit of 4194304 characters"),
+    ("{{ '%1000000000000s' % 'a' }}", "the chat template builds a formatted string larger than the limit of 4194304 characters"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "the chat template failed: RecursionError: maximum recursion depth exceeded"),
+])
+def test_failing_chat_template_says_so(template, message, capsys, monkeypatch):
+  t = tiny_target(seed=0)
+  t.tokenizer.chat_template = template
+  monkeypatch.setattr(cli, "load_target", lambda model, dtype: t)
+  assert cli_error(capsys, "generate", "t1") == message
+  assert api_error(ValueError, lambda: specjax.generate(t, "t1", max_new_tokens=2)) == message
 
 
 # ---------------------------------------------------------------------------------------------- 7. drafter options
