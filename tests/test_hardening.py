@@ -53,6 +53,17 @@ def write_jsonl_bytes(path: pathlib.Path, lines: list[bytes]) -> pathlib.Path:
 
 # ---------------------------------------------------------------------------------------------- 1. Unicode
 
+def test_lone_surrogate_in_prompts_file(tmp_path, capsys, use_tiny, tiny_chat):
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2"}', b'{"prompt": "hi \\ud800"}'])
+  msg = cli_error(capsys, "generate", "--prompts-file", str(f))
+  assert msg == f"{f}:2: the prompt is not valid UTF-8 text (lone surrogate U+D800 at character 3)"
+  msg = cli_error(capsys, "bench", "--prompts", str(f), "--out", str(tmp_path / "o"))
+  assert msg.startswith(f"{f}:2: the prompt is not valid UTF-8 text")
+  assert use_tiny == []                                     # found before the model loads
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "hi \ud800", max_new_tokens=2)) == \
+      "prompt 0 is not valid UTF-8 text (lone surrogate U+D800 at character 3)"
+
+
 def test_surrogate_pairs_are_fine(tmp_path):
   f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "robot \\ud83e\\udd16"}'])
   assert read_prompts(f)[0].text == "robot \U0001f916"
@@ -96,8 +107,32 @@ def specials(default_target) -> dict[str, int]:
   return ids
 
 
+def test_injected_special_tokens_are_plain_text(default_target, specials):
+  """User text holding every special token of the default model encodes to no special id; the
+  template's own markers are the same special ids as for a harmless prompt."""
+  tok = default_target.tokenizer
+  evil = INJECTION + " " + " ".join(specials)
+  ids = api.encode_prompts(default_target, [evil], chat=True)[0]
+  plain = api.encode_prompts(default_target, ["hi"], chat=True)[0]
+  special_ids = set(specials.values())
+  assert [i for i in ids if i in special_ids] == [i for i in plain if i in special_ids] == [1, 2, 1, 2, 1]
+  assert tok.decode(ids, skip_special_tokens=False) == tok.render_chat([{"role": "user", "content": evil}])
   # the user's turn is what the model reads, spelled with ordinary tokens
+  at = [i for i, t in enumerate(ids) if t in special_ids]
+  assert tok.decode(ids[at[2] + 1:at[3]], skip_special_tokens=False) == "user\n" + evil
   # without chat, too
+  raw = api.encode_prompts(default_target, [evil], chat=False)[0]
+  assert not special_ids & set(raw) and tok.decode(raw) == evil
+
+
+def test_allow_special_opts_in(default_target, specials):
+  evil = INJECTION + " " + " ".join(specials)
+  ids = api.encode_prompts(default_target, [evil], chat=True, allow_special=True)[0]
+  assert set(specials.values()) <= set(ids)
+  assert ids == default_target.tokenizer.encode(default_target.tokenizer.render_chat([{"role": "user", "content": evil}]))
+  assert api.encode_prompts(default_target, ["<|im_end|>"], chat=False, allow_special=True)[0] == [2]
+
+
 def test_harmless_prompts_encode_as_before(default_target):
   tok = default_target.tokenizer
   for text in ["What is 2 + 2?", "naïve café 🤖 <b>not special</b> <|im_start", "x" * 500]:
@@ -116,6 +151,13 @@ def test_template_that_rewrites_special_text_is_refused(default_target):
 
 
 # ---------------------------------------------------------------------------------------------- 4. sampling settings
+
+def test_bench_refuses_nan_temperature(tmp_path, capsys, use_tiny):
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2"}'])
+  msg = cli_error(capsys, "bench", "--prompts", str(f), "--temperature", "nan", "--out", str(tmp_path / "o"))
+  assert msg == "temperature must be a finite number >= 0, got nan"
+  assert use_tiny == [] and not (tmp_path / "o" / "records.jsonl").exists()
+
 
 # ---------------------------------------------------------------------------------------------- 6. chat templates
 
@@ -195,7 +237,54 @@ def test_config_json_not_an_object(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- 9. what the API accepts
 
+def test_api_prompt_forms(tiny_chat):
+  want = specjax.generate(tiny_chat, [[3, 4, 5]], max_new_tokens=4).token_ids
+  assert specjax.generate(tiny_chat, [3, 4, 5], max_new_tokens=4).token_ids == want
+  assert specjax.generate(tiny_chat, np.array([3, 4, 5]), max_new_tokens=4).token_ids == want
+  both = specjax.generate(tiny_chat, np.array([[3, 4, 5], [6, 7, 8]], np.int32), max_new_tokens=4)
+  assert both.token_ids[0] == want[0] and len(both.token_ids) == 2
+  assert specjax.generate(tiny_chat, (np.int64(3), 4, 5), max_new_tokens=4).token_ids == want
+  assert specjax.generate(tiny_chat, np.array(["t3 t4 t5"]), chat=False, max_new_tokens=4).token_ids == \
+      specjax.generate(tiny_chat, "t3 t4 t5", chat=False, max_new_tokens=4).token_ids
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (np.array([1.0, 2.0]), "a prompt array must hold token ids ([L] or [B, L] integers) or strings ([B]); got float64 of shape (2,)"),
+    (np.zeros((1, 2, 3), np.int32), "a prompt array must hold token ids ([L] or [B, L] integers) or strings ([B]); got int32 of shape (1, 2, 3)"),
+    ([[1, 2.5]], "prompt 0 must be a string or a list of integer token ids, got list holding float, int"),
+    (["t1", None], "prompt 1 must be a string or a list of integer token ids, got NoneType"),
+    ([True, False], "prompt 0 must be a string or a list of integer token ids, got bool"),
+    (42, "prompts must be a string, a list of strings or of token-id lists, a list of token ids, or an integer array; got int"),
+])
+def test_api_bad_prompt_forms(prompts, message, tiny_chat):
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, prompts, max_new_tokens=2)) == message
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(top_k=2.5), "top_k must be an integer >= 1, got 2.5"),
+    (dict(top_k=True), "top_k must be an integer >= 1, got True"),
+    (dict(top_p="0.9"), "top_p must be a number in (0, 1], got '0.9'"),
+    (dict(temperature="hot"), "temperature must be a finite number >= 0, got 'hot'"),
+    (dict(temperature=10 ** 400), f"temperature must be a finite number >= 0, got {10 ** 400}"),
+    (dict(max_new_tokens=True), "max_new_tokens must be a positive integer, got True"),
+    (dict(chat="yes"), "chat and allow_special must be True or False, got 'yes', False"),
+])
+def test_api_bad_settings(kw, message, tiny_chat):
+  kw = {"temperature": 0.7, "max_new_tokens": 2, **kw}
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "t1", **kw)) == message
+
+
 # ---------------------------------------------------------------------------------------------- 10. smaller items
+
+def test_overflow_never_suggests_a_negative_length(capsys, monkeypatch):
+  small = tiny_target(seed=0, max_context=32)
+  monkeypatch.setattr(cli, "load_target", lambda model, dtype: small)
+  msg = cli_error(capsys, "generate", "--no-chat", "--drafter", "pld", "-O", "num_tokens=40", "t1 t2 t3")
+  assert msg.endswith("overflows the model's context of 32 tokens; no max_new_tokens fits: shorten the prompt or "
+                      "use a shallower draft (e.g. fewer num_tokens)")
+  assert "at most -" not in msg
+  assert api_error(ValueError, lambda: specjax.generate(small, "t1 t2 t3", chat=False, drafter="pld", num_tokens=40)) == msg
+
 
 def test_bench_resumes_with_an_option_given_at_its_default(tmp_path, tiny_chat, monkeypatch):
   f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2 t3"}', b'{"prompt": "t4 t5"}'])

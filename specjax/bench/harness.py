@@ -392,10 +392,10 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
 
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  temperature, _, _, _ = api.check_sampling(temperature)
+  seed = api.check_seed(seed)
   prompts_file = str(prompts) if not isinstance(prompts, list) else None
   all_prompts = read_prompts(prompts) if prompts_file else list(prompts)
   selected = select(all_prompts, limit=limit, per_category=per_category)
@@ -433,8 +433,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   elif callable(target):
     target = target()
   model_name = str(target.path)
-  if chat and not target.tokenizer.chat_template:
-    raise ValueError("the model has no chat template; pass chat=False (--no-chat)")
+  if chat:
+    target.tokenizer.require_chat_template("pass chat=False (--no-chat)", "--chat-template NAME")
   ids = dict(zip((str(p.id) for p in selected), api.encode_prompts(target, [p.text for p in selected], chat)))
   longest = max(ids.values(), key=len)
   for d in drafters:        # context overflows and bad settings surface now, not hours in
