@@ -203,6 +203,49 @@ def test_failing_chat_template_says_so(template, message, capsys, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- 7. drafter options
 
+@pytest.mark.parametrize("drafter, option, message", [
+    ("pld", "num_tokens=abc", "pld: option num_tokens must be an integer, got 'abc'"),
+    ("pld", "num_tokens=null", "pld: option num_tokens must be an integer, got None"),
+    ("pld", "num_tokens=1.5", "pld: option num_tokens must be an integer, got 1.5"),
+    ("pld", "branches=true", "pld: option branches must be an integer, got True"),
+    ("lookahead", "seed_from_prompt=abc", "lookahead: option seed_from_prompt must be true or false, got 'abc'"),
+    ("lookahead", "seed_from_prompt=1", "lookahead: option seed_from_prompt must be true or false, got 1"),
+    ("lookahead", "window=100000", "lookahead: need 1 + (ngram - 1) * (window + guesses) <= 4096 and pool_size <= "
+                                   "1048576, got 200003 and 512"),
+])
+def test_drafter_option_types(drafter, option, message, tmp_path, capsys, use_tiny, tiny_chat):
+  assert cli_error(capsys, "generate", "--drafter", drafter, "-O", option, "t1") == message
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2"}'])
+  assert cli_error(capsys, "bench", "--prompts", str(f), "--drafters", drafter, "-O", f"{drafter}.{option}",
+                   "--out", str(tmp_path / "o")) == message
+  assert use_tiny == []
+  key, value = option.split("=")
+  kw = {key: cli._option_value(value)}
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "t1", max_new_tokens=2, drafter=drafter, **kw)) == message
+
+
+def test_every_registered_drafter_type_checks_its_options():
+  """So a new drafter cannot skip the checks: every int / bool option of every drafter refuses values of
+  the wrong type, and accepts its default and numpy scalars."""
+  import dataclasses
+  import typing
+  checked = 0
+  for name in registry.names():
+    cls = registry._classes()[name]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+      kind = hints[f.name]
+      bad = {int: [1.5, None, "8", True], bool: ["abc", 1, None, 0.0]}.get(kind)
+      if bad is None:
+        continue
+      for v in bad:
+        with pytest.raises(ValueError, match=rf"{name}: option {f.name} must be"):
+          registry.make(name, **{f.name: v})
+      registry.make(name, **{f.name: (np.int64 if kind is int else np.bool_)(f.default)})
+      checked += 1
+  assert checked >= 9
+
+
 # ---------------------------------------------------------------------------------------------- 8. config, seed, template size
 
 @pytest.mark.parametrize("change, message", [
