@@ -69,7 +69,22 @@ def test_surrogate_pairs_are_fine(tmp_path):
   assert read_prompts(f)[0].text == "robot \U0001f916"
 
 
+def test_non_utf8_command_line_prompt(capsys, use_tiny, tiny_chat):
   # Python keeps a command-line byte that is not UTF-8 as a lone surrogate U+DC80..U+DCFF
+  msg = cli_error(capsys, "generate", "caf\udce9 au lait")
+  assert msg == "prompt 0 is not valid UTF-8 text (byte 0xe9 at character 3)"
+  assert use_tiny == []
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "caf\udce9 au lait", max_new_tokens=2)) == msg
+
+
+def test_non_utf8_command_line_prompt_subprocess():
+  """The real bytes on a real command line (the issue's `specjax generate $'caf\\xe9 au lait'`)."""
+  p = subprocess.run([sys.executable, "-m", "specjax.cli", "generate", b"caf\xe9 au lait"], capture_output=True,
+                     cwd=REPO, env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  assert p.returncode == 2 and p.stdout == b""
+  assert p.stderr.decode().splitlines() == ["specjax: error: prompt 0 is not valid UTF-8 text (byte 0xe9 at character 3)"]
+
+
 def test_invalid_utf8_bytes_in_prompts_file(tmp_path, capsys, use_tiny):
   f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1"}', b'{"prompt": "caf\xe9"}'])
   assert cli_error(capsys, "generate", "--prompts-file", str(f)) == f"{f}:2: not valid UTF-8 (byte 0xe9 at byte 16)"
@@ -140,6 +155,24 @@ def test_harmless_prompts_encode_as_before(default_target):
     assert tok.encode_chat(msgs) == tok.encode(tok.render_chat(msgs))
 
 
+def test_injection_through_generate_and_cli(default_target, monkeypatch, capsys):
+  seen = []
+  real = api.encode_prompts
+  def spy(target, prompts, chat, allow_special=False):
+    if isinstance(prompts[0], str):                      # the CLI's call (generate gets the ids it made)
+      seen.append(allow_special)
+    return real(target, prompts, chat, allow_special)
+
+  monkeypatch.setattr(api, "encode_prompts", spy)
+  monkeypatch.setattr(cli, "load_target", lambda model, dtype: default_target)
+  for flag in ([], ["--allow-special-tokens"]):
+    code, out, err = run_main(capsys, "generate", "--json", "--max-new-tokens", "1", *flag, INJECTION)
+    assert code == 0, err
+  for allow in (True, False):
+    assert specjax.generate(default_target, INJECTION, max_new_tokens=1, allow_special=allow).new_tokens == [1]
+  assert seen == [False, True, True, False]
+
+
 def test_template_that_rewrites_special_text_is_refused(default_target):
   """A template that escapes message text would hide the typed special text from the check: refused."""
   from specjax.io.tokenizer import Tokenizer
@@ -151,6 +184,23 @@ def test_template_that_rewrites_special_text_is_refused(default_target):
 
 
 # ---------------------------------------------------------------------------------------------- 4. sampling settings
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temperature", "nan"], "temperature must be a finite number >= 0, got nan"),
+    (["--temperature", "inf"], "temperature must be a finite number >= 0, got inf"),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0, got -1.0"),
+    (["--temperature", "1e-10"], "temperature must be 0 (greedy) or at least 0.0001, got 1e-10"),
+    (["--temperature", "0.7", "--top-p", "nan"], "top_p must be a number in (0, 1], got nan"),
+    (["--temperature", "0.7", "--top-k", "0"], "top_k must be an integer >= 1, got 0"),
+])
+def test_sampling_settings_checked_before_loading(argv, message, capsys, use_tiny, tiny_chat):
+  assert cli_error(capsys, "generate", *argv, "t1") == message
+  assert use_tiny == []
+  kw = {a.lstrip("-").replace("-", "_"): float(v) for a, v in zip(argv[::2], argv[1::2])}
+  if "top_k" in kw:
+    kw["top_k"] = int(kw["top_k"])
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "t1", max_new_tokens=2, **kw)) == message
+
 
 def test_bench_refuses_nan_temperature(tmp_path, capsys, use_tiny):
   f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2"}'])
@@ -169,6 +219,31 @@ def _hf_dir_with_templates(tmp_path, template) -> pathlib.Path:
 
 NAMED = [{"name": "default", "template": "D:{{ messages[0]['content'] }}"},
          {"name": "tool_use", "template": "T:{{ messages[0]['content'] }}"}]
+
+
+def test_named_chat_templates(tmp_path, capsys):
+  d = _hf_dir_with_templates(tmp_path, NAMED)
+  t = specjax.load(d)
+  assert t.tokenizer.render_chat([{"role": "user", "content": "w3"}]) == "D:w3"
+  assert set(t.tokenizer.chat_templates) == {"default", "tool_use"}
+  t = specjax.load(d, chat_template="tool_use")
+  assert t.tokenizer.render_chat([{"role": "user", "content": "w3"}]) == "T:w3"
+  code, out, err = run_main(capsys, "generate", "--model", str(d), "--chat-template", "tool_use", "--json",
+                            "--max-new-tokens", "2", "w3 w4")
+  assert code == 0, err
+  assert len(out.splitlines()) == 1
+  msg = cli_error(capsys, "generate", "--model", str(d), "--chat-template", "rag", "w3")
+  assert msg == f"{d / 'tokenizer_config.json'}: no chat template named 'rag'; available: default, tool_use"
+  assert api_error(ValueError, lambda: specjax.load(d, chat_template="rag")) == msg
+
+
+def test_named_chat_templates_without_default(tmp_path, capsys):
+  d = _hf_dir_with_templates(tmp_path, NAMED[1:])
+  msg = cli_error(capsys, "generate", "--model", str(d), "w3")
+  assert msg == ("the model's chat templates are all named (tool_use), none 'default'; choose one with "
+                 "--chat-template NAME, or pass --no-chat")
+  with pytest.raises(ValueError, match=r"all named \(tool_use\).*chat_template=NAME"):
+    specjax.generate(specjax.load(d), "w3", max_new_tokens=2)
 
 
 @pytest.mark.parametrize("template", [42, {"x": 1}, [{"name": "default"}], ["a"]])
@@ -276,6 +351,15 @@ def test_config_json_not_an_object(tmp_path, capsys):
   (d / "config.json").write_text('{"model_type": "llama",\n "vocab_size": 16,,}')
   assert cli_error(capsys, "generate", "--model", str(d), "w1") == \
       f"{d / 'config.json'}: invalid JSON (Expecting property name enclosed in double quotes at line 2 column 19)"
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, 2 ** 32, -1])
+def test_seed_bounds(seed, capsys, use_tiny, tiny_chat):
+  message = f"seed must be an integer in [0, 4294967295], got {seed}"
+  assert cli_error(capsys, "generate", "--seed", str(seed), "t1") == message
+  assert use_tiny == []
+  assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "t1", max_new_tokens=2, seed=seed)) == message
+  assert specjax.generate(tiny_chat, "t1", max_new_tokens=2, seed=2 ** 32 - 1).new_tokens[0] >= 1
 
 
 # ---------------------------------------------------------------------------------------------- 9. what the API accepts
