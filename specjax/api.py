@@ -14,6 +14,7 @@ from specjax.drafters import registry
 from specjax.engine import accept as accept_lib
 from specjax.engine import decode
 from specjax.io import Target
+from specjax.io.prompts import check_text
 from specjax.models.llama import causal_mask
 
 _BUCKET = 64   # prompt lengths are padded to a multiple of this, so similar prompts share one compile
@@ -42,20 +43,96 @@ def _round_up(n, m):
   return -(-n // m) * m
 
 
-def encode_prompts(target: Target, prompts, chat: bool) -> list[list[int]]:
+# Below this, float32 logits / temperature overflow XLA's softmax (NaN probabilities) and sampling
+# silently returns garbage; 0 is greedy.
+MIN_TEMPERATURE = 1e-4
+SEED_LIMIT = 2 ** 32     # jax.random.key keeps 32 bits of a seed (without x64): larger seeds alias smaller ones
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_finite(v) -> bool:
+  """A real number (not a bool) of a size a float holds: no NaN, no infinity, no 400-digit integer."""
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and abs(v) < 1e300
+
+
+def check_sampling(temperature=0.0, top_k=None, top_p=None, acceptance=None):
+  """Validates the sampling settings without a model (the CLI calls it before loading one). Returns
+  (temperature, top_k, top_p, acceptance) as float, int | None, float | None, rule name."""
+  if not _is_finite(temperature) or temperature < 0:
+    raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+  if 0 < temperature < MIN_TEMPERATURE:
+    raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
+  if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+  if top_p is not None and (not _is_finite(top_p) or not 0 < top_p <= 1):
+    raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+  if acceptance is None:
+    acceptance = "greedy" if temperature == 0 else "sample"
+  if acceptance not in accept_lib.RULES:
+    raise ValueError(f"unknown acceptance {acceptance!r}; choose from {', '.join(accept_lib.RULES)}")
+  if acceptance != "greedy" and temperature == 0:
+    acceptance = "greedy"
+  if acceptance == "greedy" and temperature > 0:
+    raise ValueError("acceptance='greedy' needs temperature=0; use 'sample' for temperature > 0")
+  return (float(temperature), None if top_k is None else int(top_k), None if top_p is None else float(top_p),
+          acceptance)
+
+
+def check_seed(seed) -> int:
+  if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
+    raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT - 1}], got {seed!r}")
+  return int(seed)
+
+
+def _prompt_list(prompts) -> list:
+  """The forms users pass -> a list of prompts, each a string or a sequence of token ids: a string; a
+  list of strings and/or token-id lists; one flat list of token ids; a 1-D [L] or 2-D [B, L] integer
+  array (B prompts of L ids); a 1-D array of strings."""
   if isinstance(prompts, str):
-    prompts = [prompts]
+    return [prompts]
+  if hasattr(prompts, "__array__") and hasattr(prompts, "ndim"):      # numpy or JAX array
+    a = np.asarray(prompts)
+    if a.dtype.kind in "iu" and a.ndim in (1, 2):
+      return [a.tolist()] if a.ndim == 1 else a.tolist()
+    if a.dtype.kind in "UO" and a.ndim == 1:
+      return a.tolist()
+    raise ValueError(f"a prompt array must hold token ids ([L] or [B, L] integers) or strings ([B]); got "
+                     f"{a.dtype} of shape {a.shape}")
+  if not isinstance(prompts, (list, tuple)):
+    raise ValueError("prompts must be a string, a list of strings or of token-id lists, a list of token ids, "
+                     f"or an integer array; got {type(prompts).__name__}")
+  if prompts and all(_is_int(t) for t in prompts):
+    return [list(prompts)]              # one prompt given as a flat list of token ids
+  return list(prompts)
+
+
+def encode_prompts(target: Target, prompts, chat: bool, allow_special: bool = False) -> list[list[int]]:
+  """Token ids of each prompt. Strings get the chat template when `chat`; special-token text typed in
+  them (e.g. "<|im_end|>") is encoded as plain text unless allow_special (see Tokenizer.encode_chat)."""
+  if not isinstance(chat, bool) or not isinstance(allow_special, bool):
+    raise ValueError(f"chat and allow_special must be True or False, got {chat!r}, {allow_special!r}")
+  prompts = _prompt_list(prompts)
   if not prompts:
     raise ValueError("no prompts given")
   out = []
-  for p in prompts:
-    if isinstance(p, (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in p):
+  for i, p in enumerate(prompts):
+    if isinstance(p, str):
+      if not p.strip():
+        raise ValueError("empty prompt: every prompt needs some text")
+      check_text(p, f"prompt {i}")
+      tok = target.tokenizer
+      if chat:
+        ids = tok.encode_chat([{"role": "user", "content": p}], allow_special=allow_special)
+      else:
+        ids = tok.encode(p, allow_special=allow_special)
+    elif isinstance(p, (list, tuple, np.ndarray)) and all(_is_int(t) for t in p):
       ids = [int(t) for t in p]          # already token ids
     else:
-      if not isinstance(p, str) or not p.strip():
-        raise ValueError("empty prompt: every prompt needs some text")
-      text = target.tokenizer.render_chat([{"role": "user", "content": p}]) if chat else p
-      ids = target.tokenizer.encode(text)
+      raise ValueError(f"prompt {i} must be a string or a list of integer token ids, got "
+                       f"{type(p).__name__}{'' if not isinstance(p, (list, tuple)) else ' holding ' + _kinds(p)}")
     if not ids:
       raise ValueError("empty prompt: it encodes to no tokens")
     bad = [t for t in ids if not 0 <= t < target.cfg.vocab]
@@ -65,25 +142,16 @@ def encode_prompts(target: Target, prompts, chat: bool) -> list[list[int]]:
   return out
 
 
+def _kinds(seq) -> str:
+  return ", ".join(sorted({type(t).__name__ for t in seq}))
+
+
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,
             top_k=None, top_p=None, acceptance=None, **drafter_options):
   """Validates everything and returns (spec, device inputs) for the compiled `decode.run`."""
-  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+  if not _is_int(max_new_tokens) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
-  if top_k is not None and top_k < 1:
-    raise ValueError(f"top_k must be >= 1, got {top_k}")
-  if top_p is not None and not 0 < top_p <= 1:
-    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  if acceptance is None:
-    acceptance = "greedy" if temperature == 0 else "sample"
-  if acceptance not in accept_lib.RULES:
-    raise ValueError(f"unknown acceptance {acceptance!r}; choose from {', '.join(accept_lib.RULES)}")
-  if acceptance != "greedy" and temperature == 0:
-    acceptance = "greedy"
-  if acceptance == "greedy" and temperature > 0:
-    raise ValueError("acceptance='greedy' needs temperature=0; use 'sample' for temperature > 0")
+  temperature, top_k, top_p, acceptance = check_sampling(temperature, top_k, top_p, acceptance)
   d = registry.make(drafter, **drafter_options)
   d.check_target(target)
   ctx = target.cfg.max_context
@@ -92,9 +160,11 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
     raise ValueError(f"prompt of {longest} tokens does not fit the model's context of {ctx} tokens")
   room = longest + max_new_tokens + d.max_depth + 1
   if room > ctx:
+    most = ctx - longest - d.max_depth - 1
+    fix = (f"lower max_new_tokens to at most {most}" if most >= 1 else
+           "no max_new_tokens fits: shorten the prompt or use a shallower draft (e.g. fewer num_tokens)")
     raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft depth "
-                     f"({d.max_depth}) + 1 = {room} overflows the model's context of {ctx} tokens; "
-                     f"lower max_new_tokens to at most {ctx - longest - d.max_depth - 1}")
+                     f"({d.max_depth}) + 1 = {room} overflows the model's context of {ctx} tokens; {fix}")
   P = _round_up(longest, _BUCKET)
   S = _round_up(P + max_new_tokens + d.max_depth + 2, _BUCKET)
   # The static configuration never holds weights: they travel as a program argument (`drafter_params`).
@@ -143,15 +213,18 @@ def _compilation_cache():
 
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = True,
-             drafter="none", acceptance: str | None = None, **drafter_options) -> Generation:
+             drafter="none", acceptance: str | None = None, allow_special: bool = False,
+             **drafter_options) -> Generation:
   """Generates for a batch of prompts (strings, or lists of token ids) in one compiled program.
 
   drafter: "none" (autoregressive), "pld", "lookahead", "medusa" (the shipped checkpoint),
   "medusa:PATH" (your checkpoint), or a Drafter instance (with its `params` for a trained one);
-  drafter_options are passed to it (e.g. num_tokens=4). acceptance: "greedy" (temperature 0), "sample" (lossless), or
-  "typical" (lossy, opt-in). Temperature 0 is greedy.
+  drafter_options are passed to it (e.g. num_tokens=4). acceptance: "greedy" (temperature 0), "sample"
+  (lossless), or "typical" (lossy, opt-in). Temperature 0 is greedy. allow_special: encode
+  special-token text in the prompts (e.g. "<|im_end|>") as the special tokens; by default it is plain text.
   """
-  ids = encode_prompts(target, prompts, chat)
+  seed = check_seed(seed)
+  ids = encode_prompts(target, prompts, chat, allow_special)
   spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
                                  temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance,
                                  **drafter_options)

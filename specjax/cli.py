@@ -6,15 +6,20 @@
     specjax bench --prompts dev.jsonl --drafters none,pld,lookahead --per-category 5 --out bench_out
 
 Answers go to stdout; speed lines, progress bars and errors go to stderr. Errors print one line,
-`specjax: error: ...`, and exit with status 2.
+`specjax: error: ...`, and exit with status 2; Ctrl-C prints `specjax: interrupted` and exits with 130.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,10 +35,63 @@ def _fail(message: str):
   sys.exit(EXIT_ERROR)
 
 
-def load_target(model: str, dtype: str):
-  """The one place the CLI loads a model (tests monkeypatch it)."""
+def _interrupted():
+  """Ends the process now: one line, status 130. os._exit, not sys.exit: a normal interpreter shutdown
+  while JAX's compiler and runtime threads are still working can crash (a segfault, status 139)."""
+  with contextlib.suppress(Exception):
+    sys.stderr.flush()
+  with contextlib.suppress(OSError):
+    os.write(2, b"specjax: interrupted\n")
+  os._exit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _exit_on_interrupt():
+  """Within: SIGINT (Ctrl-C) calls `_interrupted` at once, whatever the program is doing.
+
+  Python runs signal handlers only between bytecodes of the main thread, so a Ctrl-C during a long XLA
+  compile or run would wait for it to finish; the C-level handler also writes the signal number to a
+  wake-up pipe, which a watcher thread reads while the main thread is busy in native code."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  r, w = os.pipe()
+  os.set_blocking(w, False)
+  once = threading.Lock()
+
+  def handle(*_):
+    if once.acquire(blocking=False):      # the handler and the watcher may both see the same signal
+      _interrupted()
+
+  def watch():
+    while data := os.read(r, 64):
+      if signal.SIGINT in data:
+        handle()
+
+  old_handler = signal.signal(signal.SIGINT, handle)
+  old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+  watcher = threading.Thread(target=watch, name="specjax-sigint", daemon=True)
+  watcher.start()
+  try:
+    yield
+  finally:
+    signal.set_wakeup_fd(old_fd)
+    signal.signal(signal.SIGINT, old_handler)
+    os.close(w)                             # ends the watcher's read
+    watcher.join()
+    os.close(r)
+
+
+def load_target(model: str, dtype: str, **kwargs):
+  """The one place the CLI loads a model (tests monkeypatch it). kwargs: chat_template."""
   import specjax.io as sio
-  return sio.load(model, dtype=dtype)
+  return sio.load(model, dtype=dtype, **kwargs)
+
+
+def _load(a):
+  """load_target with --chat-template only when it is given (monkeypatched loaders take (model, dtype))."""
+  extra = {"chat_template": a.chat_template} if a.chat_template is not None else {}
+  return load_target(a.model, a.dtype, **extra)
 
 
 def _positive_int(s: str) -> int:
@@ -73,6 +131,8 @@ def _parse_options(items, *, qualified: bool) -> dict:
 def _add_model_args(p):
   p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a .gguf file or a HF directory")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (default float32)")
+  p.add_argument("--chat-template", metavar="NAME", default=None,
+                 help="which of the model's named chat templates to use (default: 'default')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(positional, or a JSONL file of {\"prompt\": ...} objects or Spec-Bench rows).")
   g.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompt text(s)")
   g.add_argument("--prompts-file", metavar="FILE.jsonl", help="one JSON object per line: {\"prompt\": ...} or a "
-                 "Spec-Bench row (its first turn; question_id becomes the id)")
+                 "Spec-Bench row (its first turn; question_id becomes the id); - reads standard input")
   _add_model_args(g)
   g.add_argument("--max-new-tokens", type=_positive_int, default=128)
   g.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
@@ -92,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--top-p", type=float, default=None)
   g.add_argument("--seed", type=int, default=0)
   g.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
+  g.add_argument("--allow-special-tokens", action="store_true",
+                 help="encode special-token text in prompts (e.g. <|im_end|>) as special tokens; by default it is "
+                 "plain text, so a prompt cannot forge chat turns")
   g.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
   g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead")
   g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
@@ -108,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
   b = sub.add_parser("bench", help="benchmark drafters against the autoregressive baseline",
                      description="Measure the autoregressive baseline and drafters on a JSONL prompts file; "
                      "writes OUT/results.json, results.md, speedup.png and records.jsonl (resumable).")
-  b.add_argument("--prompts", required=True, metavar="FILE.jsonl")
+  b.add_argument("--prompts", required=True, metavar="FILE.jsonl", help="a JSONL prompts file; - reads standard input")
   b.add_argument("--drafters", default="none,pld,lookahead", help="comma-separated (none is always run first)")
   b.add_argument("--max-new-tokens", type=_positive_int, default=256)
   b.add_argument("--limit", type=_positive_int, default=None, help="the first K prompts")
@@ -156,16 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_generate(a) -> int:
   from specjax import api
-  from specjax.bench.harness import Prompt, read_prompts
   from specjax.drafters import registry
+  from specjax.io.prompts import Prompt, check_text, read_prompts
 
+  # Everything that can be checked without the model is checked before it loads.
   if a.prompts and a.prompts_file:
     raise ValueError("give prompts as arguments or --prompts-file, not both")
   if a.prompts_file:
     prompts = read_prompts(a.prompts_file)
     batch_size = a.batch_size or 1
   elif a.prompts:
-    prompts = [Prompt(i, t, "other", "other") for i, t in enumerate(a.prompts)]
+    prompts = [Prompt(i, check_text(t, f"prompt {i}"), "other", "other") for i, t in enumerate(a.prompts)]
     batch_size = a.batch_size or len(prompts)
   else:
     raise ValueError("no prompts: give PROMPT arguments or --prompts-file FILE.jsonl")
@@ -174,12 +238,14 @@ def cmd_generate(a) -> int:
       raise ValueError(f"prompt {p.id!r} is empty")
   options = _parse_options(a.drafter_option, qualified=False)
   drafter = registry.make(a.drafter, **options)          # unknown names and bad options fail before loading
+  api.check_sampling(a.temperature, a.top_k, a.top_p, a.acceptance)
+  api.check_seed(a.seed)
 
-  target = load_target(a.model, a.dtype)
+  target = _load(a)
   chat = not a.no_chat
-  if chat and not target.tokenizer.chat_template:
-    raise ValueError("the model has no chat template; pass --no-chat")
-  ids = api.encode_prompts(target, [p.text for p in prompts], chat)
+  if chat:
+    target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
+  ids = api.encode_prompts(target, [p.text for p in prompts], chat, a.allow_special_tokens)
   longest = max(ids, key=len)
   api.prepare(target, [longest], max_new_tokens=a.max_new_tokens, drafter=drafter, temperature=a.temperature,
               top_k=a.top_k, top_p=a.top_p, acceptance=a.acceptance)   # checks every setting before any work
@@ -241,7 +307,7 @@ def cmd_bench(a) -> int:
 
   drafters = [d.strip() for d in a.drafters.split(",") if d.strip()]
   peers = [p.strip() for p in a.peers.split(",") if p.strip()]
-  res = run_bench(a.prompts, out=a.out, drafters=drafters, target=lambda: load_target(a.model, a.dtype),
+  res = run_bench(a.prompts, out=a.out, drafters=drafters, target=lambda: _load(a),
                   model=a.model, dtype=a.dtype, max_new_tokens=a.max_new_tokens, limit=a.limit,
                   per_category=a.per_category, batch_size=a.batch_size, temperature=a.temperature, seed=a.seed,
                   chat=not a.no_chat, peers=peers, drafter_options=_parse_options(a.drafter_option, qualified=True),
@@ -280,17 +346,15 @@ def cmd_train(a) -> int:
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-  import jinja2
-
-  args = build_parser().parse_args(argv)
-  args.argv = list(argv) if argv is not None else None
-  try:
-    return args.func(args)
-  except (ValueError, FileNotFoundError, OSError, jinja2.TemplateError) as e:
-    _fail(str(e) or type(e).__name__)
-  except KeyboardInterrupt:
-    print("specjax: interrupted", file=sys.stderr)
-    sys.exit(130)
+  with _exit_on_interrupt():
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else None
+    try:
+      return args.func(args)
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as e:
+      _fail(str(e) or type(e).__name__)
+    except KeyboardInterrupt:              # only if something replaced our handler
+      _interrupted()
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ fields are static configuration; weights are never fields of the static part (se
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +132,9 @@ class Drafter:
     raise NotImplementedError
 
   def validate(self) -> None:
-    """Raises ValueError on invalid options, before anything is compiled."""
+    """Raises ValueError on invalid options, before anything is compiled. Overrides call
+    check_option_types(self) first."""
+    check_option_types(self)
 
   def check_target(self, target) -> None:
     """Raises ValueError when this drafter's weights were made for another target."""
@@ -141,3 +147,38 @@ class Drafter:
 
   def update(self, m: Models, state, ctx: Context, step: Step):
     return state
+
+
+# The most nodes a draft tree may have: verifying more is far past any speedup, and a tree of millions
+# of nodes exhausts memory while the program is built.
+MAX_TREE_NODES = 4096
+
+
+def check_option_types(drafter: Drafter) -> None:
+  """Raises ValueError unless every option holds its declared type: an int field a real integer (not
+  1.5, True, None or "8"), a bool field True or False (not 1 or "abc"), a float field a finite number,
+  a str field a string; `X | None` also takes None. Fields of other types are the drafter's to check."""
+  try:
+    hints = typing.get_type_hints(type(drafter))
+  except Exception:                 # an annotation that does not resolve: nothing to check against
+    return
+  for f in dataclasses.fields(drafter):
+    want = hints.get(f.name)
+    args = typing.get_args(want) if typing.get_origin(want) in (typing.Union, types.UnionType) else (want,)
+    v = getattr(drafter, f.name)
+    if v is None and type(None) in args:
+      continue
+    for kind, ok, what in _OPTION_TYPES:
+      if kind in args:
+        if not ok(v):
+          raise ValueError(f"{drafter.name}: option {f.name} must be {what}, got {v!r}")
+        break
+
+
+_OPTION_TYPES = (   # (declared type, accepts(value), what to call it); bool before int: bool is an int
+    (bool, lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    (int, lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)), "an integer"),
+    (float, lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+     and math.isfinite(v), "a finite number"),
+    (str, lambda v: isinstance(v, str), "a string"),
+)

@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests (and the CLI processes they start and interrupt) compile afresh: no shared on-disk cache.
+os.environ.setdefault("SPECJAX_COMPILATION_CACHE", "0")
 
 import pytest
 

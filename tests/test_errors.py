@@ -406,13 +406,13 @@ def test_bad_max_new_tokens(small, bad):
 
 
 def test_bad_sampling_arguments(small):
-  with pytest.raises(ValueError, match="temperature must be >= 0"):
+  with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
     generate(small, _words(3), chat=False, max_new_tokens=4, temperature=-0.1)
-  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+  with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\]"):
     generate(small, _words(3), chat=False, max_new_tokens=4, temperature=1.0, top_p=1.5)
-  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+  with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\]"):
     generate(small, _words(3), chat=False, max_new_tokens=4, temperature=1.0, top_p=0.0)
-  with pytest.raises(ValueError, match="top_k must be >= 1"):
+  with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
     generate(small, _words(3), chat=False, max_new_tokens=4, temperature=1.0, top_k=0)
 
 

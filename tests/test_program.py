@@ -95,3 +95,19 @@ def test_declared_capture_reaches_drafters_through_both_verify_branches(t):
     np.testing.assert_allclose(root.layer_hidden[layer][:, 0], full.layer_hidden[layer][:, 0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(full.layer_hidden[1], full.hidden, rtol=1e-6)        # the last layer is the residual
   np.testing.assert_allclose(root.logits[:, 0], full.logits[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_persistent_compilation_cache_is_configured_unless_turned_off(monkeypatch, tmp_path):
+  import jax
+  api._compilation_cache.cache_clear()
+  monkeypatch.setenv("SPECJAX_COMPILATION_CACHE", "0")
+  api._compilation_cache()
+  assert not jax.config.jax_compilation_cache_dir
+  api._compilation_cache.cache_clear()
+  monkeypatch.setenv("SPECJAX_COMPILATION_CACHE", str(tmp_path / "xla"))
+  try:
+    api._compilation_cache()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+    api._compilation_cache.cache_clear()

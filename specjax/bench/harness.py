@@ -39,7 +39,9 @@ import time
 
 import numpy as np
 
-MT_BENCH = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+from specjax.io import records as records_io
+from specjax.io.prompts import MT_BENCH, Prompt, group_of, parse_prompt_row, read_prompts  # noqa: F401 (re-exported)
+
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 OVERALL = "overall"
 BASELINE = "none"
@@ -49,72 +51,6 @@ RECORDS = "records.jsonl"
 # A greedy divergence whose top-2 logit gap (at the first differing token) is at most this is a
 # near-tie (float rounding of a T-node vs a one-node forward), counted apart from real mismatches.
 NEAR_TIE_GAP = 1e-3
-
-
-@dataclasses.dataclass
-class Prompt:
-  id: object            # question_id for Spec-Bench rows, else the row's "id", else its index in the file
-  text: str
-  category: str
-  group: str
-
-
-def group_of(category: str | None) -> str:
-  """Spec-Bench category -> category group: the 8 MT-bench categories are "mt_bench"."""
-  if not category:
-    return "other"
-  return "mt_bench" if category in MT_BENCH else str(category)
-
-
-def parse_prompt_row(row, where: str, index: int) -> Prompt:
-  """{"prompt": text[, "id", "category"]} or a Spec-Bench row {"question_id", "category", "turns"}."""
-  if not isinstance(row, dict):
-    raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-  if "prompt" in row:
-    text = row["prompt"]
-    pid = row.get("id", row.get("question_id", index))
-  elif "turns" in row:
-    turns = row["turns"]
-    if not isinstance(turns, list) or not turns:
-      raise ValueError(f"{where}: 'turns' must be a non-empty list")
-    text = turns[0]
-    pid = row.get("question_id", row.get("id", index))
-  else:
-    raise ValueError(f"{where}: a row needs 'prompt' or 'turns' (a Spec-Bench row)")
-  if not isinstance(text, str) or not text.strip():
-    raise ValueError(f"{where}: the prompt is empty or not a string")
-  if not isinstance(pid, (str, int)) or isinstance(pid, bool):
-    raise ValueError(f"{where}: the id must be a string or an integer, got {pid!r}")
-  cat = row.get("category")
-  cat = str(cat) if cat is not None else None
-  return Prompt(pid, text, cat or "other", group_of(cat))
-
-
-def read_prompts(path) -> list[Prompt]:
-  """Reads a JSONL prompts file (see `parse_prompt_row`). Raises FileNotFoundError / ValueError."""
-  p = pathlib.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"prompts file not found: {p}")
-  if p.is_dir():
-    raise ValueError(f"{p} is a directory, not a JSONL prompts file")
-  out, seen = [], set()
-  with p.open(encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{p}:{lineno}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      pr = parse_prompt_row(row, where, len(out))
-      if str(pr.id) in seen:
-        raise ValueError(f"{where}: duplicate id {pr.id!r}")
-      seen.add(str(pr.id))
-      out.append(pr)
-  if not out:
-    raise ValueError(f"{p}: no prompts in the file")
-  return out
 
 
 def select(prompts: list[Prompt], *, limit: int | None = None, per_category: int | None = None) -> list[Prompt]:
@@ -188,50 +124,35 @@ def _prompt_sha(ids: list[int]) -> str:
 
 
 def load_records(path: pathlib.Path) -> dict[tuple[str, str], dict]:
-  """(method, str(id)) -> record; a later record for the same key wins. Lines that do not parse (a
-  write cut short by a crash) are skipped with a warning."""
-  out: dict[tuple[str, str], dict] = {}
-  if not path.exists():
-    return out
-  bad = 0
-  with path.open(encoding="utf-8") as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        r = json.loads(line)
-        out[_key(r["method"], r["id"])] = r
-      except (json.JSONDecodeError, KeyError, TypeError):
-        bad += 1
-  if bad:
-    print(f"specjax bench: warning: skipped {bad} unreadable line(s) in {path} (an interrupted write); "
-          "those records are measured again", file=sys.stderr)
-  return out
+  """(method, str(id)) -> record; a later record for the same key wins. Unreadable lines (a write cut
+  short by a crash) are removed from the file once, with a warning (specjax.io.records)."""
+  return {_key(r["method"], r["id"]): r
+          for r in records_io.load(path, valid=_is_record, label="specjax bench")}
 
 
-class RecordWriter:
-  """Appends records as JSON lines; each `write` is flushed and fsync'ed before it returns."""
+def _is_record(r: dict) -> bool:
+  return isinstance(r.get("method"), str) and isinstance(r.get("id"), (str, int))
 
-  def __init__(self, path: pathlib.Path):
-    self.path = path
-    # A crash mid-line leaves no trailing newline: start on a fresh line so the next record parses.
-    if path.exists() and path.stat().st_size:
-      with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        needs_nl = f.read(1) != b"\n"
-    else:
-      needs_nl = False
-    self._f = path.open("a", encoding="utf-8")
-    if needs_nl:
-      self._f.write("\n")
 
-  def write(self, records: list[dict]):
-    self._f.write("".join(json.dumps(r) + "\n" for r in records))
-    self._f.flush()
-    os.fsync(self._f.fileno())
+def _options_of(drafter) -> dict:
+  """Every option of a drafter, defaults included, as JSON values: an option given explicitly at its
+  default and one left out record the same settings."""
+  opts = {f.name: getattr(drafter, f.name) for f in dataclasses.fields(drafter) if f.init}
+  return json.loads(json.dumps(opts, default=repr))
 
-  def close(self):
-    self._f.close()
+
+def _resolved(settings, drafter: str | None) -> dict:
+  """Recorded settings with the drafter's options completed by its defaults (older records hold only
+  the options that were given)."""
+  from specjax.drafters import registry
+  if not isinstance(settings, dict):
+    return {}
+  if drafter is not None and isinstance(settings.get("options"), dict):
+    try:
+      settings = dict(settings, options=_options_of(registry.make(drafter, **settings["options"])))
+    except (ValueError, TypeError):
+      pass                           # options no longer valid: compared as recorded, so they differ
+  return settings
 
 
 def _check_settings(old: dict, settings: dict, method: str, path: pathlib.Path):
@@ -471,10 +392,10 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
 
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  temperature, _, _, _ = api.check_sampling(temperature)
+  seed = api.check_seed(seed)
   prompts_file = str(prompts) if not isinstance(prompts, list) else None
   all_prompts = read_prompts(prompts) if prompts_file else list(prompts)
   selected = select(all_prompts, limit=limit, per_category=per_category)
@@ -512,8 +433,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   elif callable(target):
     target = target()
   model_name = str(target.path)
-  if chat and not target.tokenizer.chat_template:
-    raise ValueError("the model has no chat template; pass chat=False (--no-chat)")
+  if chat:
+    target.tokenizer.require_chat_template("pass chat=False (--no-chat)", "--chat-template NAME")
   ids = dict(zip((str(p.id) for p in selected), api.encode_prompts(target, [p.text for p in selected], chat)))
   longest = max(ids.values(), key=len)
   for d in drafters:        # context overflows and bad settings surface now, not hours in
@@ -525,7 +446,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   def settings_for(m):
     s = dict(base_settings)
     if m in drafters:
-      s.update(batch_size=batch_size, options=drafter_options.get(m, {}))
+      s.update(batch_size=batch_size, options=_options_of(made[m]))
     else:
       s.update(batch_size=1, options={"prompt_lookup": list(lookup)} if m == "hf_pld" else {})
     return s
@@ -535,7 +456,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   by_sha = {str(p.id): _prompt_sha(ids[str(p.id)]) for p in selected}
   for (m, pid), r in list(records.items()):
     if m in methods and pid in by_sha:
-      _check_settings(r.get("settings", {}), settings_for(m), m, rec_path)
+      _check_settings(_resolved(r.get("settings"), m if m in drafters else None), settings_for(m), m, rec_path)
       if r.get("prompt_sha") != by_sha[pid]:
         raise ValueError(f"{rec_path} holds a record for prompt {pid!r} whose text differs from the one now "
                          "given; use another --out directory or delete that file")
@@ -561,7 +482,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
              lookup=lookup if m == "hf_pld" else None)
 
   load_start = _loadavg()
-  writer = RecordWriter(rec_path)
+  writer = records_io.RecordLog(rec_path)
   from tqdm import tqdm
   done_before = sum(1 for p in selected if all(_key(m, p.id) in records for m in methods))
   bar = tqdm(total=len(selected), initial=done_before, unit="prompt", desc="bench", file=sys.stderr,

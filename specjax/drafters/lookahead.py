@@ -18,8 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.protocol import Context, Drafter, Step
+from specjax.protocol import MAX_TREE_NODES, Context, Drafter, Step, check_option_types
 from specjax.engine import tree as tree_lib
+
+
+MAX_POOL = 1 << 20      # n-grams per row: [batch, pool, ngram] int32 lives in the loop carry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +38,15 @@ class Lookahead(Drafter):
   skip_empty_trees = False     # the Jacobi window needs its logits every step
 
   def validate(self):
+    check_option_types(self)
     if self.window < 1 or self.ngram < 2 or self.guesses < 1:
       raise ValueError(f"lookahead: need window >= 1, ngram >= 2, guesses >= 1; got "
                        f"{self.window}, {self.ngram}, {self.guesses}")
     if self.pool_size < self.guesses:
       raise ValueError(f"lookahead: pool_size ({self.pool_size}) must be >= guesses ({self.guesses})")
+    if self.num_nodes > MAX_TREE_NODES or self.pool_size > MAX_POOL:
+      raise ValueError(f"lookahead: need 1 + (ngram - 1) * (window + guesses) <= {MAX_TREE_NODES} and pool_size <= "
+                       f"{MAX_POOL}, got {self.num_nodes} and {self.pool_size}")
 
   @property
   def num_nodes(self):

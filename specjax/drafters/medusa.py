@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from specjax.engine import tree as tree_lib
-from specjax.protocol import Context, Drafter, Models, Prefill, Step
+from specjax.protocol import MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step, check_option_types
 
 
 class MedusaHeads(nnx.Module):
@@ -69,12 +69,12 @@ class Medusa(Drafter):
   name = "medusa"
 
   def validate(self):
+    check_option_types(self)
     for f in ("heads", "layers", "hidden", "nodes"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"medusa: {f} must be a positive integer, got {v!r}")
-    if self.nodes > 256:
-      raise ValueError(f"medusa: nodes must be at most 256, got {self.nodes}")
+      if getattr(self, f) < 1:
+        raise ValueError(f"medusa: {f} must be a positive integer, got {getattr(self, f)!r}")
+    if self.nodes >= MAX_TREE_NODES:
+      raise ValueError(f"medusa: nodes must be below {MAX_TREE_NODES}, got {self.nodes}")
 
   @functools.cached_property
   def graphdef(self):

@@ -10,8 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.protocol import Context, Drafter
+from specjax.protocol import MAX_TREE_NODES, Context, Drafter, check_option_types
 from specjax.engine import tree as tree_lib
+
+
+MAX_NGRAM = 64     # each n-gram length is one pass over the context in the program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +26,14 @@ class PromptLookup(Drafter):
   name = "pld"
 
   def validate(self):
+    check_option_types(self)
     if self.num_tokens < 1 or self.branches < 1:
       raise ValueError(f"pld: num_tokens and branches must be >= 1, got {self.num_tokens}, {self.branches}")
     if not 1 <= self.min_ngram <= self.max_ngram:
       raise ValueError(f"pld: need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
+    if self.max_ngram > MAX_NGRAM or self.branches * self.num_tokens >= MAX_TREE_NODES:
+      raise ValueError(f"pld: need max_ngram <= {MAX_NGRAM} and branches * num_tokens < {MAX_TREE_NODES}, got "
+                       f"{self.max_ngram}, {self.branches} * {self.num_tokens}")
 
   @functools.cached_property
   def shape(self) -> tree_lib.StaticTree:

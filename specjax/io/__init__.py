@@ -72,9 +72,12 @@ def _dtype(dtype):
   return dtype
 
 
-def load(path: str | pathlib.Path = "default", *, dtype="float32") -> Target:
-  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors)."""
+def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None) -> Target:
+  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors).
+  chat_template: which of the model's named chat templates to use (default: the one named "default")."""
   dt = _dtype(dtype)
+  if chat_template is not None and not isinstance(chat_template, str):
+    raise ValueError(f"chat_template must be the name of one of the model's chat templates, got {chat_template!r}")
   np_dt = np.float32 if dt == jnp.float32 else jnp.bfloat16
   p = default_model_path() if str(path) == "default" else pathlib.Path(path)
   if not p.exists():
@@ -84,7 +87,7 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32") -> Target:
     if not (p / "config.json").exists():
       raise ValueError(f"{p}: not a Hugging Face model directory (config.json missing)")
     cfg = hf_loader.read_config(p)
-    tok = Tokenizer.from_hf_dir(p)
+    tok = Tokenizer.from_hf_dir(p, chat_template)
     weights = hf_loader.read_weights(p, cfg, np_dt)
   elif p.suffix == ".gguf":
     import gguf
@@ -94,7 +97,7 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32") -> Target:
     except Exception as e:   # the gguf package raises assorted errors on non-GGUF bytes
       raise ValueError(f"{p}: not a readable GGUF file ({e})") from None
     cfg = gguf_loader.read_config(reader, p)
-    tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader, p))
+    tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader, p), chat_template)
     weights = gguf_loader.read_weights(reader, cfg, p, np_dt)
     del reader                 # its parsed metadata and mapped pages are not needed any more
     gc.collect()

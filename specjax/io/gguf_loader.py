@@ -121,6 +121,11 @@ def read_tokenizer_spec(reader, path="GGUF file") -> dict:
     if v is not None and int(v) not in eos:
       eos.append(int(v))
   bos = _field(reader, "tokenizer.ggml.bos_token_id")
+  template = _field(reader, "tokenizer.chat_template")
+  names = _field(reader, "tokenizer.chat_templates")      # llama.cpp's named templates, beside the default
+  if isinstance(names, list) and names:
+    template = ([{"name": "default", "template": template}] if template is not None else []) + [
+        {"name": n, "template": _field(reader, f"tokenizer.chat_template.{n}")} for n in names]
   return dict(
       tokens=tokens,
       token_type=[int(x) for x in types] if types is not None else [1] * len(tokens),
@@ -128,4 +133,4 @@ def read_tokenizer_spec(reader, path="GGUF file") -> dict:
       pre=_field(reader, "tokenizer.ggml.pre"),
       eos_ids=eos, bos_id=None if bos is None else int(bos),
       add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-      chat_template=_field(reader, "tokenizer.chat_template"))
+      chat_template=template, source=str(path))
