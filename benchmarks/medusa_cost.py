@@ -45,15 +45,17 @@ def draft_cost(t, path):
   d = registry.make(f"medusa:{path}")
   gd, params = nnx.split(t.model)
 
-  def propose(tp, dp, h):
+  # As in decoding: the reduced head's columns are gathered once (Medusa.init), not per step.
+  w = t.model.head_weight(d.params["vocab"][...]) if d.draft_vocab else None
+
+  def propose(tp, dp, w, h):
     model = nnx.merge(gd, tp)
     heads = nnx.merge(d.graphdef, dp)
-    w = model.head_weight(heads.vocab[...]) if d.draft_vocab else None
     logits = model.head(heads(model.norm(h)), w)
     return jax.lax.top_k(logits, 4)[1]
 
   h = jnp.ones((1, t.cfg.hidden), jnp.float32)
-  return d, best_ms(jax.jit(propose), params, d.params, h)
+  return d, best_ms(jax.jit(propose), params, d.params, w, h)
 
 
 def verify_ms(t, T, ctx=256):
@@ -75,6 +77,7 @@ def main():
   ap.add_argument("--nodes", default="4,8,12,16,24,32")
   ap.add_argument("--max-new-tokens", type=int, default=128)
   ap.add_argument("--out", default="benchmarks/results/medusa_cost.json")
+  ap.add_argument("--skip-nodes", action="store_true", help="only the draft-vocabulary part")
   a = ap.parse_args()
   t = specjax.load("default")
   report = {"machine": machine(), "command": " ".join(sys.argv), "vocab": [], "nodes": []}
@@ -87,16 +90,18 @@ def main():
     ev = checkpoint.load(p)[1]["training"]["eval"]
     T = d.num_nodes
     row = {"draft_vocab": v or t.cfg.vocab, "propose_ms": ms, "verify_ms_T": verify_ms(t, T), "T": T,
-           "ar_step_ms": base_ms, "tau_heldout": ev["tau"], "top1": ev["top1"], "coverage": ev["vocab_coverage"]}
+           "ar_step_ms": base_ms, "tau_heldout": ev["tau_by_nodes"].get(str(d.nodes), ev["tau"]), "top1": ev["top1"],
+           "coverage": ev["vocab_coverage"]}
     row["draft_share"] = ms / (ms + row["verify_ms_T"])
     row["est_speedup"] = row["tau_heldout"] * base_ms / (ms + row["verify_ms_T"])
     report["vocab"].append(row)
     print(json.dumps(row), flush=True)
 
-  prompts = select(read_prompts(a.prompts), per_category=1)
+  prompts = [] if a.skip_nodes else select(read_prompts(a.prompts), per_category=1)
   texts = [p.text for p in prompts]
   runs = {}
-  for name, opts in [("none", {})] + [(f"medusa-{n}", {"nodes": int(n)}) for n in a.nodes.split(",")]:
+  configs = [] if a.skip_nodes else [("none", {})] + [(f"medusa-{n}", {"nodes": int(n)}) for n in a.nodes.split(",")]
+  for name, opts in configs:
     drafter = "medusa" if opts else "none"
     specjax.generate(t, texts[:1], max_new_tokens=a.max_new_tokens, drafter=drafter, **opts)   # compile
     walls, new, fw = 0.0, 0, 0

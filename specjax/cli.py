@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="encode special-token text in prompts (e.g. <|im_end|>) as special tokens; by default it is "
                  "plain text, so a prompt cannot forge chat turns")
   g.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
-  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead")
+  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead, medusa (shipped checkpoint), medusa:PATH")
   g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
                  help="default: greedy at temperature 0, else sample (lossless); typical is lossy")
   g.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE",

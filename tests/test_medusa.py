@@ -70,7 +70,7 @@ REAL_PROMPTS = [
 def test_shipped_checkpoint_is_lossless_on_default_model(default_target):
   d = registry.make("medusa")
   assert d.trained_for
-  for n, nodes in ((1, None), (4, None), (4, 4)):
+  for n, nodes in ((1, None), (4, None), (4, 16)):
     opts = {} if nodes is None else {"nodes": nodes}
     base = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48)
     g = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48, drafter="medusa", **opts)

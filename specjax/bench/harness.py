@@ -89,9 +89,21 @@ def batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
   return out
 
 
+def _cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), which machines of the same kind differ by."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine_info(with_torch: bool = False) -> dict:
   import jax
-  info = {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+  info = {"platform": platform.platform(), "machine": platform.machine(), "processor": _cpu_model(),
           "python": platform.python_version(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
   if with_torch:
@@ -249,7 +261,7 @@ def write_markdown(path: pathlib.Path, results: dict):
   lines = ["# specjax bench", "",
            f"Model `{cfg['model']}` ({cfg['dtype']}), {cfg['prompts_selected']} prompts from "
            f"`{cfg['prompts_file']}`, max_new_tokens {cfg['max_new_tokens']}, temperature {cfg['temperature']}, "
-           f"batch size {cfg['batch_size']}. Machine: {mach['platform']}, {mach['cpu_count']} CPUs, "
+           f"batch size {cfg['batch_size']}. Machine: {mach.get('processor') or '?'}, {mach['platform']}, {mach['cpu_count']} CPUs, "
            f"JAX {mach['jax']} ({mach['backend']}), load average {mach.get('loadavg_start')} at the start, "
            f"{mach.get('loadavg_end')} at the end (other processes skew timings).", "",
            "## Speedup over the autoregressive baseline (tau)", "",

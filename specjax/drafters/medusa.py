@@ -63,7 +63,11 @@ class Medusa(Drafter):
   layers: int = 1
   hidden: int = 576
   draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
-  nodes: int = 12               # tree budget: candidate nodes (the root not counted)
+  # Tree budget: candidate nodes (the root not counted). 4 is the CPU default: on the 2-core Xeon a
+  # 5-node verify costs 1.18x a one-token step and a 13-node one 1.48x, while held-out tau only grows
+  # from 2.02 to 2.36, so 4 nodes gives the most tokens per second (BENCHMARKS.md). Accelerators,
+  # where a wide verify is nearly free, want 16-64.
+  nodes: int = 4
   accuracy: tuple = ()          # measured [heads][ranks] acceptance rates (from the checkpoint)
   trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
   name = "medusa"
@@ -150,6 +154,7 @@ class Medusa(Drafter):
   def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "Medusa":
     cfg = dict(drafter_meta["config"])
     cfg["accuracy"] = tuple(tuple(r) for r in cfg.get("accuracy", ()))
+    cfg.pop("nodes", None)      # the budget suits the machine that decodes, not the one that trained
     cfg.update(options)
     d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
     d.validate()
