@@ -80,10 +80,14 @@ class Medusa(Drafter):
     if self.nodes >= MAX_TREE_NODES:
       raise ValueError(f"medusa: nodes must be below {MAX_TREE_NODES}, got {self.nodes}")
 
+  def _abstract(self):
+    """(graphdef, abstract state) of this configuration's heads; no weights are allocated."""
+    return nnx.split(nnx.eval_shape(lambda: MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
+                                                        vocab=np.zeros(self.draft_vocab, np.int32))))
+
   @functools.cached_property
   def graphdef(self):
-    return nnx.split(nnx.eval_shape(lambda: MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
-                                                        vocab=np.zeros(self.draft_vocab, np.int32))))[0]
+    return self._abstract()[0]
 
   @functools.cached_property
   def shape(self) -> tree_lib.StaticTree:
@@ -158,40 +162,16 @@ class Medusa(Drafter):
     cfg.update(options)
     d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
     d.validate()
-    abstract = nnx.split(nnx.eval_shape(lambda: MedusaHeads(hidden=d.hidden, heads=d.heads, layers=d.layers,
-                                                            vocab=np.zeros(d.draft_vocab, np.int32))))[1]
-    pure = nnx.to_pure_dict(abstract)
-    for key in list(_flat_keys(pure)):
-      name = "/".join(map(str, key))
+    state = d._abstract()[1]
+    pure = nnx.to_pure_dict(state)            # flat: {"w", "b", "vocab"}
+    for name, want in pure.items():
       if name not in tensors:
         raise ValueError(f"medusa checkpoint lacks tensor {name!r}")
-      want = _get(pure, key)
-      x = tensors[name]
-      if tuple(x.shape) != tuple(want.shape):
-        raise ValueError(f"medusa checkpoint tensor {name!r} has shape {x.shape}, expected {want.shape}")
-      _set(pure, key, jnp.asarray(x, want.dtype))
-    nnx.replace_by_pure_dict(abstract, pure)
-    return dataclasses.replace(d, params=abstract)
-
-
-def _flat_keys(d, prefix=()):
-  for k, v in d.items():
-    if isinstance(v, dict):
-      yield from _flat_keys(v, prefix + (k,))
-    else:
-      yield prefix + (k,)
-
-
-def _get(d, key):
-  for k in key:
-    d = d[k]
-  return d
-
-
-def _set(d, key, value):
-  for k in key[:-1]:
-    d = d[k]
-  d[key[-1]] = value
+      if tuple(tensors[name].shape) != tuple(want.shape):
+        raise ValueError(f"medusa checkpoint tensor {name!r} has shape {tensors[name].shape}, expected {want.shape}")
+      pure[name] = jnp.asarray(tensors[name], want.dtype)
+    nnx.replace_by_pure_dict(state, pure)
+    return dataclasses.replace(d, params=state)
 
 
 # ------------------------------------------------------------------ training

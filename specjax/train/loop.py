@@ -115,9 +115,8 @@ class MedusaRecipe:
 RECIPES = {"medusa": MedusaRecipe}
 
 
-def evaluate(recipe, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
-  """[n, K] label ranks (KMAX = absent) at the given positions."""
-  fn = jax.jit(recipe.ranks)
+def evaluate(fn, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
+  """[n, K] label ranks (KMAX = absent) at the given positions; fn: the recipe's jitted `ranks`."""
   out = []
   for s in range(0, len(positions), chunk):
     idx = positions[s:s + chunk]
@@ -125,7 +124,7 @@ def evaluate(recipe, p, consts, feat, lab, positions: np.ndarray, *, chunk: int 
     idx_p = np.pad(idx, (0, pad))
     r = np.asarray(fn(p, consts, jnp.asarray(np.asarray(feat.hidden[idx_p], np.float32)), jnp.asarray(lab[idx_p])))
     out.append(r[:len(idx)])
-  return np.concatenate(out) if out else np.zeros((0, recipe.c.heads), np.int64)
+  return np.concatenate(out) if out else np.zeros((0, lab.shape[1]), np.int64)
 
 
 def summarize(held_ranks: np.ndarray, train_ranks: np.ndarray, nodes: int) -> dict:
@@ -185,6 +184,7 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: i
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, acc
 
+  rank_fn = jax.jit(recipe.ranks)           # one compile for every evaluation of the run
   hidden = train.hidden
   end = c.steps if stop_after is None else min(c.steps, start + stop_after)
   bar = tqdm(range(start, end), initial=start, total=c.steps, disable=not progress, desc=f"train {c.drafter}",
@@ -204,8 +204,8 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: i
       mngr.save(done, args=ocp.args.StandardSave({"params": params, "opt": opt_state}))
       mngr.wait_until_finished()
     if done % c.eval_every == 0 or done == c.steps:
-      summary = summarize(evaluate(recipe, params, consts, held, lab_held, ev_held),
-                          evaluate(recipe, params, consts, train, lab_train, ev_train), c.nodes)
+      summary = summarize(evaluate(rank_fn, params, consts, held, lab_held, ev_held),
+                          evaluate(rank_fn, params, consts, train, lab_train, ev_train), c.nodes)
       row = {"step": done, "loss": float(loss), "top1": summary["top1"], "top5": summary["top5"], "tau": summary["tau"],
              "wall_s": time.perf_counter() - t0}
       with open(log_path, "a") as f:
@@ -214,7 +214,7 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: i
                 f"top5 {['%.3f' % x for x in summary['top5']]} tau({c.nodes} nodes) {summary['tau']:.3f}")
   mngr.wait_until_finished()
   if summary is None:
-    summary = summarize(evaluate(recipe, params, consts, held, lab_held, ev_held),
-                        evaluate(recipe, params, consts, train, lab_train, ev_train), c.nodes)
+    summary = summarize(evaluate(rank_fn, params, consts, held, lab_held, ev_held),
+                        evaluate(rank_fn, params, consts, train, lab_train, ev_train), c.nodes)
   summary.update(vocab_coverage=recipe.coverage, steps_done=end, wall_s_this_run=time.perf_counter() - t0)
   return recipe.drafter(params, summary["table"]), summary
