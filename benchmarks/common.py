@@ -30,3 +30,32 @@ def read_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
     a.sum()
     best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
   return best
+
+
+def best_ms(fn, *args, reps=20):
+  """Median wall time of fn(*args) in ms, after one call that compiles it."""
+  import jax
+  jax.block_until_ready(fn(*args))
+  ts = []
+  for _ in range(reps):
+    s = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    ts.append(time.perf_counter() - s)
+  return 1e3 * float(np.median(ts))
+
+
+def verify_ms(t, T, ctx=256):
+  """One target forward over T new tokens at batch 1 with `ctx` cached tokens (ms)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from specjax.cache import KVCache
+  gd, params = nnx.split(t.model)
+  cfg = t.cfg
+  fwd = jax.jit(lambda p, tok, pos, c, m: nnx.merge(gd, p)(tok, pos, c, m).logits)
+  cache = KVCache.zeros(layers=cfg.layers, batch=1, max_len=ctx + 64, kv_heads=cfg.kv_heads,
+                        head_dim=cfg.head_dim).advance(jnp.full((1,), ctx))
+  tok = jnp.zeros((1, T), jnp.int32)
+  pos = ctx + jnp.arange(T)[None]
+  mask = jnp.tril(jnp.ones((T, T), bool))[None]
+  return best_ms(fwd, params, tok, pos, cache, mask, reps=10)

@@ -22,23 +22,12 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from common import machine  # noqa: E402
+from common import best_ms, machine, verify_ms  # noqa: E402
 
 import specjax  # noqa: E402
 from specjax.bench.harness import read_prompts, select  # noqa: E402
-from specjax.cache import KVCache  # noqa: E402
 from specjax.drafters import registry  # noqa: E402
 from specjax.io import checkpoint  # noqa: E402
-
-
-def best_ms(fn, *args, reps=20):
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(reps):
-    s = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - s)
-  return 1e3 * float(np.median(ts))
 
 
 def draft_cost(t, path):
@@ -56,18 +45,6 @@ def draft_cost(t, path):
 
   h = jnp.ones((1, t.cfg.hidden), jnp.float32)
   return d, best_ms(jax.jit(propose), params, d.params, w, h)
-
-
-def verify_ms(t, T, ctx=256):
-  gd, params = nnx.split(t.model)
-  cfg = t.cfg
-  fwd = jax.jit(lambda p, tok, pos, c, m: nnx.merge(gd, p)(tok, pos, c, m).logits)
-  cache = KVCache.zeros(layers=cfg.layers, batch=1, max_len=ctx + 64, kv_heads=cfg.kv_heads,
-                        head_dim=cfg.head_dim).advance(jnp.full((1,), ctx))
-  tok = jnp.zeros((1, T), jnp.int32)
-  pos = ctx + jnp.arange(T)[None]
-  mask = jnp.tril(jnp.ones((T, T), bool))[None]
-  return best_ms(fwd, params, tok, pos, cache, mask, reps=10)
 
 
 def main():

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
                      "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
                      "state are cached).")
-  t.add_argument("--drafter", default="medusa", choices=["medusa"])
+  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2"])
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")
@@ -201,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--max-prompts", type=_positive_int, default=2000)
   t.add_argument("--heldout-prompts", type=_positive_int, default=100)
   t.add_argument("--steps", type=_positive_int, default=2000)
-  t.add_argument("--batch", type=_positive_int, default=256, help="positions per step")
+  t.add_argument("--batch", type=_positive_int, default=None,
+                 help="medusa: positions per step (default 256); clover, clover2: sequences per step (default 4)")
+  t.add_argument("--layers", type=_positive_int, default=1,
+                 help="medusa: ResBlocks per head; clover, clover2: augmenting decoder layers")
   t.add_argument("--lr", type=float, default=1e-3)
   t.add_argument("--heads", type=_positive_int, default=4)
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
@@ -339,7 +342,8 @@ def cmd_train(a) -> int:
                 heldout_prompts=a.heldout_prompts, sequences_file=a.sequences, prompts_dir=a.prompts,
                 overwrite=a.overwrite, progress=not a.no_progress, feature_batch_tokens=a.feature_batch_tokens,
                 log=lambda m: print(m, file=sys.stderr, flush=True),
-                steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, draft_vocab=a.draft_vocab, nodes=a.nodes)
+                steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, layers=a.layers, draft_vocab=a.draft_vocab,
+                nodes=a.nodes)
   return 0
 
 

@@ -20,3 +20,17 @@ def default_target():
 @pytest.fixture(scope="session")
 def tiny():
   return tiny_target(seed=0, scale=10.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilled(tmp_path_factory):
+  """A tiny target and its own greedy answers to 40 random prompts: (target, sequences, directory)."""
+  import numpy as np
+
+  import specjax
+  t = tiny_target(seed=3, scale=6.0, eos_id=999)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(2, 64, rng.integers(3, 12)).tolist() for _ in range(40)]
+  g = specjax.generate(t, prompts, max_new_tokens=48)
+  seqs = [{"id": str(i), "prompt": p, "answer": a} for i, (p, a) in enumerate(zip(prompts, g.token_ids))]
+  return t, seqs, tmp_path_factory.mktemp("feat")

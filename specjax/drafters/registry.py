@@ -13,17 +13,20 @@ import pathlib
 from specjax.drafters.base import NoDrafter
 from specjax.protocol import Drafter
 
-_NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers"}
+_NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
+                "version"}
 
 
 def _classes():
+  from specjax.drafters.clover import Clover1, Clover2
   from specjax.drafters.lookahead import Lookahead
   from specjax.drafters.medusa import Medusa
   from specjax.drafters.ngram import PromptLookup
-  return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa}
+  return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa,
+          "clover": Clover1, "clover2": Clover2}
 
 
-TRAINED = ("medusa",)
+TRAINED = ("medusa", "clover", "clover2")
 
 
 def names() -> list[str]:

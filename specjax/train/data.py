@@ -182,7 +182,8 @@ class Features:
   residual (before the final norm) at each position; top_ids [N, 8] int32 and top_p [N, 8] float16:
   the target's most likely next tokens and their probabilities there; token [N]: the token AT each
   position; seq [N]: which sequence; pos [N]: index within the sequence's answer part (position 0
-  is the last prompt token, whose prediction is the answer's first token)."""
+  is the last prompt token, whose prediction is the answer's first token; prompt positions, kept
+  only in `full` features, are negative)."""
   hidden: np.ndarray
   top_ids: np.ndarray
   top_p: np.ndarray
@@ -214,9 +215,11 @@ def _feature_fn(graphdef):
 
 
 def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens: int = 4096,
-             shard_size: int = 128, progress: bool = True) -> Features:
+             shard_size: int = 128, full: bool = False, progress: bool = True) -> Features:
   """Target features of every sequence, computed in shards of `shard_size` sequences saved as .npz
-  (no pickles) under `directory`; an existing shard is reused, so a killed run resumes."""
+  (no pickles) under `directory`; an existing shard is reused, so a killed run resumes.
+  full: also keep the prompt's positions (pos < 0), for drafters that attend over the whole
+  sequence (Clover's augmenting block, EAGLE)."""
   directory.mkdir(parents=True, exist_ok=True)
   graphdef, params = nnx.split(target.model)
   fn = _feature_fn(graphdef)
@@ -243,17 +246,17 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
         # One batch shape per length bucket (and per shard size), so few compiles.
         arr = np.zeros((min(max(batch_tokens // L, 1), len(chunk)), L), np.int32)
         for b, r in enumerate(rows):
-          full = r["prompt"] + r["answer"]
-          arr[b, :len(full)] = full
+          ids = r["prompt"] + r["answer"]
+          arr[b, :len(ids)] = ids
         hid, ids, p = jax.device_get(fn(params, jnp.asarray(arr)))
         for b, r in enumerate(rows):
-          a, n = len(r["prompt"]) - 1, len(r["prompt"]) + len(r["answer"])
+          a, n = (0 if full else len(r["prompt"]) - 1), len(r["prompt"]) + len(r["answer"])
           cols["hidden"].append(np.asarray(hid[b, a:n]).view(np.uint16))
           cols["top_ids"].append(ids[b, a:n])
           cols["top_p"].append(p[b, a:n])
           cols["token"].append(arr[b, a:n])
           cols["seq"].append(np.full(n - a, s + group[b], np.int32))
-          cols["pos"].append(np.arange(n - a, dtype=np.int32))
+          cols["pos"].append(np.arange(a, n, dtype=np.int32) - (len(r["prompt"]) - 1))
           made += n - a
       tmp = f.with_suffix(".tmp.npz")
       np.savez(tmp, **{k: np.concatenate(v) for k, v in cols.items()})

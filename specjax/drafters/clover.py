@@ -1,0 +1,527 @@
+"""Clover (Xiao et al. 2024, arXiv 2405.00263) and Clover-2 (XiaoBin1992/clover, `clover2.py`): Medusa-
+style heads made regressive. Both versions are configurations of one drafter (`version` 1 or 2).
+
+Pieces (H hidden, e(y) the target's frozen token embedding, N(.) an RMSNorm):
+- Augmenting Block: `aug_layers` decoder layers initialised from the target's LAST layer, run over the
+  sequence of the target's hidden states (its own KV cache in the loop carry; it only ever sees
+  committed positions, so nothing is rolled back), then N -> u_t, the feature for speculation.
+  Entry t reads the target's last residual h_t and, in Clover-2, the token x_{t+1} that follows it
+  (merged by the gate below, as the public code does before its decoder layer).
+- Regressive Connection: the head for depth d+1 sees the token chosen at depth d.
+- Attention Decoder: how that token enters the head's state s.
+  Clover-2: a per-head gate (the public code's ResAttentionBlock): q = Wq N(s) + bq, k = Wk e(y) + bk,
+    v = Wv e(y) + bv split into the target's attention heads; s' = s + v * cos(q, k) per head.
+    Head 0: out = N(W0 u + b0); depth d > 0: s' = gate(s, e(y)), out = N(W1 [s', e(y)] + b1).
+  Clover-1 (no public code; built from the paper's description): cross-attention from the draft
+    state to the augmented sequence: s' = s + Wo attn(Wq N(s + e(y)); the augmenting layer's cached
+    keys/values), out = N(s' + SiLU(W s' + b)); head 0 already sees the root token this way.
+  `out` goes through the target's frozen LM head (optionally a reduced draft vocabulary).
+- Tree, built inside the program level by level (one batched head call per depth, never per node):
+  every frontier node takes its children in probability order while the mass before them is under
+  `threshold` (Clover-2: 0.95), or (Clover-1) while p >= p_top1 / 4, at most `children`; the best
+  `width` by joint probability form the next frontier; at the end the `nodes` best of all drafted
+  nodes by joint probability form the tree (ancestor-closed: a child's joint probability never
+  exceeds its parent's). With sampling the candidates are deterministic (q one-hot) and the engine's
+  recursive rejection keeps the target's distribution exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax.engine import tree as tree_lib
+from specjax.models.llama import LAYER_WEIGHTS, apply_rope, decoder_layer, rms_norm
+from specjax.protocol import MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill, Step, check_option_types
+
+
+# ------------------------------------------------------------------ weights
+
+def dims_of(cfg) -> tuple:
+  """The target sizes the drafter's weights depend on: (hidden, heads, kv_heads, head_dim, ffn, qkv_bias)."""
+  return (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.ffn, cfg.qkv_bias)
+
+
+def shapes(dims: tuple, *, version: int, aug_layers: int) -> dict[str, tuple[int, ...]]:
+  """One declaration per weight: name -> shape. The augmenting layers use the target's own layer
+  declaration (`weight_shapes`), with `aug_layers` layers."""
+  from specjax.models.config import ModelConfig
+  from specjax.models.llama import weight_shapes
+  H, N, K, D, F, bias = dims
+  layer = ModelConfig(vocab=1, hidden=H, layers=aug_layers, heads=N, kv_heads=K, head_dim=D, ffn=F, qkv_bias=bias,
+                      tie_embeddings=True)
+  out = {f"aug/{n}": s for n, s in weight_shapes(layer).items() if n in LAYER_WEIGHTS}
+  out.update({"aug_norm": (H,), "head_norm": (H,)})
+  if version == 2:
+    for g in ("in_gate", "gate"):
+      out.update({f"{g}/norm": (H,), f"{g}/wq": (H, H), f"{g}/bq": (H,), f"{g}/wk": (H, H), f"{g}/bk": (H,),
+                  f"{g}/wv": (H, H), f"{g}/bv": (H,)})
+    out.update({"w0": (H, H), "b0": (H,), "w1": (2 * H, H), "b1": (H,)})
+  else:
+    out.update({"dec/norm": (H,), "dec/wq": (H, N * D), "dec/wo": (N * D, H), "w": (H, H), "b": (H,)})
+  return out
+
+
+_EYE = {"w0", "w1", "in_gate/wq", "in_gate/wk", "gate/wq", "gate/wk", "dec/wq"}
+
+
+def initial(target, *, version: int, aug_layers: int, seed: int = 0, noise: float = 0.01) -> dict:
+  """Float32 starting weights, as the public code initialises them: the augmenting layers copy the
+  target's last layer, the norms its final norm; biases 0; query/key and head projections identity
+  (on the state's part of the input) + U(0, noise); value/output projections U(0, noise) alone, so
+  a fresh gate or decoder adds almost nothing."""
+  model = target.model
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, shape in shapes(dims_of(target.cfg), version=version, aug_layers=aug_layers).items():
+    leaf = name.split("/")[-1]
+    if name.startswith("aug/"):
+      out[name] = np.repeat(np.asarray(getattr(model, leaf)[...][-1:], np.float32), aug_layers, 0)
+    elif leaf.endswith("norm"):
+      out[name] = np.asarray(model.final_norm[...], np.float32)
+    elif leaf.startswith("b"):
+      out[name] = np.zeros(shape, np.float32)
+    else:
+      w = rng.uniform(0, noise, shape).astype(np.float32)
+      if name in _EYE:
+        n = min(shape)
+        w[:n, :n] += np.eye(n, dtype=np.float32)
+      out[name] = w
+  return out
+
+
+class CloverNet(nnx.Module):
+  """The drafter's weights (see `shapes`) as one flat dict of parameters, plus vocab [N] int32, the
+  reduced draft vocabulary (target ids) or [0] for the full one."""
+
+  def __init__(self, weights: dict, vocab=None):
+    self.p = nnx.Param({k: jnp.asarray(v, jnp.float32) for k, v in weights.items()})
+    self.vocab = nnx.Variable(jnp.asarray(np.zeros(0, np.int32) if vocab is None else vocab, jnp.int32))
+
+
+# ------------------------------------------------------------------ pure functions (decoding and training)
+
+def _layer_weights(p, i):
+  return {n.split("/")[1]: w[i] for n, w in p.items() if n.startswith("aug/")}
+
+
+def gate(p, g: str, s, e, heads: int, eps: float):
+  """Clover-2's attention decoder (ResAttentionBlock): s [..., H] state, e [..., H] token embedding."""
+  q = jnp.dot(rms_norm(s, p[f"{g}/norm"], eps), p[f"{g}/wq"]) + p[f"{g}/bq"]
+  k = jnp.dot(e, p[f"{g}/wk"]) + p[f"{g}/bk"]
+  v = jnp.dot(e, p[f"{g}/wv"]) + p[f"{g}/bv"]
+  split = lambda x: x.reshape(x.shape[:-1] + (heads, -1))
+  q, k, v = split(q), split(k), split(v)
+  # x / max(|x|, sqrt(eps)), written so the gradient at x = 0 (padding) is finite
+  unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps))
+  cos = jnp.sum(unit(q) * unit(k), -1, keepdims=True)
+  return s + (v * cos).reshape(s.shape)
+
+
+def augment(cfg, p, x, positions, mask, kv=None, lengths=None, cos_sin=None):
+  """The augmenting block over x [B, T, H] (positions [B, T], mask [B, T, T] over the new entries;
+  kv: cached (k, v) [A, B, S, KVH, D] with `lengths` [B] live entries, or None).
+  Returns (u [B, T, H] before the final norm, k, v [A, B, T, KVH, D] fresh keys/values)."""
+  from specjax.models.llama import rope_frequencies
+  inv = jnp.asarray(rope_frequencies(cfg))
+  ang = positions.astype(jnp.float32)[..., None] * inv
+  cos, sin = jnp.cos(ang), jnp.sin(ang)
+  live = None
+  if kv is not None:
+    live = (jnp.arange(kv[0].shape[2])[None, :] < lengths[:, None])[:, None, None, None, :]
+  ks, vs = [], []
+  A = p["aug/wqkv"].shape[0]
+  for i in range(A):
+    x, k, v = decoder_layer(cfg, _layer_weights(p, i), x, cos, sin, None if kv is None else (kv[0][i], kv[1][i]),
+                            mask[:, None, None], live, x.dtype)
+    ks.append(k)
+    vs.append(v)
+  return x, jnp.stack(ks), jnp.stack(vs)
+
+
+def cross_attend(cfg, p, a, qpos, k, v, lengths):
+  """Clover-1's attention decoder core: a [B, M, H] normed query inputs at rope positions qpos [B, M];
+  k, v [B, S, KVH, D] the augmenting layer's keys/values, key s live for query m when s < lengths[b, m].
+  Returns [B, M, H]."""
+  from specjax.models.llama import rope_frequencies
+  B, M, _ = a.shape
+  N, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+  q = jnp.dot(a, p["dec/wq"]).reshape(B, M, N, D)
+  ang = qpos.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))           # [B, M, D/2]
+  q = apply_rope(q, jnp.cos(ang), jnp.sin(ang)).reshape(B, M, K, N // K, D)
+  s = jnp.einsum("bmkgd,bskd->bkgms", q, k, preferred_element_type=jnp.float32) / np.sqrt(D)
+  live = (jnp.arange(k.shape[1])[None, None, :] < lengths[..., None])[:, None, None]          # [B, 1, 1, M, S]
+  w = jax.nn.softmax(jnp.where(live, s, -1e30), -1).astype(v.dtype)
+  o = jnp.einsum("bkgms,bskd->bmkgd", w, v).reshape(B, M, N * D)
+  return jnp.dot(o, p["dec/wo"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Heads:
+  """The regressive heads as pure functions of the weights. `first` gives the root's head output;
+  `step` one regressive step: (state [..., H], token embedding [..., H]) -> (out, new state).
+  For Clover-1 the cross-attention context (k, v, lengths, qpos) is bound in `ctx`."""
+  version: int
+  cfg: object
+
+  def merge(self, p, h, e):
+    """Input of the augmenting block at entry t from h_t and e(x_{t+1})."""
+    return gate(p, "in_gate", h, e, self.cfg.heads, self.cfg.norm_eps) if self.version == 2 else h
+
+  def first(self, p, u, e_root, ctx):
+    """u [B, H] augmented feature (normed), e_root [B, H] -> (out [B, H], state [B, H])."""
+    if self.version == 2:
+      return rms_norm(jnp.dot(u, p["w0"]) + p["b0"], p["head_norm"], self.cfg.norm_eps), u
+    out, s = self.step(p, u[:, None], e_root[:, None], ctx)
+    return out[:, 0], s[:, 0]
+
+  def step(self, p, s, e, ctx):
+    """s, e [B, M, H] -> (out, state) [B, M, H]."""
+    eps = self.cfg.norm_eps
+    if self.version == 2:
+      s = gate(p, "gate", s, e, self.cfg.heads, eps)
+      return rms_norm(jnp.dot(jnp.concatenate([s, e], -1), p["w1"]) + p["b1"], p["head_norm"], eps), s
+    k, v, lengths, qpos = ctx                       # lengths, qpos: [B] or [B, M]
+    M = s.shape[1]
+    per_query = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], M)) if x.ndim == 1 else x
+    a = rms_norm(s + e, p["dec/norm"], eps)
+    s = s + cross_attend(self.cfg, p, a, per_query(qpos), k, v, per_query(lengths))
+    out = rms_norm(s + jax.nn.silu(jnp.dot(s, p["w"]) + p["b"]), p["head_norm"], eps)
+    return out, s
+
+
+def level_widths(depth: int, children: int, width: int) -> list[int]:
+  """Drafted nodes per depth: the root has one frontier node, each level at most `width`."""
+  out, m = [], 1
+  for _ in range(depth):
+    m = min(width, m * children)
+    out.append(m)
+  return out
+
+
+def grow(heads: Heads, p, logits_fn, embed, u, root, ctx, *, depth: int, children: int, width: int, nodes: int,
+         threshold: float):
+  """Builds each row's draft tree inside the program.
+
+  u [B, H] the augmented feature at the last committed entry; root [B] the root token; logits_fn:
+  out [..., H] -> log-probabilities [..., N] over the draft vocabulary; embed: draft-vocab index ->
+  (target id, embedding). Returns (tokens [B, 1+nodes], parent [B, 1+nodes], states [B, 1+nodes, H]:
+  the head state each node's children were drawn from (the root's is u)). Nodes that do not exist
+  (pruned by the rule) have parent -1 and are never accepted."""
+  B, H = u.shape
+  neg = jnp.float32(-jnp.inf)
+
+  def expand(logp, base):
+    """logp [B, M, N], base [B, M] joint log-prob of the parents -> children's (idx, joint, keep) [B, M, c]."""
+    lp, idx = jax.lax.top_k(logp, children)
+    pr = jnp.exp(lp)
+    if threshold > 0:
+      keep = (jnp.cumsum(pr, -1) - pr) < threshold
+    else:                                   # Clover-1: drop tokens under a quarter of the top-1
+      keep = pr >= pr[..., :1] / 4
+    keep = keep.at[..., 0].set(True)
+    joint = jnp.where(keep & (base[..., None] > neg), base[..., None] + lp, neg)
+    return idx, joint
+
+  out0, s0 = heads.first(p, u, embed(root[:, None])[1][:, 0], ctx)
+  logp = logits_fn(out0)[:, None]                                                  # [B, 1, N]
+  base = jnp.zeros((B, 1))
+  par_state = s0[:, None]                                                          # states of the frontier
+  par_index = jnp.zeros((B, 1), jnp.int32)                                         # their flat node index (0 = root)
+  toks, joints, parents, states = [], [], [], []
+  count = 1
+  for d in range(depth):
+    idx, joint = expand(logp, base)                                                # [B, M, c]
+    M = idx.shape[1]
+    flat_joint = joint.reshape(B, M * children)
+    w = min(width, M * children)
+    top_joint, pick = jax.lax.top_k(flat_joint, w)                                 # [B, w]
+    from_m = pick // children
+    vidx = jnp.take_along_axis(idx.reshape(B, -1), pick, 1)
+    tok, e = embed(vidx)
+    parent = jnp.take_along_axis(par_index, from_m, 1)
+    s_par = jnp.take_along_axis(par_state, from_m[..., None], 1)
+    toks.append(tok)
+    joints.append(top_joint)
+    parents.append(parent)
+    states.append(s_par)
+    par_index = count + jnp.arange(w, dtype=jnp.int32)[None].repeat(B, 0)
+    count += w
+    base = top_joint
+    if d + 1 < depth:
+      out, par_state = heads.step(p, s_par, e, ctx)
+      logp = logits_fn(out)
+  tok = jnp.concatenate(toks, 1)                                                   # [B, F] all drafted nodes
+  joint = jnp.concatenate(joints, 1)
+  parent = jnp.concatenate(parents, 1)
+  F = tok.shape[1]
+  # A child's joint probability never exceeds its parent's; the depth penalty breaks exact ties
+  # in the parent's favour, so the kept set is ancestor-closed.
+  lvl = np.concatenate([np.full(j.shape[1], i) for i, j in enumerate(joints)])
+  key = joint - 1e-4 * lvl[None]
+  n = min(nodes, F)
+  _, keep = jax.lax.top_k(key, n)
+  keep = jnp.sort(keep, 1)                                                         # flat order is topological
+  new_pos = jnp.zeros((B, F + 1), jnp.int32).at[jnp.arange(B)[:, None], keep + 1].set(1 + jnp.arange(n)[None])
+  k_par = jnp.take_along_axis(parent, keep, 1)
+  alive = jnp.take_along_axis(joint, keep, 1) > neg
+  par_new = jnp.where(alive, jnp.take_along_axis(new_pos, k_par, 1), -1)
+  out_tok = jnp.concatenate([root[:, None], jnp.take_along_axis(tok, keep, 1)], 1)
+  out_par = jnp.concatenate([jnp.full((B, 1), -1, jnp.int32), par_new], 1)
+  st = jnp.concatenate(states, 1)
+  out_states = jnp.concatenate([jnp.zeros((B, 1, H), st.dtype), jnp.take_along_axis(st, keep[..., None], 1)], 1)
+  return out_tok.astype(jnp.int32), out_par, out_states
+
+
+# ------------------------------------------------------------------ the drafter
+
+@dataclasses.dataclass(frozen=True)
+class Clover(Drafter):
+  version: int = 2
+  heads: int = 4                # tree depth: regressive steps
+  aug_layers: int = 1
+  dims: tuple = ()              # the target's sizes (dims_of): set by from_checkpoint / untrained
+  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
+  # Tree budget: candidate nodes (the root not counted). 8 is the CPU default (BENCHMARKS.md: on the
+  # 2-core Xeon a 9-node verify costs about 1.3x a one-token step; accelerators want 20-64).
+  nodes: int = 8
+  width: int = 4                # frontier nodes expanded per depth
+  children: int = 4             # most children a node may take
+  threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
+  trained_for: str = ""
+  name = "clover"
+
+  @property
+  def rule_threshold(self) -> float:
+    if self.threshold >= 0:
+      return self.threshold
+    return 0.95 if self.version == 2 else 0.0
+
+  def validate(self):
+    check_option_types(self)
+    if self.version not in (1, 2):
+      raise ValueError(f"{self.name}: version must be 1 or 2, got {self.version!r}")
+    for f in ("heads", "aug_layers", "nodes", "width", "children"):
+      if getattr(self, f) < 1:
+        raise ValueError(f"{self.name}: {f} must be a positive integer, got {getattr(self, f)!r}")
+    if self.nodes >= MAX_TREE_NODES:
+      raise ValueError(f"{self.name}: nodes must be below {MAX_TREE_NODES}, got {self.nodes}")
+    if self.threshold > 1:
+      raise ValueError(f"{self.name}: threshold must be at most 1, got {self.threshold}")
+
+  @property
+  def num_nodes(self):
+    return 1 + min(self.nodes, sum(level_widths(self.heads, self.children, self.width)))
+
+  @property
+  def max_depth(self):
+    return self.heads
+
+  @functools.cached_property
+  def graphdef(self):
+    return nnx.split(nnx.eval_shape(lambda: CloverNet(self._zeros(), np.zeros(self.draft_vocab, np.int32))))[0]
+
+  def _zeros(self):
+    if not self.dims:
+      raise ValueError(f"{self.name}: no target sizes; build it with from_checkpoint or untrained")
+    return {k: np.zeros(s, np.float32) for k, s in shapes(self.dims, version=self.version, aug_layers=self.aug_layers).items()}
+
+  def check_target(self, target):
+    from specjax.io import checkpoint
+    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):
+      checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
+    if tuple(self.dims) != dims_of(target.cfg):
+      raise ValueError(f"{self.name}: weights for target sizes {tuple(self.dims)} do not fit this target's {dims_of(target.cfg)} "
+                       "(hidden, heads, kv_heads, head_dim, ffn, qkv_bias)")
+    if self.params is None:
+      raise ValueError(f"{self.name}: no weights; load a checkpoint ('{self.name}' or '{self.name}:PATH') or use Clover.untrained")
+
+  def _heads(self, m):
+    return Heads(self.version, m.target.cfg)
+
+  # ---------------------------------------------------------------- decoding
+  def init(self, m: Models, ctx: Context, prefill: Prefill):
+    cfg = m.target.cfg
+    p = m.drafter.p.get_value()
+    B, n, _ = prefill.hidden.shape
+    S = ctx.tokens.shape[1]
+    nxt = jax.lax.dynamic_slice_in_dim(ctx.tokens, 1, n, 1)                     # x_{t+1} for t < n
+    x = self._heads(m).merge(p, prefill.hidden.astype(jnp.float32), m.target.embed_tokens(nxt).astype(jnp.float32))
+    pos = jnp.broadcast_to(jnp.arange(n), (B, n))
+    u, k, v = augment(cfg, p, x, pos, jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool)), (B, n, n)))
+    A = k.shape[0]
+    kc = jnp.zeros((A, B, S, cfg.kv_heads, cfg.head_dim), jnp.float32).at[:, :, :n].set(k)
+    vc = jnp.zeros_like(kc).at[:, :, :n].set(v)
+    last = jnp.clip(ctx.prompt_len - 2, 0, n - 1)
+    u_last = jnp.take_along_axis(u, last[:, None, None], 1)[:, 0]
+    w = m.target.head_weight(m.drafter.vocab[...]) if self.draft_vocab else m.target.head_weight()
+    return dict(k=kc, v=vc, u=rms_norm(u_last, p["aug_norm"], cfg.norm_eps), w=w.astype(jnp.float32))
+
+  def _tree(self, m, state, root, ctx_len):
+    p = m.drafter.p.get_value()
+    vocab = m.drafter.vocab[...] if self.draft_vocab else None
+
+    def logits_fn(out):
+      return jax.nn.log_softmax(jnp.dot(out, state["w"]), -1)
+
+    def embed(vidx):
+      tok = vocab[vidx] if vocab is not None else vidx
+      return tok, m.target.embed_tokens(tok).astype(jnp.float32)
+
+    ctx = (state["k"][-1], state["v"][-1], ctx_len, ctx_len - 1)
+    return grow(self._heads(m), p, logits_fn, embed, state["u"], root, ctx, depth=self.heads,
+                children=self.children, width=self.width, nodes=self.nodes, threshold=self.rule_threshold)
+
+  def propose(self, m: Models, state, ctx: Context):
+    tok, parent, _ = self._tree(m, state, ctx.root_token(), ctx.root)
+    mask, depth = tree_lib.ancestors_from_parents(parent)
+    return DraftTree(tok, parent, depth, mask, None, self.heads), state
+
+  def update(self, m: Models, state, ctx: Context, step: Step):
+    cfg = m.target.cfg
+    p = m.drafter.p.get_value()
+    path = step.acceptance.path                                                 # [B, D+1]
+    B, D1 = path.shape
+    old = ctx.root - step.committed                                             # entries before this step
+    h = jnp.take_along_axis(step.hidden, path[..., None], 1).astype(jnp.float32)  # root and accepted nodes
+    pos = old[:, None] + jnp.arange(D1)[None]
+    nxt = jnp.take_along_axis(ctx.tokens, jnp.minimum(pos + 1, ctx.tokens.shape[1] - 1), 1)
+    x = self._heads(m).merge(p, h, m.target.embed_tokens(nxt).astype(jnp.float32))
+    mask = jnp.broadcast_to(jnp.tril(jnp.ones((D1, D1), bool)), (B, D1, D1))
+    u, k, v = augment(cfg, p, x, pos, mask, (state["k"], state["v"]), old)
+    put = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=1), in_axes=(1, 1, 0), out_axes=1)
+    last = jnp.clip(step.committed - 1, 0, D1 - 1)
+    u_last = rms_norm(jnp.take_along_axis(u, last[:, None, None], 1)[:, 0], p["aug_norm"], cfg.norm_eps)
+    moved = step.committed > 0
+    return dict(state, k=put(state["k"], k, old), v=put(state["v"], v, old),
+                u=jnp.where(moved[:, None], u_last, state["u"]))
+
+  # ---------------------------------------------------------------- construction
+  @classmethod
+  def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "Clover":
+    """Weights as training starts them, plus noise (for tests: a bad drafter costs speed, never correctness)."""
+    from specjax.io import checkpoint
+    d = cls(dims=dims_of(target.cfg), trained_for=json.dumps(checkpoint.target_info(target), sort_keys=True), **config)
+    w = initial(target, version=d.version, aug_layers=d.aug_layers, seed=seed, noise=noise)
+    vocab = np.arange(d.draft_vocab, dtype=np.int32) if d.draft_vocab else None
+    return dataclasses.replace(d, params=nnx.state(CloverNet(w, vocab)))
+
+  def to_checkpoint(self) -> tuple[dict, dict]:
+    pure = nnx.to_pure_dict(self.params)
+    flat = {f"p/{k}": np.asarray(v) for k, v in pure["p"].items()}
+    flat["vocab"] = np.asarray(pure["vocab"])
+    cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "trained_for")}
+    return flat, {"name": self.name, "config": cfg}
+
+  @classmethod
+  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "Clover":
+    cfg = dict(drafter_meta["config"])
+    for f in ("nodes", "width", "children"):     # the budget suits the machine that decodes
+      cfg.pop(f, None)
+    cfg["dims"] = tuple(cfg.get("dims", ()))
+    cfg.update(options)
+    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
+    d.validate()
+    want = d._zeros()
+    weights = {}
+    for name, z in want.items():
+      t = tensors.get(f"p/{name}")
+      if t is None:
+        raise ValueError(f"{d.name} checkpoint lacks tensor {name!r}")
+      if tuple(t.shape) != z.shape:
+        raise ValueError(f"{d.name} checkpoint tensor {name!r} has shape {tuple(t.shape)}, expected {z.shape}")
+      weights[name] = np.asarray(t, np.float32)
+    vocab = tensors.get("vocab")
+    if vocab is None or len(vocab) != d.draft_vocab:
+      raise ValueError(f"{d.name} checkpoint vocabulary does not match draft_vocab={d.draft_vocab}")
+    return dataclasses.replace(d, params=nnx.state(CloverNet(weights, vocab if d.draft_vocab else None)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Clover2(Clover):
+  """Clover-2: the same drafter, version 2 (the registry's 'clover2')."""
+  version: int = 2
+  name = "clover2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Clover1(Clover):
+  """Clover (version 1; the registry's 'clover')."""
+  version: int = 1
+  name = "clover"
+
+
+# ------------------------------------------------------------------ training
+
+def sequence_features(heads: Heads, p, embed_w, h, nxt, length):
+  """Teacher-forced augmenting block over whole sequences. h [B, L, H] target last residuals (prompt
+  and answer), nxt [B, L] the token after each position, length [B]. Returns (u [B, L, H] normed
+  features, k, v [B, L, KVH, D] the last augmenting layer's keys/values)."""
+  cfg = heads.cfg
+  B, L, _ = h.shape
+  x = heads.merge(p, h, embed_w[nxt])
+  pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+  u, k, v = augment(cfg, p, x, pos, jnp.broadcast_to(jnp.tril(jnp.ones((L, L), bool)), (B, L, L)))
+  return rms_norm(u, p["aug_norm"], cfg.norm_eps), k[-1], v[-1]
+
+
+def head_outputs(heads: Heads, p, embed_w, u, k, v, sel, ys):
+  """Head outputs along the TRUE continuation (teacher forcing). u [B, L, H], k, v [B, L, KVH, D]
+  (see sequence_features); sel [B, P] positions t; ys [B, P, K] tokens x_{t+1} .. x_{t+K}.
+  Returns [B, P, K, H]: head i's output at t (it predicts x_{t+2+i})."""
+  us = jnp.take_along_axis(u, sel[..., None], 1)                                  # [B, P, H]
+  ctx = (k, v, sel + 1, sel)
+  e = embed_w[ys]                                                                 # [B, P, K, H]
+  outs = []
+  if heads.version == 2:
+    out, s = rms_norm(jnp.dot(us, p["w0"]) + p["b0"], p["head_norm"], heads.cfg.norm_eps), us
+    outs.append(out)
+    for i in range(1, ys.shape[2]):
+      out, s = heads.step(p, s, e[:, :, i], ctx)
+      outs.append(out)
+  else:
+    s = us
+    for i in range(ys.shape[2]):
+      out, s = heads.step(p, s, e[:, :, i], ctx)
+      outs.append(out)
+  return jnp.stack(outs, 2)
+
+
+def loss_fn(heads: Heads, p, consts, batch):
+  """Clover-2: per head i, (10 SmoothL1(out_i, normed target state at t+1+i) + soft cross-entropy
+  against the target's top-8 distribution there) x 0.7^i. Clover-1: cross-entropy against the
+  target's top-1 x 0.8^i (Medusa's weighting, as the Clover paper trains its heads).
+  batch: h [B, L, H], nxt [B, L], length [B], sel [B, P], ys [B, P, K], valid [B, P, K],
+  tgt [B, P, K] positions t+1+i, top_idx [B, P, K, 8] draft-vocab indices (-1 absent), top_p.
+  Returns (loss, top-1 accuracy per head [K])."""
+  cfg = heads.cfg
+  u, k, v = sequence_features(heads, p, consts["embed"], batch["h"], batch["nxt"], batch["length"])
+  out = head_outputs(heads, p, consts["embed"], u, k, v, batch["sel"], batch["ys"])          # [B, P, K, H]
+  logits = jnp.dot(out, consts["head_w"], preferred_element_type=jnp.float32)               # [B, P, K, N]
+  logp = jax.nn.log_softmax(logits, -1)
+  valid = batch["valid"]
+  cnt = jnp.maximum(valid.sum((0, 1)), 1)
+  top_idx, top_p = batch["top_idx"], batch["top_p"]
+  K = valid.shape[2]
+  if heads.version == 2:
+    want = jnp.take_along_axis(batch["h"], batch["tgt"].reshape(batch["tgt"].shape[0], -1)[..., None], 1)
+    want = rms_norm(want.reshape(out.shape), consts["norm_w"], cfg.norm_eps)
+    d = jnp.abs(out - want)
+    sl1 = jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), -1)
+    ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
+    per = jnp.sum(jnp.where(valid, 10.0 * sl1 + ce, 0.0), (0, 1)) / cnt
+    decay = 0.7
+  else:
+    lab = top_idx[..., 0]
+    ok = valid & (lab >= 0)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(lab, 0)[..., None], -1)[..., 0]
+    per = jnp.sum(jnp.where(ok, nll, 0.0), (0, 1)) / jnp.maximum(ok.sum((0, 1)), 1)
+    decay = 0.8
+  loss = jnp.sum(per * decay ** jnp.arange(K))
+  acc = jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0]), (0, 1)) / cnt
+  return loss, acc

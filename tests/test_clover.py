@@ -1,0 +1,165 @@
+"""Clover and Clover-2: lossless with random and trained weights, the tree grown level by level
+equals the cell run along each node's own path, training lowers the loss and resumes exactly."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import specjax
+from specjax.drafters import clover, registry
+from specjax.drafters.clover import Clover1, Clover2
+from specjax.engine import decode
+from specjax.testing import tiny_target
+from specjax.train import data as data_lib
+from specjax.train import loop
+
+PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return tiny_target(seed=1, scale=8.0, eos_id=17)
+
+
+@pytest.mark.parametrize("cls", [Clover1, Clover2])
+@pytest.mark.parametrize("config", [dict(), dict(nodes=5, width=2, children=3, heads=3, aug_layers=2, draft_vocab=24),
+                                    dict(nodes=12, width=6, children=4, threshold=0.5)])
+def test_random_weights_are_lossless_on_tiny_model(tiny, cls, config):
+  d = cls.untrained(tiny, seed=4, **config)
+  for batch, max_new in ((PROMPTS, 33), (PROMPTS[1:2], 9)):
+    base = specjax.generate(tiny, batch, max_new_tokens=max_new)
+    g = specjax.generate(tiny, batch, max_new_tokens=max_new, drafter=d)
+    assert g.token_ids == base.token_ids
+
+
+def test_new_weights_take_effect_without_recompiling(tiny):
+  a = Clover2.untrained(tiny, seed=1)
+  ga = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=a)
+  traces = decode.TRACES
+  b = Clover2.untrained(tiny, seed=2, noise=0.5)
+  gb = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=b)
+  assert decode.TRACES == traces and gb.token_ids == ga.token_ids
+  assert ga.target_forwards != gb.target_forwards
+
+
+def _sequential_states(heads, p, embed_w, u, root, tokens, parent, ctx_row):
+  """The head state each node's children are drawn from, computed by running the cell along the
+  node's own path, one node at a time."""
+  first = heads.first(p, u[None], embed_w[root][None], ctx_row)[1][0]
+  states = {0: first}
+  out = np.zeros((len(tokens), u.shape[-1]), np.float32)
+  for j in range(1, len(tokens)):
+    if parent[j] < 0:
+      continue
+    out[j] = np.asarray(states[int(parent[j])])
+    _, s = heads.step(p, states[int(parent[j])][None, None], embed_w[tokens[j]][None, None], ctx_row)
+    states[j] = s[0, 0]
+  return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), version=st.sampled_from([1, 2]), depth=st.integers(1, 4),
+       children=st.integers(1, 4), width=st.integers(1, 5), nodes=st.integers(1, 14))
+def test_level_at_a_time_equals_sequential_cell(seed, version, depth, children, width, nodes):
+  t = tiny_target(seed=2)
+  cfg = t.cfg
+  heads = clover.Heads(version, cfg)
+  p = {k: jnp.asarray(v) for k, v in clover.initial(t, version=version, aug_layers=1, seed=seed, noise=0.3).items()}
+  rng = np.random.default_rng(seed)
+  B, S = 3, 7
+  u = jnp.asarray(rng.normal(size=(B, cfg.hidden)), jnp.float32)
+  root = jnp.asarray(rng.integers(0, cfg.vocab, B), jnp.int32)
+  kv = jnp.asarray(rng.normal(size=(2, B, S, cfg.kv_heads, cfg.head_dim)), jnp.float32)
+  lengths = jnp.asarray(rng.integers(1, S + 1, B), jnp.int32)
+  ctx = (kv[0], kv[1], lengths, lengths - 1)
+  embed_w = jnp.asarray(t.model.embed[...], jnp.float32)
+  logits_fn = lambda out: jax.nn.log_softmax(jnp.dot(out, embed_w.T), -1)
+  embed = lambda i: (i, embed_w[i])
+  tok, parent, states = clover.grow(heads, p, logits_fn, embed, u, root, ctx, depth=depth, children=children,
+                                    width=width, nodes=nodes, threshold=0.95 if version == 2 else 0.0)
+  tok, parent, states = map(np.asarray, (tok, parent, states))
+  assert tok.shape[1] == 1 + min(nodes, sum(clover.level_widths(depth, children, width)))
+  for b in range(B):
+    assert all(parent[b, j] < j for j in range(1, tok.shape[1]))          # topological
+    row_ctx = (kv[0][b:b + 1], kv[1][b:b + 1], lengths[b:b + 1], lengths[b:b + 1] - 1)
+    want = _sequential_states(heads, p, embed_w, u[b], root[b], tok[b], parent[b], row_ctx)
+    live = parent[b] >= 0
+    np.testing.assert_allclose(states[b][live], want[live], rtol=2e-4, atol=2e-4)
+
+
+# ------------------------------------------------------------------ training
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_distilled):
+  """Full features (prompt positions too) of the tiny target's own answers."""
+  t, seqs, d = tiny_distilled
+  train = data_lib.features(t, seqs[:32], d / "full-train", shard_size=8, full=True, progress=False)
+  held = data_lib.features(t, seqs[32:], d / "full-held", shard_size=8, full=True, progress=False)
+  return t, train, held
+
+
+CFG = dict(steps=30, batch=4, lr=1e-2, warmup=3, eval_every=15, save_every=10, heads=3, draft_vocab=32, nodes=6,
+           eval_positions=256)
+
+
+@pytest.mark.parametrize("name", ["clover", "clover2"])
+def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_data, tmp_path, name):
+  t, train, held = tiny_data
+  c = loop.TrainConfig(drafter=name, **CFG).resolved()
+  recipe = loop.CloverRecipe(t, train, held, c)
+  batch = recipe.batch(np.arange(8), 0)
+  before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  after = float(recipe.loss(d.params["p"].get_value(), recipe.consts, batch)[0])
+  assert after < 0.8 * before
+  assert summary["tau"] > 1.2 and summary["top1"][0] > 0.3
+  base = specjax.generate(t, PROMPTS, max_new_tokens=30)
+  g = specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d)
+  assert g.token_ids == base.token_ids
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tiny_data, tmp_path):
+  t, train, held = tiny_data
+  c = loop.TrainConfig(drafter="clover2", **dict(CFG, steps=20, eval_every=20))
+  whole, _ = loop.fit(t, train, held, c, tmp_path / "a", progress=False, log=lambda m: None)
+  loop.fit(t, train, held, c, tmp_path / "b", stop_after=10, progress=False, log=lambda m: None)
+  resumed, _ = loop.fit(t, train, held, c, tmp_path / "b", progress=False, log=lambda m: None)
+  a, b = whole.params["p"].get_value(), resumed.params["p"].get_value()
+  assert set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def _write(t, d, path):
+  from specjax.io import checkpoint
+  tensors, meta = d.to_checkpoint()
+  return checkpoint.save(path, tensors, {"drafter": meta, "target": checkpoint.target_info(t), "training": {}})
+
+
+@pytest.mark.parametrize("name,cls", [("clover", Clover1), ("clover2", Clover2)])
+def test_checkpoint_round_trip_loads_by_name_and_refuses_other_targets(tmp_path, name, cls):
+  import ml_dtypes
+  t = tiny_target(seed=1, scale=8.0)
+  d = cls.untrained(t, seed=2, draft_vocab=16, nodes=5, heads=3)
+  path = _write(t, d, tmp_path / f"{name}.safetensors")
+  loaded = registry.make(f"{name}:{path}")
+  assert loaded.name == name and loaded.version == d.version and loaded.heads == 3
+  assert loaded.nodes == cls().nodes                   # the budget belongs to the machine that decodes
+  a, b = d.params["p"].get_value(), loaded.params["p"].get_value()
+  for k in a:                                          # stored in bfloat16, exactly
+    want = np.asarray(a[k]).astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.array_equal(np.asarray(b[k]), want), k
+  prompts = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 21]]
+  base = specjax.generate(t, prompts, max_new_tokens=20)
+  assert specjax.generate(t, prompts, max_new_tokens=20, drafter=f"{name}:{path}", nodes=3).token_ids == base.token_ids
+  with pytest.raises(ValueError, match="trained for another target"):
+    specjax.generate(tiny_target(seed=9, scale=8.0), [[1, 2, 3]], max_new_tokens=4, drafter=f"{name}:{path}")
+  with pytest.raises(ValueError, match="holds a"):
+    registry.make(f"{'clover2' if name == 'clover' else 'clover'}:{path}")
+  with pytest.raises(ValueError, match="no option"):
+    registry.make(f"{name}:{path}", version=1)
+  with pytest.raises(ValueError, match="nodes must be a positive integer"):
+    registry.make(f"{name}:{path}", nodes=0)
