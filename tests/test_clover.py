@@ -163,3 +163,25 @@ def test_checkpoint_round_trip_loads_by_name_and_refuses_other_targets(tmp_path,
     registry.make(f"{name}:{path}", version=1)
   with pytest.raises(ValueError, match="nodes must be a positive integer"):
     registry.make(f"{name}:{path}", nodes=0)
+
+
+# ------------------------------------------------------------------ the shipped checkpoints, on the default model
+
+REAL_PROMPTS = [
+    "Summarize: Alice went to the market. Alice bought apples. Alice went home and made an apple pie.",
+    "Write a Python function that returns the square of a number, and explain it.",
+    "What is 12 times 12? Think step by step, then give the answer in one sentence. " * 4,   # > 64 tokens
+    "Name three colours.",
+]
+
+
+@pytest.mark.parametrize("name", ["clover", "clover2"])
+def test_shipped_checkpoint_is_lossless_on_default_model(default_target, name):
+  d = registry.make(name)
+  assert d.trained_for
+  for n, opts in ((1, {}), (4, {}), (4, dict(nodes=16, width=8))):
+    base = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48)
+    g = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48, drafter=name, **opts)
+    assert g.token_ids == base.token_ids
+  assert len(specjax.api.encode_prompts(default_target, REAL_PROMPTS[2:3], True)[0]) > 64
+  assert sum(g.new_tokens) / sum(g.target_forwards) > 1.3      # trained heads do accept tokens
