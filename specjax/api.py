@@ -146,6 +146,20 @@ def _kinds(seq) -> str:
   return ", ".join(sorted({type(t).__name__ for t in seq}))
 
 
+def check_fits(target: Target, prompt_tokens: int, max_new_tokens: int, drafter) -> None:
+  """ValueError unless a prompt of `prompt_tokens` tokens, max_new_tokens and the draft depth fit the context."""
+  ctx = target.cfg.max_context
+  if prompt_tokens >= ctx:
+    raise ValueError(f"prompt of {prompt_tokens} tokens does not fit the model's context of {ctx} tokens")
+  room = prompt_tokens + max_new_tokens + drafter.max_depth + 1
+  if room > ctx:
+    most = ctx - prompt_tokens - drafter.max_depth - 1
+    fix = (f"lower max_new_tokens to at most {most}" if most >= 1 else
+           "no max_new_tokens fits: shorten the prompt or use a shallower draft (e.g. fewer num_tokens)")
+    raise ValueError(f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) + draft depth "
+                     f"({drafter.max_depth}) + 1 = {room} overflows the model's context of {ctx} tokens; {fix}")
+
+
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,
             top_k=None, top_p=None, acceptance=None, **drafter_options):
   """Validates everything and returns (spec, device inputs) for the compiled `decode.run`."""
@@ -154,17 +168,8 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
   temperature, top_k, top_p, acceptance = check_sampling(temperature, top_k, top_p, acceptance)
   d = registry.make(drafter, **drafter_options)
   d.check_target(target)
-  ctx = target.cfg.max_context
   longest = max(len(p) for p in prompt_ids)
-  if longest >= ctx:
-    raise ValueError(f"prompt of {longest} tokens does not fit the model's context of {ctx} tokens")
-  room = longest + max_new_tokens + d.max_depth + 1
-  if room > ctx:
-    most = ctx - longest - d.max_depth - 1
-    fix = (f"lower max_new_tokens to at most {most}" if most >= 1 else
-           "no max_new_tokens fits: shorten the prompt or use a shallower draft (e.g. fewer num_tokens)")
-    raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft depth "
-                     f"({d.max_depth}) + 1 = {room} overflows the model's context of {ctx} tokens; {fix}")
+  check_fits(target, longest, max_new_tokens, d)
   P = _round_up(longest, _BUCKET)
   S = _round_up(P + max_new_tokens + d.max_depth + 2, _BUCKET)
   # The static configuration never holds weights: they travel as a program argument (`drafter_params`).
