@@ -53,6 +53,10 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
   from specjax import api
   from specjax.drafters import registry
 
+  import jax
+  if jax.process_count() > 1:
+    raise ValueError("batch jobs run in one process (a mesh over its devices); multi-host batch jobs are not "
+                     "supported yet")
   if str(inp) == "-":
     raise ValueError("a batch job reads its input twice when resumed: give a file, not standard input")
   inp, out = pathlib.Path(inp), pathlib.Path(out)

@@ -90,9 +90,28 @@ def load_target(model: str, dtype: str, **kwargs):
 
 
 def _load(a):
-  """load_target with --chat-template only when it is given (monkeypatched loaders take (model, dtype))."""
+  """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype))."""
   extra = {"chat_template": a.chat_template} if a.chat_template is not None else {}
+  if getattr(a, "mesh_axes", None):
+    from specjax.parallel import make_mesh
+    extra["mesh"] = make_mesh(**a.mesh_axes)
   return load_target(a.model, a.dtype, **extra)
+
+
+def _start_parallel(a):
+  """--mesh checked and multi-host started before the model loads (jax.distributed must come first)."""
+  from specjax.parallel import hosts, parse_mesh
+  a.mesh_axes = parse_mesh(a.mesh) if a.mesh else None
+  hosts.initialize(a.coordinator, a.num_processes, a.process_id)
+
+
+def _add_parallel_args(p):
+  p.add_argument("--mesh", metavar="data=D,model=M", default=None,
+                 help="run sharded over a device mesh: batch over 'data', weights over 'model'")
+  p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="multi-host: the coordinator's address ('auto': detect a TPU VM or SLURM cluster)")
+  p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
+  p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
 
 
 def _positive_int(s: str) -> int:
@@ -164,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="drafter option, e.g. -O num_tokens=8 (repeatable)")
   g.add_argument("--batch-size", type=_positive_int, default=None,
                  help="prompts per generate call (default: all positional prompts at once; 1 for a file)")
+  _add_parallel_args(g)
   g.set_defaults(func=cmd_generate)
 
   i = sub.add_parser("info", help="devices, JAX version, default model path")
@@ -209,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
   j.add_argument("--overwrite", action="store_true", help="discard OUT (and its errors and settings files) and start again")
   j.add_argument("--no-progress", action="store_true")
   _add_model_args(j)
+  _add_parallel_args(j)
   j.set_defaults(func=cmd_batch)
 
   t = sub.add_parser("train", help="train a drafter for the model (self-distillation, resumable)",
@@ -264,8 +285,11 @@ def cmd_generate(a) -> int:
   drafter = registry.make(a.drafter, **options)          # unknown names and bad options fail before loading
   api.check_sampling(a.temperature, a.top_k, a.top_p, a.acceptance)
   api.check_seed(a.seed)
+  _start_parallel(a)
 
   target = _load(a)
+  import jax
+  quiet = jax.process_index() != 0        # multi-host: process 0 prints the answers
   chat = not a.no_chat
   if chat:
     target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
@@ -281,6 +305,8 @@ def cmd_generate(a) -> int:
                      drafter=drafter, acceptance=a.acceptance)
     for i, p in enumerate(batch):
       row = answer_record(g, i, p.id)
+      if quiet:
+        continue
       if a.json:
         print(json.dumps(row, ensure_ascii=False), flush=True)
       else:
@@ -346,6 +372,7 @@ def cmd_bench(a) -> int:
 def cmd_batch(a) -> int:
   from specjax.batch import run_batch
 
+  _start_parallel(a)
   res = run_batch(a.inp, a.out, target=lambda: _load(a), drafter=a.drafter,
                   drafter_options=_parse_options(a.drafter_option, qualified=False), batch_size=a.batch_size,
                   max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
