@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from common import best_ms, machine, verify_ms  # noqa: E402
 
 import specjax  # noqa: E402
-from specjax.bench.harness import read_prompts, select  # noqa: E402
+from specjax.bench.run import read_prompts, select  # noqa: E402
 from specjax.drafters import registry  # noqa: E402
 from specjax.io import checkpoint  # noqa: E402
 

@@ -20,8 +20,9 @@ _tune_xla_cpu()
 from specjax.api import Generation, generate
 from specjax.bench import run_bench as bench
 from specjax.io import Target, load
+from specjax.parallel import make_mesh
 from specjax.train import train_drafter
-from specjax import drafters
+from specjax import drafters, parallel
 
-__all__ = ["Generation", "Target", "bench", "drafters", "generate", "load", "train_drafter"]
+__all__ = ["Generation", "Target", "bench", "drafters", "generate", "load", "make_mesh", "parallel", "train_drafter"]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from specjax.engine import decode
 from specjax.io import Target
 from specjax.io.prompts import check_text
 from specjax.models.llama import causal_mask
+from specjax.parallel import program as sharded
 
 _BUCKET = 64   # prompt lengths are padded to a multiple of this, so similar prompts share one compile
 
@@ -146,6 +147,20 @@ def _kinds(seq) -> str:
   return ", ".join(sorted({type(t).__name__ for t in seq}))
 
 
+def check_fits(target: Target, prompt_tokens: int, max_new_tokens: int, drafter) -> None:
+  """ValueError unless a prompt of `prompt_tokens` tokens, max_new_tokens and the draft depth fit the context."""
+  ctx = target.cfg.max_context
+  if prompt_tokens >= ctx:
+    raise ValueError(f"prompt of {prompt_tokens} tokens does not fit the model's context of {ctx} tokens")
+  room = prompt_tokens + max_new_tokens + drafter.max_depth + 1
+  if room > ctx:
+    most = ctx - prompt_tokens - drafter.max_depth - 1
+    fix = (f"lower max_new_tokens to at most {most}" if most >= 1 else
+           "no max_new_tokens fits: shorten the prompt or use a shallower draft (e.g. fewer num_tokens)")
+    raise ValueError(f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) + draft depth "
+                     f"({drafter.max_depth}) + 1 = {room} overflows the model's context of {ctx} tokens; {fix}")
+
+
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,
             top_k=None, top_p=None, acceptance=None, **drafter_options):
   """Validates everything and returns (spec, device inputs) for the compiled `decode.run`."""
@@ -154,17 +169,8 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
   temperature, top_k, top_p, acceptance = check_sampling(temperature, top_k, top_p, acceptance)
   d = registry.make(drafter, **drafter_options)
   d.check_target(target)
-  ctx = target.cfg.max_context
   longest = max(len(p) for p in prompt_ids)
-  if longest >= ctx:
-    raise ValueError(f"prompt of {longest} tokens does not fit the model's context of {ctx} tokens")
-  room = longest + max_new_tokens + d.max_depth + 1
-  if room > ctx:
-    most = ctx - longest - d.max_depth - 1
-    fix = (f"lower max_new_tokens to at most {most}" if most >= 1 else
-           "no max_new_tokens fits: shorten the prompt or use a shallower draft (e.g. fewer num_tokens)")
-    raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) + draft depth "
-                     f"({d.max_depth}) + 1 = {room} overflows the model's context of {ctx} tokens; {fix}")
+  check_fits(target, longest, max_new_tokens, d)
   P = _round_up(longest, _BUCKET)
   S = _round_up(P + max_new_tokens + d.max_depth + 2, _BUCKET)
   # The static configuration never holds weights: they travel as a program argument (`drafter_params`).
@@ -181,16 +187,22 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
 _EXECUTABLES: dict = {}
 
 
-def _executable(graphdef, spec, params, dparams, inputs, key):
+def _executable(graphdef, spec, params, dparams, inputs, key, lay=None):
   """Compiled program for these static settings and input shapes, compiled at most once. Weights
-  (target and drafter) and the token budget are arguments: only shapes and dtypes enter the key."""
+  (target and drafter) and the token budget are arguments: only shapes and dtypes enter the key, and
+  the mesh layout (lay: specjax.parallel.rules.Layout, None on one device) with its shardings."""
   shapes = lambda tree: tuple((x.shape, x.dtype) for x in jax.tree.leaves(tree))
-  sig = (graphdef, spec, shapes(inputs), shapes(params), shapes(dparams))
+  sig = (graphdef, spec, shapes(inputs), shapes(params), shapes(dparams), lay)
   if sig not in _EXECUTABLES:
     if len(_EXECUTABLES) >= 16:
       _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
     _compilation_cache()
-    program = jax.jit(functools.partial(decode.run, graphdef, spec=spec))
+    run = functools.partial(decode.run, graphdef, spec=spec)
+    if lay is None:
+      program = jax.jit(run)
+    else:
+      program = jax.jit(run, in_shardings=sharded.in_shardings(lay, params, dparams),
+                        out_shardings=sharded.out_shardings(lay))
     _EXECUTABLES[sig] = program.lower(params, dparams, *inputs, key).compile()
   return _EXECUTABLES[sig]
 
@@ -213,7 +225,7 @@ def _compilation_cache():
 
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = True,
-             drafter="none", acceptance: str | None = None, allow_special: bool = False,
+             drafter="none", acceptance: str | None = None, allow_special: bool = False, mesh=None,
              **drafter_options) -> Generation:
   """Generates for a batch of prompts (strings, or lists of token ids) in one compiled program.
 
@@ -222,26 +234,38 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   drafter_options are passed to it (e.g. num_tokens=4). acceptance: "greedy" (temperature 0), "sample"
   (lossless), or "typical" (lossy, opt-in). Temperature 0 is greedy. allow_special: encode
   special-token text in the prompts (e.g. "<|im_end|>") as the special tokens; by default it is plain text.
+  mesh: a device mesh (specjax.make_mesh) to run sharded over; default: the one the target was loaded
+  on (specjax.load(..., mesh=...)), else one device. Outputs equal the one-device outputs.
   """
   seed = check_seed(seed)
   ids = encode_prompts(target, prompts, chat, allow_special)
+  mesh = target.mesh if mesh is None else mesh
+  rows = len(ids)
+  if mesh is not None:       # the batch splits evenly over "data": pad with copies of the first prompt
+    ids = ids + [ids[0]] * (-rows % mesh.shape["data"])
   spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
                                  temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance,
                                  **drafter_options)
   graphdef, params = nnx.split(target.model)
   key = jax.random.key(seed)
+  lay = None
+  if mesh is not None:
+    lay = sharded.layout(mesh, target.cfg)
+    spec = dataclasses.replace(spec, cache_sharding=sharded.cache_sharding(lay))
+    params, dparams, inputs, key = sharded.place(lay, params, dparams, inputs, key)
   t0 = time.perf_counter()
-  fn = _executable(graphdef, spec, params, dparams, inputs, key)
+  fn = _executable(graphdef, spec, params, dparams, inputs, key, lay)
   t1 = time.perf_counter()
   res = fn(params, dparams, *inputs, key)
-  res = jax.device_get(res)
+  res = sharded.gather(res) if lay is not None else jax.device_get(res)
+  res = jax.tree.map(lambda x: x[:rows], res)
   wall = time.perf_counter() - t1
   if res.nan.any():
     rows = np.flatnonzero(res.nan).tolist()
     raise FloatingPointError(f"the target produced NaN logits (rows {rows}); its weights or dtype are broken "
                              "(check the checkpoint, or try dtype='float32')")
   texts, token_ids = [], []
-  for i, p in enumerate(ids):
+  for i, p in enumerate(ids[:rows]):
     out = res.tokens[i, len(p):len(p) + int(res.new_tokens[i])].tolist()
     token_ids.append(out)
     texts.append(target.tokenizer.decode(out))

@@ -1,7 +1,8 @@
-"""Command line: `specjax generate`, `specjax info`, `specjax bench`.
+"""Command line: `specjax generate`, `specjax batch`, `specjax info`, `specjax bench`, `specjax train`.
 
     specjax generate --drafter pld "Summarise why the sky is blue."
     specjax generate --json --prompts-file prompts.jsonl --batch-size 4 > answers.jsonl
+    specjax batch --in prompts.jsonl --out results.jsonl --drafter pld --batch-size 8
     specjax info
     specjax bench --prompts dev.jsonl --drafters none,pld,lookahead --per-category 5 --out bench_out
 
@@ -89,9 +90,28 @@ def load_target(model: str, dtype: str, **kwargs):
 
 
 def _load(a):
-  """load_target with --chat-template only when it is given (monkeypatched loaders take (model, dtype))."""
+  """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype))."""
   extra = {"chat_template": a.chat_template} if a.chat_template is not None else {}
+  if getattr(a, "mesh_axes", None):
+    from specjax.parallel import make_mesh
+    extra["mesh"] = make_mesh(**a.mesh_axes)
   return load_target(a.model, a.dtype, **extra)
+
+
+def _start_parallel(a):
+  """--mesh checked and multi-host started before the model loads (jax.distributed must come first)."""
+  from specjax.parallel import hosts, parse_mesh
+  a.mesh_axes = parse_mesh(a.mesh) if a.mesh else None
+  hosts.initialize(a.coordinator, a.num_processes, a.process_id)
+
+
+def _add_parallel_args(p):
+  p.add_argument("--mesh", metavar="data=D,model=M", default=None,
+                 help="run sharded over a device mesh: batch over 'data', weights over 'model'")
+  p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="multi-host: the coordinator's address ('auto': detect a TPU VM or SLURM cluster)")
+  p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
+  p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
 
 
 def _positive_int(s: str) -> int:
@@ -163,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="drafter option, e.g. -O num_tokens=8 (repeatable)")
   g.add_argument("--batch-size", type=_positive_int, default=None,
                  help="prompts per generate call (default: all positional prompts at once; 1 for a file)")
+  _add_parallel_args(g)
   g.set_defaults(func=cmd_generate)
 
   i = sub.add_parser("info", help="devices, JAX version, default model path")
@@ -187,6 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
   _add_model_args(b)
   b.add_argument("--out", required=True, metavar="DIR")
   b.set_defaults(func=cmd_bench)
+
+  j = sub.add_parser("batch", help="answer every prompt of a JSONL file (crash-safe, resumable)",
+                     description="Answer every prompt of a JSONL file into OUT, one JSON record a line (the fields of "
+                     "'generate --json' plus the input line). Killed at any point, the same command resumes; each input "
+                     "id is answered exactly once. Malformed rows go to OUT's .errors.jsonl with their line number.")
+  j.add_argument("--in", dest="inp", required=True, metavar="FILE.jsonl", help="prompts: {\"prompt\": ...} or Spec-Bench rows")
+  j.add_argument("--out", required=True, metavar="FILE.jsonl")
+  j.add_argument("--drafter", default="none", help="none, pld, lookahead, medusa, medusa:PATH")
+  j.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE", help="drafter option (repeatable)")
+  j.add_argument("--batch-size", type=_positive_int, default=8)
+  j.add_argument("--max-new-tokens", type=_positive_int, default=128)
+  j.add_argument("--temperature", type=float, default=0.0)
+  j.add_argument("--top-k", type=int, default=None)
+  j.add_argument("--top-p", type=float, default=None)
+  j.add_argument("--seed", type=int, default=0)
+  j.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None)
+  j.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
+  j.add_argument("--allow-special-tokens", action="store_true")
+  j.add_argument("--overwrite", action="store_true", help="discard OUT (and its errors and settings files) and start again")
+  j.add_argument("--no-progress", action="store_true")
+  _add_model_args(j)
+  _add_parallel_args(j)
+  j.set_defaults(func=cmd_batch)
 
   t = sub.add_parser("train", help="train a drafter for the model (self-distillation, resumable)",
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
@@ -222,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_generate(a) -> int:
   from specjax import api
+  from specjax.batch import answer_record
   from specjax.drafters import registry
   from specjax.io.prompts import Prompt, check_text, read_prompts
 
@@ -243,8 +288,11 @@ def cmd_generate(a) -> int:
   drafter = registry.make(a.drafter, **options)          # unknown names and bad options fail before loading
   api.check_sampling(a.temperature, a.top_k, a.top_p, a.acceptance)
   api.check_seed(a.seed)
+  _start_parallel(a)
 
   target = _load(a)
+  import jax
+  quiet = jax.process_index() != 0        # multi-host: process 0 prints the answers
   chat = not a.no_chat
   if chat:
     target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
@@ -259,11 +307,9 @@ def cmd_generate(a) -> int:
                      temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, chat=chat,
                      drafter=drafter, acceptance=a.acceptance)
     for i, p in enumerate(batch):
-      row = {"id": p.id, "text": g.texts[i], "token_ids": g.token_ids[i], "new_tokens": g.new_tokens[i],
-             "target_forwards": g.target_forwards[i],
-             "tau": g.new_tokens[i] / g.target_forwards[i] if g.target_forwards[i] else 0.0,
-             "wall_s": g.wall_s, "tokens_per_s": g.new_tokens[i] / g.wall_s if g.wall_s > 0 else 0.0,
-             "drafter": g.drafter}
+      row = answer_record(g, i, p.id)
+      if quiet:
+        continue
       if a.json:
         print(json.dumps(row, ensure_ascii=False), flush=True)
       else:
@@ -321,6 +367,22 @@ def cmd_bench(a) -> int:
   print((out / "results.md").read_text(encoding="utf-8"))
   print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'speedup.png'} "
         f"({len(res['records'])} records)", file=sys.stderr)
+  return 0
+
+
+# ----------------------------------------------------------------------------- batch
+
+def cmd_batch(a) -> int:
+  from specjax.batch import run_batch
+
+  _start_parallel(a)
+  res = run_batch(a.inp, a.out, target=lambda: _load(a), drafter=a.drafter,
+                  drafter_options=_parse_options(a.drafter_option, qualified=False), batch_size=a.batch_size,
+                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                  seed=a.seed, acceptance=a.acceptance, chat=not a.no_chat, allow_special=a.allow_special_tokens,
+                  overwrite=a.overwrite, progress=not a.no_progress)
+  print(f"{res['out']}: {res['written']} answered now, {res['skipped']} already there; {res['errors']} malformed "
+        f"row(s) in {res['errors_file']}", file=sys.stderr)
   return 0
 
 

@@ -10,8 +10,10 @@ import pathlib
 import pytest
 
 from specjax import api, cli
-from specjax.bench import harness, run_bench
-from specjax.bench.harness import Prompt
+from specjax.bench import aggregate as agg_lib
+from specjax.bench import run as run_lib
+from specjax.bench import run_bench
+from specjax.io.prompts import Prompt, group_of
 from specjax.testing import tiny_target
 
 CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
@@ -54,23 +56,23 @@ def read_lines(path: pathlib.Path) -> list[dict]:
 # ----------------------------------------------------------------------------- selection and maths
 
 def test_read_and_select(prompts_file):
-  ps = harness.read_prompts(prompts_file)
+  ps = run_lib.read_prompts(prompts_file)
   assert len(ps) == 14 and ps[0].id == 100 and ps[0].category == "writing" and ps[0].group == "mt_bench"
   assert ps[0].text.startswith("t") and "second turn" not in ps[0].text
-  one = harness.select(ps, per_category=1)
+  one = run_lib.select(ps, per_category=1)
   assert [p.group for p in one] == ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
   assert [p.id for p in one] == [100, 102, 103, 104, 105, 106]
-  assert len(harness.select(ps, per_category=2)) == 12          # mt_bench holds 4 rows: 2 kept
-  assert [p.id for p in harness.select(ps, limit=3)] == [100, 101, 102]
-  assert [p.id for p in harness.select(ps, per_category=1, limit=2)] == [100, 102]
+  assert len(run_lib.select(ps, per_category=2)) == 12          # mt_bench holds 4 rows: 2 kept
+  assert [p.id for p in run_lib.select(ps, limit=3)] == [100, 101, 102]
+  assert [p.id for p in run_lib.select(ps, per_category=1, limit=2)] == [100, 102]
   with pytest.raises(ValueError):
-    harness.select(ps, limit=0)
-  assert harness.group_of("humanities") == "mt_bench" and harness.group_of("rag") == "rag"
+    run_lib.select(ps, limit=0)
+  assert group_of("humanities") == "mt_bench" and group_of("rag") == "rag"
 
 
 def test_batches_never_mix_groups():
-  ps = [Prompt(i, "x", c, harness.group_of(c)) for i, c in enumerate(["qa", "writing", "qa", "rag", "stem", "qa"])]
-  bs = harness.batches(ps, 2)
+  ps = [Prompt(i, "x", c, group_of(c)) for i, c in enumerate(["qa", "writing", "qa", "rag", "stem", "qa"])]
+  bs = run_lib.batches(ps, 2)
   assert [[p.id for p in b] for b in bs] == [[1, 4], [0, 2], [5], [3]]
 
 
@@ -84,8 +86,8 @@ def test_aggregate_is_ratio_of_sums():
           _rec("none", 3, 20, 20, 2.0, [3] * 20),
           _rec("pld", 1, 10, 5, 0.5, [1] * 10), _rec("pld", 2, 30, 10, 1.0, [2] * 29 + [9]),
           _rec("pld", 3, 20, 20, 4.0, [3] * 20)]
-  records = {harness._key(r["method"], r["id"]): r for r in recs}
-  agg = harness.aggregate(records, ps, ["none", "pld"], greedy=True)
+  records = {agg_lib.key(r["method"], r["id"]): r for r in recs}
+  agg = agg_lib.aggregate(records, ps, ["none", "pld"], greedy=True)
   assert list(agg["pld"]) == ["qa", "rag", "overall"]
   qa = agg["pld"]["qa"]
   assert qa["tokens_per_s"] == pytest.approx(40 / 1.5) and qa["tau"] == pytest.approx(40 / 15)
@@ -95,9 +97,9 @@ def test_aggregate_is_ratio_of_sums():
   assert ov["speedup"] == pytest.approx((60 / 5.5) / (60 / 6.0))    # not the mean of per-prompt ratios
   assert ov["identical_to_baseline"] == {"identical": 2, "total": 3, "near_tie": 0}
   assert agg["none"]["overall"]["speedup"] == pytest.approx(1.0)
-  assert harness.aggregate(records, ps, ["pld"], greedy=False)["pld"]["qa"]["identical_to_baseline"] is None
-  assert harness.first_diff([1, 2, 3], [1, 2, 4]) == 2 and harness.first_diff([1], [1]) is None
-  assert harness.first_diff([1, 2], [1]) == 1
+  assert agg_lib.aggregate(records, ps, ["pld"], greedy=False)["pld"]["qa"]["identical_to_baseline"] is None
+  assert agg_lib.first_diff([1, 2, 3], [1, 2, 4]) == 2 and agg_lib.first_diff([1], [1]) is None
+  assert agg_lib.first_diff([1, 2], [1]) == 1
 
 
 # ----------------------------------------------------------------------------- full runs on a tiny target
@@ -298,7 +300,6 @@ def test_divergences_are_classified_by_the_top2_gap():
   import jax.numpy as jnp
 
   from specjax import api
-  from specjax.bench import harness
   from specjax.models.llama import causal_mask
   from specjax.testing import tiny_target
 
@@ -311,12 +312,24 @@ def test_divergences_are_classified_by_the_top2_gap():
   assert api.next_token_gap(t, seq) == pytest.approx(float(top2[1] - top2[0]), rel=1e-5, abs=1e-6)
 
   other = base[:2] + [int(np.argsort(logits)[-2])] + base[3:]
-  p = harness.Prompt(id="q1", text="x", category="qa", group="qa")
-  records = {harness._key("none", "q1"): {"token_ids": base, "new_tokens": 6, "target_forwards": 6, "wall_s": 1.0},
-             harness._key("pld", "q1"): {"token_ids": other, "new_tokens": 6, "target_forwards": 3, "wall_s": 0.5}}
-  gaps = harness.divergence_gaps(t, records, [p], ["none", "pld"], {"q1": prompt})
-  assert gaps == {harness._key("pld", "q1"): pytest.approx(float(top2[1] - top2[0]), rel=1e-5, abs=1e-6)}
-  agg = harness.aggregate(records, [p], ["none", "pld"], greedy=True, gaps=gaps)
+  p = Prompt(id="q1", text="x", category="qa", group="qa")
+  records = {agg_lib.key("none", "q1"): {"token_ids": base, "new_tokens": 6, "target_forwards": 6, "wall_s": 1.0},
+             agg_lib.key("pld", "q1"): {"token_ids": other, "new_tokens": 6, "target_forwards": 3, "wall_s": 0.5}}
+  gaps = agg_lib.divergence_gaps(t, records, [p], ["none", "pld"], {"q1": prompt})
+  assert gaps == {agg_lib.key("pld", "q1"): pytest.approx(float(top2[1] - top2[0]), rel=1e-5, abs=1e-6)}
+  agg = agg_lib.aggregate(records, [p], ["none", "pld"], greedy=True, gaps=gaps)
   assert agg["pld"]["overall"]["identical_to_baseline"] == {"identical": 0, "total": 1, "near_tie": 0}
-  tie = harness.aggregate(records, [p], ["none", "pld"], greedy=True, gaps={k: 1e-4 for k in gaps})
+  tie = agg_lib.aggregate(records, [p], ["none", "pld"], greedy=True, gaps={k: 1e-4 for k in gaps})
   assert tie["pld"]["overall"]["identical_to_baseline"]["near_tie"] == 1
+
+
+def test_resume_refuses_changed_drafter_defaults(prompts_file, tmp_path, tiny_chat, monkeypatch):
+  """The same command line after a drafter's default changed (simulated: pld now resolves num_tokens=3 with
+  no option typed) must not mix the old records with new ones: resolved settings are compared."""
+  from specjax.drafters import registry
+  kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=4, limit=1, progress=False)
+  run_bench(prompts_file, **kw)
+  make = registry.make
+  monkeypatch.setattr(registry, "make", lambda d, **o: make(d, **({"num_tokens": 3, **o} if d == "pld" else o)))
+  with pytest.raises(ValueError, match="'pld' records measured with other settings.*drafter"):
+    run_bench(prompts_file, **kw)

@@ -27,6 +27,7 @@ class Spec:
   temperature: float = 0.0
   top_k: int | None = None
   top_p: float | None = None
+  cache_sharding: object = None     # NamedSharding of the KV cache on a device mesh (parallel/rules.py)
 
 
 @jax.tree_util.register_dataclass
@@ -52,6 +53,15 @@ def _accept(spec: Spec, logits, tree, key):
 def _put_rows(buf, x, start):
   """buf [B, S], x [B, n], start [B]: buf[b, start[b]:start[b]+n] = x[b]."""
   return jax.vmap(lambda b, v, s: jax.lax.dynamic_update_slice(b, v, (s,)))(buf, x, start)
+
+
+def _constrain(cache: KVCache, sharding) -> KVCache:
+  """Pins the cache's layout on a mesh (batch over "data", KV heads over "model"), so the loop carry never
+  drifts to another layout; a no-op on one device."""
+  if sharding is None:
+    return cache
+  pin = lambda x: jax.lax.with_sharding_constraint(x, sharding)
+  return dataclasses.replace(cache, k=pin(cache.k), v=pin(cache.v))
 
 
 TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
@@ -119,7 +129,7 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
   else:
     z = jnp.zeros((B, 1, cfg.hidden), model.dtype)
     prefill = Prefill(z, {i: z for i in capture})
-  cache = dataclasses.replace(cache, lengths=prompt_len - 1)
+  cache = _constrain(dataclasses.replace(cache, lengths=prompt_len - 1), spec.cache_sharding)
   tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
   ctx = Context(tokens, prompt_len - 1, prompt_len, jnp.zeros(B, bool))
   zeros = jnp.zeros(B, jnp.int32)
@@ -143,7 +153,7 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
     count = jnp.where(ctx.done, 0, count)
     hit_eos = jnp.any(is_eos & (idx < count[:, None]), 1)
 
-    cache = cache.write(out.k, out.v, rows=acc.path).advance(count)
+    cache = _constrain(cache.write(out.k, out.v, rows=acc.path).advance(count), spec.cache_sharding)
     new_tokens = c.new + count
     ctx = Context(_put_rows(ctx.tokens, new, ctx.root + 1), ctx.root + count, ctx.prompt_len,
                   ctx.done | hit_eos | (new_tokens >= max_new))

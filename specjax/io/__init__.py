@@ -27,6 +27,7 @@ class Target:
   tokenizer: Tokenizer
   cfg: ModelConfig
   path: str
+  mesh: object = None          # the jax.sharding.Mesh its weights are placed on (None: one device)
 
   @functools.cached_property
   def fingerprint(self) -> str:
@@ -41,10 +42,12 @@ def fingerprint(model: Llama, samples: int = 4096) -> str:
   from flax import nnx
   import jax
   import ml_dtypes
+
+  from specjax.io import packing
   h = hashlib.sha256(repr(sorted(dataclasses.asdict(model.cfg).items())).encode())
   flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]
   for path, x in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
-    v = x.reshape(-1)
+    v = packing.flat_layout(getattr(path[0], "key", None), x, model.cfg).reshape(-1)
     v = v[::max(1, v.size // samples)][:samples]
     h.update(jax.tree_util.keystr(path).encode())
     h.update(np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).tobytes())
@@ -72,9 +75,12 @@ def _dtype(dtype):
   return dtype
 
 
-def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None) -> Target:
+def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None,
+         mesh=None) -> Target:
   """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors).
-  chat_template: which of the model's named chat templates to use (default: the one named "default")."""
+  chat_template: which of the model's named chat templates to use (default: the one named "default").
+  mesh: a device mesh (specjax.make_mesh) to place the weights on, shard by shard, by the partition
+  rules (specjax.parallel.rules); generate then runs sharded over it."""
   dt = _dtype(dtype)
   if chat_template is not None and not isinstance(chat_template, str):
     raise ValueError(f"chat_template must be the name of one of the model's chat templates, got {chat_template!r}")
@@ -104,5 +110,9 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template
   else:
     raise ValueError(f"{p}: unsupported model file; give a .gguf file or a Hugging Face directory "
                      "(pickled .bin/.pt checkpoints are never loaded)")
-  model = Llama(cfg, weights, dtype=dt)
-  return Target(model, tok, cfg, str(p))
+  shardings = None
+  if mesh is not None:
+    from specjax.parallel import rules
+    shardings = rules.weight_shardings(rules.layout(mesh, cfg), weights)
+  model = Llama(cfg, weights, dtype=dt, shardings=shardings)
+  return Target(model, tok, cfg, str(p), mesh)

@@ -58,6 +58,7 @@ def read_weights(reader, cfg: ModelConfig, path, dtype=np.float32) -> dict[str, 
   from gguf import GGMLQuantizationType
   from gguf.quants import dequantize
 
+  from specjax.io import packing
   from specjax.models.llama import weight_shapes
 
   tensors = {t.name: t for t in reader.tensors}
@@ -90,16 +91,16 @@ def read_weights(reader, cfg: ModelConfig, path, dtype=np.float32) -> dict[str, 
     out["lm_head"][:] = get("output.weight", (V, H)).T
   for i in range(cfg.layers):
     b = f"blk.{i}."
-    out["wqkv"][i, :, :N * D] = unperm(get(b + "attn_q.weight", (N * D, H)), N).T
-    out["wqkv"][i, :, N * D:(N + K) * D] = unperm(get(b + "attn_k.weight", (K * D, H)), K).T
-    out["wqkv"][i, :, (N + K) * D:] = get(b + "attn_v.weight", (K * D, H)).T
+    packing.put_qkv(out, cfg, i, "q", unperm(get(b + "attn_q.weight", (N * D, H)), N).T)
+    packing.put_qkv(out, cfg, i, "k", unperm(get(b + "attn_k.weight", (K * D, H)), K).T)
+    packing.put_qkv(out, cfg, i, "v", get(b + "attn_v.weight", (K * D, H)).T)
     if cfg.qkv_bias:
-      out["bqkv"][i] = np.concatenate([unperm(get(b + "attn_q.bias", (N * D,)), N),
-                                       unperm(get(b + "attn_k.bias", (K * D,)), K),
-                                       get(b + "attn_v.bias", (K * D,))])
+      packing.put_qkv(out, cfg, i, "q", unperm(get(b + "attn_q.bias", (N * D,)), N))
+      packing.put_qkv(out, cfg, i, "k", unperm(get(b + "attn_k.bias", (K * D,)), K))
+      packing.put_qkv(out, cfg, i, "v", get(b + "attn_v.bias", (K * D,)))
     out["wo"][i] = get(b + "attn_output.weight", (H, N * D)).T
-    out["w_gate_up"][i, :, :F] = get(b + "ffn_gate.weight", (F, H)).T
-    out["w_gate_up"][i, :, F:] = get(b + "ffn_up.weight", (F, H)).T
+    packing.put_gate_up(out, i, "gate", get(b + "ffn_gate.weight", (F, H)).T)
+    packing.put_gate_up(out, i, "up", get(b + "ffn_up.weight", (F, H)).T)
     out["w_down"][i] = get(b + "ffn_down.weight", (H, F)).T
     out["attn_norm"][i] = get(b + "attn_norm.weight", (H,))
     out["mlp_norm"][i] = get(b + "ffn_norm.weight", (H,))

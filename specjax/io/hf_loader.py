@@ -166,6 +166,7 @@ def _get(st, name, shape, d) -> np.ndarray:
 
 
 def read_weights(d: pathlib.Path, cfg: ModelConfig, dtype=np.float32) -> dict[str, np.ndarray]:
+  from specjax.io import packing
   from specjax.models.llama import weight_shapes
 
   shapes = weight_shapes(cfg)
@@ -176,7 +177,7 @@ def read_weights(d: pathlib.Path, cfg: ModelConfig, dtype=np.float32) -> dict[st
   expect = {"q_proj": (N * D, H), "k_proj": (K * D, H), "v_proj": (K * D, H), "o_proj": (H, N * D),
             "gate_proj": (F, H), "up_proj": (F, H), "down_proj": (H, F), "input_layernorm": (H,),
             "post_attention_layernorm": (H,)}
-  qkv_cols = {"q_proj": slice(0, N * D), "k_proj": slice(N * D, (N + K) * D), "v_proj": slice((N + K) * D, None)}
+  qkv_parts = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
   seen = set()
   layer_parts = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "input_layernorm",
                  "post_attention_layernorm"}
@@ -203,13 +204,13 @@ def read_weights(d: pathlib.Path, cfg: ModelConfig, dtype=np.float32) -> dict[st
             raise ValueError(f"{d}: tensor {name} is beyond num_hidden_layers={cfg.layers} in config.json")
           shape = expect[mod] if leaf == "weight" else expect[mod][:1]
           a = _get(st, name, shape, d)
-          if mod in qkv_cols:
+          if mod in qkv_parts:
             if leaf == "weight":
-              out["wqkv"][i, :, qkv_cols[mod]] = a.T
+              packing.put_qkv(out, cfg, i, qkv_parts[mod], a.T)
             elif leaf == "bias":
               if not cfg.qkv_bias:
                 raise ValueError(f"{d}: {name} present but the config has no attention bias")
-              out["bqkv"][i, qkv_cols[mod]] = a
+              packing.put_qkv(out, cfg, i, qkv_parts[mod], a)
               mod += ".bias"
             else:
               raise ValueError(f"{d}: unsupported tensor {name} (quantised safetensors are not supported)")
@@ -217,10 +218,8 @@ def read_weights(d: pathlib.Path, cfg: ModelConfig, dtype=np.float32) -> dict[st
             raise ValueError(f"{d}: unsupported tensor {name} (biases are only supported on q/k/v)")
           elif mod == "o_proj":
             out["wo"][i] = a.T
-          elif mod == "gate_proj":
-            out["w_gate_up"][i, :, :F] = a.T
-          elif mod == "up_proj":
-            out["w_gate_up"][i, :, F:] = a.T
+          elif mod in ("gate_proj", "up_proj"):
+            packing.put_gate_up(out, i, mod.removesuffix("_proj"), a.T)
           elif mod == "down_proj":
             out["w_down"][i] = a.T
           elif mod == "input_layernorm":

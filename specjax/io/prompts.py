@@ -72,15 +72,22 @@ def parse_prompt_row(row, where: str, index: int) -> Prompt:
   return Prompt(pid, text, cat or "other", group_of(cat))
 
 
+def parse_line(raw: bytes, where: str, index: int) -> Prompt | None:
+  """One JSONL line (bytes, without its newline) -> a Prompt, or None for a blank line."""
+  line = jsonfile.decode_utf8(raw.removesuffix(b"\r"), where)
+  if not line.strip():
+    return None
+  return parse_prompt_row(jsonfile.parse(line, where), where, index)
+
+
 def parse_prompts(data: bytes, name: str) -> list[Prompt]:
   """The prompts in a JSONL file's bytes; `name` is the file's name for errors."""
   out, seen = [], set()
   for lineno, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
     where = f"{name}:{lineno}"
-    line = jsonfile.decode_utf8(raw.removesuffix(b"\r"), where)
-    if not line.strip():
+    pr = parse_line(raw, where, len(out))
+    if pr is None:
       continue
-    pr = parse_prompt_row(jsonfile.parse(line, where), where, len(out))
     if str(pr.id) in seen:
       raise ValueError(f"{where}: duplicate id {pr.id!r}")
     seen.add(str(pr.id))
@@ -88,6 +95,46 @@ def parse_prompts(data: bytes, name: str) -> list[Prompt]:
   if not out:
     raise ValueError(f"{name}: no prompts in the file")
   return out
+
+
+def stream_prompts(path):
+  """Streams a JSONL prompts file without holding it: yields (line number, Prompt) for each good row
+  and (line number, ValueError) for each bad one (invalid UTF-8 or JSON, no prompt, a duplicate id),
+  so a long job can record the bad rows and go on. Blank lines are skipped."""
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"prompts file not found: {p}")
+  if p.is_dir():
+    raise ValueError(f"{p} is a directory, not a JSONL prompts file")
+  seen: dict[str, int] = {}
+  with p.open("rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      raw = raw.removesuffix(b"\n")
+      if lineno == 1:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
+      where = f"{p}:{lineno}"
+      try:
+        pr = parse_line(raw, where, len(seen))
+      except ValueError as e:
+        yield lineno, e
+        continue
+      if pr is None:
+        continue
+      if str(pr.id) in seen:
+        yield lineno, ValueError(f"{where}: duplicate id {pr.id!r} (first on line {seen[str(pr.id)]})")
+        continue
+      seen[str(pr.id)] = lineno
+      yield lineno, pr
+
+
+def count_lines(path) -> int:
+  """Lines of a file (a progress bar's total), read in 1 MiB blocks."""
+  n, last = 0, b"\n"
+  with pathlib.Path(path).open("rb") as f:
+    while block := f.read(1 << 20):
+      n += block.count(b"\n")
+      last = block[-1:]
+  return n + (last != b"\n")
 
 
 def read_prompts(path) -> list[Prompt]:

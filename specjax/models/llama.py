@@ -2,7 +2,9 @@
 
 Layer weights are stacked on a leading layer axis and run with `lax.scan`: one compiled layer body
 instead of L unrolled copies, which keeps the decode program small and quick to compile.
-q/k/v and gate/up are fused into single matmuls: on CPU, few wide matmuls beat many narrow ones.
+q/k/v and gate/up are fused into single matmuls: on CPU, few wide matmuls beat many narrow ones. Their
+layouts keep the KV-head axis and the gate/up axis apart (io/packing.py), so a split of heads or FFN
+columns over a device mesh never cuts across q/k/v or gate/up (parallel/rules.py).
 """
 from __future__ import annotations
 
@@ -20,18 +22,19 @@ from specjax.models.config import ModelConfig
 # Canonical weight names and shapes ([in, out] for matmuls), shared by the loaders.
 def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   L, H, F = cfg.layers, cfg.hidden, cfg.ffn
+  K, G, D = cfg.kv_heads, cfg.heads // cfg.kv_heads, cfg.head_dim
   shapes = {
       "embed": (cfg.vocab, H),
-      "wqkv": (L, H, cfg.qkv_dim),
-      "wo": (L, cfg.heads * cfg.head_dim, H),
-      "w_gate_up": (L, H, 2 * F),
+      "wqkv": (L, H, K, G + 2, D),          # per KV head: its G query heads, its key, its value (io/packing.py)
+      "wo": (L, cfg.heads * D, H),          # rows: query heads in order, so KV group k is rows [k*G*D, (k+1)*G*D)
+      "w_gate_up": (L, H, 2, F),
       "w_down": (L, F, H),
       "attn_norm": (L, H),
       "mlp_norm": (L, H),
       "final_norm": (H,),
   }
   if cfg.qkv_bias:
-    shapes["bqkv"] = (L, cfg.qkv_dim)
+    shapes["bqkv"] = (L, K, G + 2, D)
   if not cfg.tie_embeddings:
     shapes["lm_head"] = (H, cfg.vocab)
   return shapes
@@ -95,13 +98,12 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dt
   scale = 1.0 / math.sqrt(D)
   neg = jnp.float32(-1e30)
   h = rms_norm(x, w["attn_norm"], cfg.norm_eps)
-  qkv = jnp.dot(h, w["wqkv"])
+  qkv = jnp.einsum("bth,hkcd->btkcd", h, w["wqkv"])                       # one matmul: [B, T, K, G+2, D]
   if cfg.qkv_bias:
     qkv = qkv + w["bqkv"].astype(qkv.dtype)
-  q, k, v = jnp.split(qkv, [N * D, (N + K) * D], axis=-1)
-  q = apply_rope(q.reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
-  k = apply_rope(k.reshape(B, T, K, D), cos, sin)
-  v = v.reshape(B, T, K, D)
+  q = apply_rope(qkv[..., :G, :].reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
+  k = apply_rope(qkv[..., G, :], cos, sin)
+  v = qkv[..., G + 1, :]
   s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32) * scale
   s_new = jnp.where(new_mask, s_new, neg)
   if kv is None:
@@ -117,8 +119,8 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dt
          + jnp.einsum("bkgtu,bukd->btkgd", p[..., S:], v))
   x = x + jnp.dot(o.reshape(B, T, N * D), w["wo"])
   h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
-  gate, up = jnp.split(jnp.dot(h, w["w_gate_up"]), 2, axis=-1)
-  x = x + jnp.dot(jax.nn.silu(gate) * up, w["w_down"])
+  gate_up = jnp.einsum("bth,hcf->btcf", h, w["w_gate_up"])                   # one matmul: [B, T, 2, F]
+  x = x + jnp.dot(jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], w["w_down"])
   return x, k, v
 
 
@@ -137,10 +139,11 @@ class Llama(nnx.Module):
   hidden state).
 
   `weights` (canonical names, see `weight_shapes`) is consumed: entries are popped as they are
-  moved to the device, so loading never holds two full copies."""
+  moved to the device, so loading never holds two full copies. shardings: {weight name: Sharding}
+  (specjax.parallel.rules.weight_shardings) places each weight shard by shard over a device mesh."""
 
   def __init__(self, cfg: ModelConfig, weights: dict[str, np.ndarray] | None = None, *,
-               dtype=jnp.float32, seed: int = 0):
+               dtype=jnp.float32, seed: int = 0, shardings: dict | None = None):
     self.cfg = cfg
     self.dtype = dtype
     shapes = weight_shapes(cfg)
@@ -153,9 +156,13 @@ class Llama(nnx.Module):
       w = weights.pop(name)     # consumed tensor by tensor: host copies are freed as we go
       if tuple(w.shape) != shape:
         raise ValueError(f"weight {name} has shape {tuple(w.shape)}, expected {shape}")
-      is_norm = name.endswith("norm")
-      # Wait for each host-to-device copy so the host tensor is freed before the next one.
-      setattr(self, name, nnx.Param(jnp.asarray(w, jnp.float32 if is_norm else dtype).block_until_ready()))
+      dt = jnp.float32 if name.endswith("norm") else dtype
+      if shardings is None:
+        # Wait for each host-to-device copy so the host tensor is freed before the next one.
+        arr = jnp.asarray(w, dt).block_until_ready()
+      else:   # each device receives only its own shard, cut from the host tensor (never a full device copy)
+        arr = jax.make_array_from_callback(shape, shardings[name], lambda idx, w=w, dt=dt: np.asarray(w[idx], dt))
+      setattr(self, name, nnx.Param(arr))
       del w
     self.inv_freq = nnx.Variable(jnp.asarray(rope_frequencies(cfg)))
 

@@ -1,0 +1,163 @@
+"""Batch jobs: every prompt of a JSONL file answered once, crash-safe and resumable.
+
+    run_batch("prompts.jsonl", "results.jsonl", drafter="pld", batch_size=8, max_new_tokens=256)
+
+Files beside OUT (results.jsonl): results.errors.jsonl (malformed rows: line number and reason) and
+results.settings.json (the resolved settings of the job).
+
+Crash safety: answers are appended batch by batch, flushed and fsync'ed (specjax.io.records), and a
+record is written only for an id that is not in the file yet. Killed at any moment (kill -9), the
+same command resumes: it drops a torn last line, skips answered ids and runs the rest, so the final
+file holds every good input exactly once. Batches are fixed by the input (consecutive good rows), and
+a batch cut by a crash is generated again whole, with only its missing rows written: a resumed job's
+answers equal an uninterrupted job's token for token (same batch shapes, same program).
+Rerunning with other settings on the same OUT is refused unless overwrite=True.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from specjax.io import records as records_io
+from specjax.io import settings as settings_io
+from specjax.io.prompts import Prompt, count_lines, stream_prompts
+
+
+def side_paths(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """(errors file, settings file) for an output file: results.jsonl -> results.errors.jsonl,
+  results.settings.json."""
+  out = pathlib.Path(out)
+  stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+  return out.with_name(stem + ".errors.jsonl"), out.with_name(stem + ".settings.json")
+
+
+def answer_record(g, i: int, pid) -> dict:
+  """Row i of a Generation as the JSON record `generate --json` prints and a batch job writes."""
+  n, fw = g.new_tokens[i], g.target_forwards[i]
+  return {"id": pid, "text": g.texts[i], "token_ids": g.token_ids[i], "new_tokens": n, "target_forwards": fw,
+          "tau": n / fw if fw else 0.0, "wall_s": g.wall_s, "tokens_per_s": n / g.wall_s if g.wall_s > 0 else 0.0,
+          "drafter": g.drafter}
+
+
+def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None = None, batch_size: int = 8,
+              max_new_tokens: int = 128, temperature: float = 0.0, top_k=None, top_p=None, seed: int = 0,
+              acceptance: str | None = None, chat: bool = True, allow_special: bool = False, mesh=None,
+              overwrite: bool = False, progress: bool = True) -> dict:
+  """Runs (or resumes) a batch job; returns {"written", "skipped", "errors", "out", "errors_file"}.
+
+  target: a loaded Target or a zero-argument callable returning one (called after every check that
+  needs no model)."""
+  from specjax import api
+  from specjax.drafters import registry
+
+  import jax
+  if jax.process_count() > 1:
+    raise ValueError("batch jobs run in one process (a mesh over its devices); multi-host batch jobs are not "
+                     "supported yet")
+  if str(inp) == "-":
+    raise ValueError("a batch job reads its input twice when resumed: give a file, not standard input")
+  inp, out = pathlib.Path(inp), pathlib.Path(out)
+  if not inp.exists():
+    raise FileNotFoundError(f"prompts file not found: {inp}")
+  if inp.is_dir():
+    raise ValueError(f"{inp} is a directory, not a JSONL prompts file")
+  if out.is_dir():
+    raise ValueError(f"--out {out} is a directory; give a file such as {out / 'results.jsonl'}")
+  if out.resolve() == inp.resolve():
+    raise ValueError("--out must not be the input file")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+  temperature, top_k, top_p, acceptance = api.check_sampling(temperature, top_k, top_p, acceptance)
+  seed = api.check_seed(seed)
+  d = registry.make(drafter, **(drafter_options or {}))
+  errors_path, settings_path = side_paths(out)
+  if overwrite:
+    for p in (out, errors_path, settings_path):
+      p.unlink(missing_ok=True)
+
+  if callable(target):
+    target = target()
+  if chat:
+    target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
+  d.check_target(target)
+  settings = {"model": str(target.path), "fingerprint": target.fingerprint, "dtype": np.dtype(target.model.dtype).name,
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+              "seed": seed, "acceptance": acceptance, "chat": chat, "allow_special": allow_special,
+              "batch_size": batch_size, "drafter": settings_io.drafter_settings(d)}
+  old = settings_io.read(settings_path)
+  done = {str(r["id"]) for r in records_io.load(out, valid=lambda r: isinstance(r.get("id"), (str, int)),
+                                                label="specjax batch")}
+  if old is None and (done or errors_path.exists()):
+    raise ValueError(f"{out} holds answers but {settings_path.name} is missing, so they cannot be checked "
+                     "against these settings; pass --overwrite to start again")
+  if old is not None:
+    diff = settings_io.differences(old, settings)
+    if diff:
+      raise ValueError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the same settings "
+                       "to resume, or pass --overwrite to start again")
+  else:
+    settings_io.write(settings_path, settings)
+  error_lines = {r["line"] for r in records_io.load(errors_path, valid=lambda r: isinstance(r.get("line"), int),
+                                                    label="specjax batch")}
+
+  from tqdm import tqdm
+  bar = tqdm(total=count_lines(inp), unit="rec", desc="batch", file=sys.stderr, disable=not progress,
+             dynamic_ncols=True)
+  answers, errors = records_io.RecordLog(out), records_io.RecordLog(errors_path)
+  stats = {"written": 0, "skipped": 0, "errors": 0, "new_tokens": 0, "wall_s": 0.0}
+
+  def error(lineno, pid, reason):
+    stats["errors"] += 1
+    if lineno not in error_lines:
+      errors.write([{"line": lineno, "id": pid, "error": reason}])
+      error_lines.add(lineno)
+    bar.update(1)
+
+  def flush(batch: list[tuple[int, Prompt, list[int]]]):
+    todo = [b for b in batch if str(b[1].id) not in done]
+    stats["skipped"] += len(batch) - len(todo)
+    if todo:   # a batch cut by a crash runs again whole: the same shapes give the same tokens
+      g = api.generate(target, [ids for _, _, ids in batch], max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance,
+                       **({} if mesh is None else {"mesh": mesh}))
+      recs = [dict(answer_record(g, i, p.id), line=lineno) for i, (lineno, p, _) in enumerate(batch)
+              if str(p.id) not in done]
+      answers.write(recs)
+      done.update(str(r["id"]) for r in recs)
+      stats["written"] += len(recs)
+      stats["new_tokens"] += sum(r["new_tokens"] for r in recs)
+      stats["wall_s"] += g.wall_s
+      bar.set_postfix_str(f"{stats['new_tokens'] / max(stats['wall_s'], 1e-9):.1f} tok/s", refresh=False)
+    bar.update(len(batch))
+
+  t0 = time.perf_counter()
+  try:
+    batch: list = []
+    for lineno, item in stream_prompts(inp):
+      if isinstance(item, ValueError):
+        error(lineno, None, str(item))
+        continue
+      try:
+        ids = api.encode_prompts(target, [item.text], chat, allow_special)[0]
+        api.check_fits(target, len(ids), max_new_tokens, d)
+      except ValueError as e:
+        error(lineno, item.id, f"{inp}:{lineno}: {e}")
+        continue
+      batch.append((lineno, item, ids))
+      if len(batch) == batch_size:
+        flush(batch)
+        batch = []
+    if batch:
+      flush(batch)
+  finally:
+    bar.close()
+    answers.close()
+    errors.close()
+  return {"written": stats["written"], "skipped": stats["skipped"], "errors": stats["errors"],
+          "new_tokens": stats["new_tokens"], "wall_s": time.perf_counter() - t0, "out": str(out),
+          "errors_file": str(errors_path)}

@@ -1,0 +1,285 @@
+"""Benchmark harness: the autoregressive baseline and every drafter on the same prompts, in one run.
+
+    run_bench("dev.jsonl", drafters=["pld", "lookahead"], out="bench_out", per_category=5)
+
+For every selected prompt (first turn, chat template applied) and every method, one record goes to
+OUT/records.jsonl as soon as it is measured (appended, flushed and fsync'ed), so a crashed or killed
+run loses nothing: run the same command again and it skips every (method, prompt) already there.
+At the end it writes OUT/results.json, OUT/results.md and OUT/speedup.png.
+
+Methods: "none" (autoregressive, always first: the baseline), the requested drafters, and with
+peers=["hf"] Hugging Face transformers greedy decoding ("hf") and its prompt lookup ("hf_pld") on
+the same weights and the same prompt token ids.
+
+Figures per method and category group (mt_bench, translation, summarization, qa, math_reasoning,
+rag, overall), all over the prompts both the method and the baseline have records for:
+  tokens_per_s = sum(new tokens) / sum(wall seconds)       (compilation excluded)
+  speedup      = tokens_per_s(method) / tokens_per_s(baseline)
+  tau          = sum(new tokens) / sum(target forwards)
+  identical_to_baseline = {"identical": n, "total": m,     greedy outputs equal token for token
+                           "near_tie": k}                  (null when sampling: temperature > 0);
+                                                           near_tie: divergences at a top-2 logit gap
+                                                           <= NEAR_TIE_GAP (float rounding, DESIGN
+                                                           invariant 1); the rest are real mismatches
+With batch_size > 1 a batch's wall time is shared among its rows in proportion to their new tokens
+(so every row of a batch has the batch's tokens/s), and batches never mix category groups.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from specjax.bench.aggregate import (BASELINE, NEAR_TIE_GAP, OVERALL, aggregate, divergence_gaps, key,
+                                     ordered_groups, prompt_records)
+from specjax.bench.peers import PEERS, HFPeer
+from specjax.bench.report import loadavg, machine_info, plot_speedup, write_atomic, write_markdown
+from specjax.io import records as records_io
+from specjax.io import settings as settings_io
+from specjax.io.prompts import Prompt, read_prompts
+
+WARMUP_TOKENS = 8
+RECORDS = "records.jsonl"
+
+
+def select(prompts: list[Prompt], *, limit: int | None = None, per_category: int | None = None) -> list[Prompt]:
+  """per_category: the first K of each category group (file order); then limit: the first K of those."""
+  for name, v in (("limit", limit), ("per_category", per_category)):
+    if v is not None and v < 1:
+      raise ValueError(f"{name} must be >= 1, got {v}")
+  out = list(prompts)
+  if per_category is not None:
+    counts: dict[str, int] = {}
+    kept = []
+    for p in out:
+      if counts.get(p.group, 0) < per_category:
+        counts[p.group] = counts.get(p.group, 0) + 1
+        kept.append(p)
+    out = kept
+  if limit is not None:
+    out = out[:limit]
+  return out
+
+
+def batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
+  """Consecutive chunks of at most batch_size prompts, never mixing category groups."""
+  by_group: dict[str, list[Prompt]] = {}
+  for p in prompts:
+    by_group.setdefault(p.group, []).append(p)
+  out = []
+  for g in ordered_groups(by_group):
+    ps = by_group[g]
+    out += [ps[i:i + batch_size] for i in range(0, len(ps), batch_size)]
+  return out
+
+
+# ----------------------------------------------------------------------------- records file
+
+def _prompt_sha(ids: list[int]) -> str:
+  return hashlib.sha1(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
+
+
+def load_records(path: pathlib.Path) -> dict[tuple[str, str], dict]:
+  """(method, str(id)) -> record; a later record for the same key wins. Unreadable lines (a write cut
+  short by a crash) are removed from the file once, with a warning (specjax.io.records)."""
+  return {key(r["method"], r["id"]): r
+          for r in records_io.load(path, valid=_is_record, label="specjax bench")}
+
+
+def _is_record(r: dict) -> bool:
+  return isinstance(r.get("method"), str) and isinstance(r.get("id"), (str, int))
+
+
+def _check_settings(old: dict, settings: dict, method: str, path: pathlib.Path):
+  diff = settings_io.differences(old if isinstance(old, dict) else {}, settings)
+  if diff:
+    raise ValueError(f"{path} holds {method!r} records measured with other settings ({'; '.join(diff)}); "
+                     "use another --out directory or delete that file")
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _load_target(model, dtype):
+  import specjax.io as sio
+  return sio.load(model, dtype=dtype)
+
+
+def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=None, model="default",
+              dtype="float32", max_new_tokens: int = 256, limit: int | None = None,
+              per_category: int | None = None, batch_size: int = 1, temperature: float = 0.0, seed: int = 0,
+              chat: bool = True, peers=(), drafter_options: dict | None = None, progress: bool = True,
+              command: list[str] | None = None) -> dict:
+  """Runs (or resumes) a benchmark and writes OUT/{records.jsonl, results.json, results.md, speedup.png}.
+
+  prompts: a JSONL path or a list of `Prompt`. target: a loaded `specjax.io.Target`, a zero-argument
+  callable returning one (called once the prompts and options are validated), or None to load `model`
+  in `dtype`. drafter_options: {drafter name: {option: value}}. Returns the results dict."""
+  from specjax import api
+  from specjax.drafters import registry
+
+  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  temperature, _, _, _ = api.check_sampling(temperature)
+  seed = api.check_seed(seed)
+  prompts_file = str(prompts) if not isinstance(prompts, list) else None
+  all_prompts = read_prompts(prompts) if prompts_file else list(prompts)
+  selected = select(all_prompts, limit=limit, per_category=per_category)
+  if not selected:
+    raise ValueError("no prompts selected")
+  if len({str(p.id) for p in selected}) != len(selected):
+    raise ValueError("prompt ids must be unique")
+  drafters = [d for d in dict.fromkeys([BASELINE, *drafters])]
+  known = registry.names()
+  for d in drafters:
+    if d.partition(":")[0] not in known:      # "medusa:PATH" names a checkpoint of a known drafter
+      raise ValueError(f"unknown drafter {d!r}; choose from {', '.join(known)}")
+  peers = list(dict.fromkeys(peers or ()))
+  for p in peers:
+    if p not in PEERS:
+      raise ValueError(f"unknown peer {p!r}; choose from {', '.join(PEERS)}")
+  drafter_options = {k: dict(v) for k, v in (drafter_options or {}).items()}
+  for name, opts in drafter_options.items():
+    if name not in drafters:
+      raise ValueError(f"options given for drafter {name!r}, which is not benchmarked")
+  made = {d: registry.make(d, **drafter_options.get(d, {})) for d in drafters}   # validates options early
+  peer_methods = [m for p in peers for m in PEERS[p]]
+  methods = drafters + peer_methods
+  greedy = temperature == 0
+  pld = made.get("pld") or registry.make("pld", **drafter_options.get("pld", {}))
+  lookup = (pld.num_tokens, pld.max_ngram)
+
+  out = pathlib.Path(out)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out} exists and is not a directory")
+  out.mkdir(parents=True, exist_ok=True)
+
+  if target is None:
+    target = _load_target(model, dtype)
+  elif callable(target):
+    target = target()
+  model_name = str(target.path)
+  if chat:
+    target.tokenizer.require_chat_template("pass chat=False (--no-chat)", "--chat-template NAME")
+  ids = dict(zip((str(p.id) for p in selected), api.encode_prompts(target, [p.text for p in selected], chat)))
+  longest = max(ids.values(), key=len)
+  for d in drafters:        # context overflows and bad settings surface now, not hours in
+    api.prepare(target, [longest], max_new_tokens=max_new_tokens, drafter=made[d], temperature=temperature)
+
+  base_settings = {"model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
+                   "temperature": float(temperature), "seed": seed, "chat": bool(chat)}
+
+  def settings_for(m):
+    s = dict(base_settings)
+    if m in drafters:
+      s.update(batch_size=batch_size, drafter=settings_io.drafter_settings(made[m]))
+    else:
+      s.update(batch_size=1, options={"prompt_lookup": list(lookup)} if m == "hf_pld" else {})
+    return s
+
+  rec_path = out / RECORDS
+  records = load_records(rec_path)
+  by_sha = {str(p.id): _prompt_sha(ids[str(p.id)]) for p in selected}
+  for (m, pid), r in list(records.items()):
+    if m in methods and pid in by_sha:
+      _check_settings(r.get("settings"), settings_for(m), m, rec_path)
+      if r.get("prompt_sha") != by_sha[pid]:
+        raise ValueError(f"{rec_path} holds a record for prompt {pid!r} whose text differs from the one now "
+                         "given; use another --out directory or delete that file")
+
+  def todo(m, batch):
+    return [p for p in batch if key(m, p.id) not in records]
+
+  work = batches(selected, batch_size)
+  hf = None
+  if any(todo(m, [p]) for m in peer_methods for p in selected):
+    hf = HFPeer(model_name, eos_ids=target.tokenizer.eos_ids)
+
+  # Warm-up: one short call per method that still has work, so the first timed call is steady.
+  first = ids[str(selected[0].id)]
+  warm_n = min(WARMUP_TOKENS, max_new_tokens)
+  for m in methods:
+    if not any(todo(m, b) for b in work):
+      continue
+    if m in drafters:
+      api.generate(target, [first], max_new_tokens=warm_n, temperature=temperature, seed=seed, drafter=made[m])
+    else:
+      hf.run(first, max_new_tokens=warm_n, temperature=temperature, seed=seed,
+             lookup=lookup if m == "hf_pld" else None)
+
+  load_start = loadavg()
+  writer = records_io.RecordLog(rec_path)
+  from tqdm import tqdm
+  done_before = sum(1 for p in selected if all(key(m, p.id) in records for m in methods))
+  bar = tqdm(total=len(selected), initial=done_before, unit="prompt", desc="bench", file=sys.stderr,
+             disable=not progress, dynamic_ncols=True)
+  try:
+    for batch in work:
+      if not any(todo(m, batch) for m in methods):
+        continue
+      for m in methods:
+        if not todo(m, batch):
+          continue
+        bar.set_postfix_str(m, refresh=True)
+        new_recs = []
+        if m in drafters:
+          # A partly recorded batch (a crash between its records; rare) is measured again whole.
+          g = api.generate(target, [ids[str(p.id)] for p in batch], max_new_tokens=max_new_tokens,
+                           temperature=temperature, seed=seed, drafter=made[m])
+          total_new = max(sum(g.new_tokens), 1)
+          for i, p in enumerate(batch):
+            share = g.wall_s * g.new_tokens[i] / total_new
+            new_recs.append(dict(
+                method=m, id=p.id, category=p.category, group=p.group, prompt_tokens=len(ids[str(p.id)]),
+                new_tokens=g.new_tokens[i], target_forwards=g.target_forwards[i], tau=g.tau[i],
+                wall_s=share, batch_wall_s=g.wall_s, batch_size=len(batch), compile_s=g.compile_s,
+                tokens_per_s=g.new_tokens[i] / share if share > 0 else None,
+                accepted_hist=g.accepted_hist[i], token_ids=g.token_ids[i], text=g.texts[i]))
+        else:
+          for p in todo(m, batch):
+            r = hf.run(ids[str(p.id)], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                       lookup=lookup if m == "hf_pld" else None)
+            new_recs.append(dict(
+                method=m, id=p.id, category=p.category, group=p.group, prompt_tokens=len(ids[str(p.id)]),
+                new_tokens=r["new_tokens"], target_forwards=r["target_forwards"],
+                tau=r["new_tokens"] / max(r["target_forwards"], 1), wall_s=r["wall_s"],
+                batch_wall_s=r["wall_s"], batch_size=1, compile_s=0.0,
+                tokens_per_s=r["new_tokens"] / r["wall_s"] if r["wall_s"] > 0 else None,
+                accepted_hist=None, token_ids=r["token_ids"], text=target.tokenizer.decode(r["token_ids"])))
+        for r in new_recs:
+          r["settings"] = settings_for(m)
+          r["prompt_sha"] = by_sha[str(r["id"])]
+          records[key(m, r["id"])] = r
+        writer.write(new_recs)
+      bar.update(len(batch))
+  finally:
+    bar.close()
+    writer.close()
+
+  gaps = divergence_gaps(target, records, selected, methods, ids) if greedy else {}
+  groups = ordered_groups(p.group for p in selected) + [OVERALL]
+  results = {
+      "baseline": BASELINE,
+      "methods": methods,
+      "groups": groups,
+      "machine": {**machine_info(with_torch=bool(peers)), "loadavg_start": load_start, "loadavg_end": loadavg()},
+      "config": {"command": command, "prompts_file": prompts_file, "prompts_total": len(all_prompts),
+                 "prompts_selected": len(selected), "limit": limit, "per_category": per_category,
+                 "drafters": drafters, "peers": peers, "drafter_options": drafter_options,
+                 "hf_prompt_lookup": {"prompt_lookup_num_tokens": lookup[0], "max_matching_ngram_size": lookup[1]}
+                 if peers else None,
+                 "model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
+                 "batch_size": batch_size, "temperature": float(temperature), "seed": seed, "chat": bool(chat),
+                 "greedy": greedy},
+      "near_tie_gap": NEAR_TIE_GAP,
+      "results": aggregate(records, selected, methods, greedy=greedy, gaps=gaps),
+      "records": prompt_records(records, selected, methods, greedy=greedy, gaps=gaps),
+  }
+  write_atomic(out / "results.json", json.dumps(results, indent=1))
+  write_markdown(out / "results.md", results)
+  plot_speedup(out / "speedup.png", results)
+  return results

@@ -1,0 +1,71 @@
+"""Run by test_parallel.py in its own process with 8 fake CPU devices (XLA_FLAGS is read when JAX starts,
+and the pytest process has started it with one). Prints one JSON object: for each mesh and drafter,
+whether the sharded greedy outputs equal the one-device outputs, and the shardings observed."""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+import specjax
+from specjax import api
+from specjax.drafters.medusa import Medusa
+from specjax.models.llama import Llama, _random_weights, weight_shapes
+from specjax.parallel import rules
+from specjax.testing import tiny_target
+
+MESHES = {"data=8": dict(data=8), "data=2,model=4": dict(data=2, model=4), "model=2": dict(model=2)}
+
+
+def spec_of(x) -> list:
+  return [a for a in x.sharding.spec] + [None] * (x.ndim - len(x.sharding.spec))
+
+
+def observed(model, mesh) -> dict:
+  """Shardings of the weights as placed, and of the last compiled program's inputs and outputs."""
+  compiled = next(reversed(api._EXECUTABLES.values()))
+  outs = compiled.output_shardings
+  ins = compiled.input_shardings[0]
+  return {"wqkv": spec_of(model.wqkv[...]), "wo": spec_of(model.wo[...]), "w_gate_up": spec_of(model.w_gate_up[...]),
+          "w_down": spec_of(model.w_down[...]), "embed": spec_of(model.embed[...]),
+          "devices": len(model.w_gate_up[...].sharding.device_set),
+          "prompt_in": list(ins[2].spec), "tokens_out": list(outs.tokens.spec),
+          "mesh": dict(mesh.shape)}
+
+
+def run_tiny():
+  t = tiny_target(seed=0, scale=10.0)
+  prompts = [[3, 4, 5, 3, 4, 5, 6], [7, 8, 9, 10, 7, 8], [11, 3, 11, 3]]       # 3 rows: padded on data=2, 8
+  drafters = {"none": "none", "pld": "pld", "lookahead": "lookahead", "medusa": Medusa.untrained(t, seed=4, nodes=6)}
+  base = {n: api.generate(t, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids for n, d in drafters.items()}
+  out = {}
+  for name, kw in MESHES.items():
+    mesh = specjax.make_mesh(**kw)
+    w = {k: v * (1 if k.endswith("norm") else 10.0) for k, v in _random_weights(weight_shapes(t.cfg), 0).items()}
+    model = Llama(t.cfg, w, shardings=rules.weight_shardings(rules.layout(mesh, t.cfg), weight_shapes(t.cfg)))
+    placed = specjax.Target(model, t.tokenizer, t.cfg, "tiny", mesh)
+    same = {n: api.generate(placed, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids == base[n]
+            for n, d in drafters.items()}
+    out[name] = {"same": same, "shardings": observed(model, mesh)}
+  return out
+
+
+def run_default():
+  t = specjax.load("default")
+  prompts = ["What is 2+2?", "Name a colour."]
+  base = api.generate(t, prompts, max_new_tokens=8).token_ids
+  out = {}
+  for name, kw in MESHES.items():
+    mesh = specjax.make_mesh(**kw)
+    placed = specjax.load("default", mesh=mesh)          # placed shard by shard while loading
+    got = api.generate(placed, prompts, max_new_tokens=8).token_ids
+    out[name] = {"same": {"none": got == base}, "shardings": observed(placed.model, mesh)}
+  return out
+
+
+if __name__ == "__main__":
+  assert len(jax.devices()) == 8, jax.devices()
+  print(json.dumps({"tiny": run_tiny, "default": run_default}[sys.argv[1]]()))
