@@ -115,7 +115,7 @@ def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_data, tmp_pat
   d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
   after = float(recipe.loss(d.params["p"].get_value(), recipe.consts, batch)[0])
   assert after < 0.8 * before
-  assert summary["tau"] > 1.2 and summary["top1"][0] > 0.3
+  assert summary["tau"] > 1.2 and summary["top1"][0] > 0.2     # chance: 1/32
   base = specjax.generate(t, PROMPTS, max_new_tokens=30)
   g = specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d)
   assert g.token_ids == base.token_ids
