@@ -12,9 +12,10 @@ Pieces (H hidden, e(y) the target's frozen token embedding, N(.) an RMSNorm):
   Clover-2: a per-head gate (the public code's ResAttentionBlock): q = Wq N(s) + bq, k = Wk e(y) + bk,
     v = Wv e(y) + bv split into the target's attention heads; s' = s + v * cos(q, k) per head.
     Head 0: out = N(W0 u + b0); depth d > 0: s' = gate(s, e(y)), out = N(W1 [s', e(y)] + b1).
-  Clover-1 (no public code; built from the paper's description): cross-attention from the draft
-    state to the augmented sequence: s' = s + Wo attn(Wq N(s + e(y)); the augmenting layer's cached
-    keys/values), out = N(s' + SiLU(W s' + b)); head 0 already sees the root token this way.
+  Clover-1 (no public code; built from the paper's description): the token joins the state's
+    residual stream, which then cross-attends to the augmented sequence: r = s + e(y),
+    s' = r + Wo attn(Wq N(r); the augmenting layer's cached keys/values), out = N(s' + SiLU(W s' + b));
+    head 0 already sees the root token this way.
   `out` goes through the target's frozen LM head (optionally a reduced draft vocabulary).
 - Tree, built inside the program level by level (one batched head call per depth, never per node):
   every frontier node takes its children in probability order while the mass before them is under
@@ -189,8 +190,8 @@ class Heads:
     k, v, lengths, qpos = ctx                       # lengths, qpos: [B] or [B, M]
     M = s.shape[1]
     per_query = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], M)) if x.ndim == 1 else x
-    a = rms_norm(s + e, p["dec/norm"], eps)
-    s = s + cross_attend(self.cfg, p, a, per_query(qpos), k, v, per_query(lengths))
+    s = s + e                       # the regressive connection: the token joins the residual stream
+    s = s + cross_attend(self.cfg, p, rms_norm(s, p["dec/norm"], eps), per_query(qpos), k, v, per_query(lengths))
     out = rms_norm(s + jax.nn.silu(jnp.dot(s, p["w"]) + p["b"]), p["head_norm"], eps)
     return out, s
 
@@ -287,9 +288,10 @@ class Clover(Drafter):
   aug_layers: int = 1
   dims: tuple = ()              # the target's sizes (dims_of): set by from_checkpoint / untrained
   draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
-  # Tree budget: candidate nodes (the root not counted). 8 is the CPU default (BENCHMARKS.md: on the
-  # 2-core Xeon a 9-node verify costs about 1.3x a one-token step; accelerators want 20-64).
-  nodes: int = 8
+  # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
+  # Xeon (benchmarks/clover_cost.py): a 7-node verify costs about 1.25x a one-token step and the
+  # estimated speedup is flat from 4 to 6 nodes and falls beyond; accelerators want 20-64.
+  nodes: int = 6
   width: int = 4                # frontier nodes expanded per depth
   children: int = 4             # most children a node may take
   threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)

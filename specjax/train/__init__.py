@@ -11,7 +11,7 @@ from specjax.train import data as data_lib
 
 def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, heldout_prompts: int = 100,
                  answer_tokens: int = 256, max_prompt_tokens: int = 256, prompts_dir=None, batch_size: int = 16,
-                 sequences_file=None, feature_batch_tokens: int = 4096, full: bool = False, progress: bool = True):
+                 sequences_file=None, feature_batch_tokens: int = 4096, full: bool = True, progress: bool = True):
   """(train Features, held-out Features) for `target`, everything cached under
   $SPECJAX_CACHE/train/<target fingerprint>/ and resumable. `sequences_file`: a file of sequences
   made elsewhere (e.g. answers generated on a GPU by benchmarks/gpu_distill.py), used as the
@@ -66,7 +66,7 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
-                             full=loop.RECIPES[drafter].full_features, progress=progress)
+                             progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
   d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, progress=progress, log=log)
   tensors, dmeta = d.to_checkpoint()

@@ -84,7 +84,6 @@ class MedusaRecipe:
   loss, a held-out summary (with the exact tau of the tree it will use) and the drafter itself."""
   defaults = dict(batch=256, clip=1.0, b2=0.999)
   clip_by = "norm"
-  full_features = False
 
   def __init__(self, target, train, held, c: TrainConfig):
     from specjax.drafters import medusa
@@ -152,7 +151,6 @@ class CloverRecipe:
   and the answer); the heads' losses are taken at `positions` random answer positions a sequence."""
   defaults = dict(batch=4, clip=0.5, b2=0.95)
   clip_by = "value"                 # the public Clover-2 trainer clips gradient values at 0.5
-  full_features = True
   positions = 128
   bucket = 128
 
