@@ -418,3 +418,17 @@ def test_eagle3_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_layers
 def loop_features_without_layers(tiny_layers):
   _, train, held, _ = tiny_layers
   return dataclasses.replace(train, layers=None), held
+
+
+# ------------------------------------------------------------------ the shipped checkpoint, on the default model
+
+def test_shipped_checkpoint_is_lossless_on_default_model(default_target):
+  from test_clover import REAL_PROMPTS
+  d = registry.make("eagle")
+  assert d.trained_for and d.draft_vocab == 4096
+  for n, opts in ((1, {}), (4, {}), (4, dict(depth=6, top_k=6, nodes=24))):
+    base = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48)
+    g = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48, drafter="eagle", **opts)
+    assert g.token_ids == base.token_ids
+  assert len(specjax.api.encode_prompts(default_target, REAL_PROMPTS[2:3], True)[0]) > 64
+  assert sum(g.new_tokens) / sum(g.target_forwards) > 1.3      # the trained draft is accepted

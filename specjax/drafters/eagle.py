@@ -180,13 +180,14 @@ def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: 
 
 @dataclasses.dataclass(frozen=True)
 class Eagle(flat.FlatDrafter):
-  # Tree budget. The papers' depth 7 / top_k 10 / 60 nodes is a GPU setting: on the 2-core CPU a
-  # target forward over T nodes costs 1.26x a one-token step at T = 8 and 1.38x at T = 16 (Xeon,
-  # BENCHMARKS.md verify-cost curve), and each depth level costs one draft-layer call plus a draft
-  # head (about 1/30 of a step each with the 4096-token draft vocabulary), so a small deep tree.
-  depth: int = 5                # tree depth (EAGLE-2's `depth` + 1): depth - 1 draft-layer calls
+  # Tree budget. The papers' depth 7 / top_k 10 / 60 nodes is a GPU setting. On the 2-core Xeon
+  # (benchmarks/eagle_cost.py, BENCHMARKS.md) a step costs 1.22x an autoregressive step at 3/4/4,
+  # 1.41x at 4/4/8, 1.55x at 5/4/10 and 1.87x at 5/6/16, nearly all of it the verify of the wider
+  # tree (the draft is under 10%), while the shipped checkpoint's held-out tau only grows from 1.57
+  # to 1.67, 1.70 and 1.78: 3/4/4 gives the most tokens per second. Accelerators: 6/8/24 and up.
+  depth: int = 3                # tree depth (EAGLE-2's `depth` + 1): depth - 1 draft-layer calls
   top_k: int = 4                # children per frontier node, and the frontier's width
-  nodes: int = 10               # candidate nodes kept (the root not counted)
+  nodes: int = 4                # candidate nodes kept (the root not counted)
   name = "eagle"
   budget = ("depth", "top_k", "nodes")
 
