@@ -147,20 +147,17 @@ def spans(feat) -> np.ndarray:
   return np.stack([starts, np.concatenate([cut, [len(feat)]])], 1)
 
 
-class CloverRecipe:
-  """Clover and Clover-2 train on whole sequences (the augmenting block attends over the prompt
-  and the answer); the heads' losses are taken at `positions` random answer positions a sequence."""
+class SequenceRecipe:
+  """Drafters trained on whole sequences (full features: the prompt's positions too), a batch being
+  `batch` sequences padded to a multiple of `bucket`: Clover's augmenting block and EAGLE's draft
+  layer attend over the prompt and the answer."""
   defaults = dict(batch=4, clip=0.5, b2=0.95)
-  clip_by = "value"                 # the public Clover-2 trainer clips gradient values at 0.5
+  clip_by = "value"                 # the public Clover-2 and EAGLE trainers clip gradient values at 0.5
   full_features = True
-  positions = 128
   bucket = 128
 
   def __init__(self, target, train, held, c: TrainConfig):
-    from specjax.drafters import clover
-    self.cl, self.c, self.target, self.train, self.held = clover, c, target, train, held
-    self.version = 1 if c.drafter == "clover" else 2
-    self.heads = clover.Heads(self.version, target.cfg)
+    self.c, self.target, self.train, self.held = c, target, train, held
     model = target.model
     self.vocab, self.coverage, self.index = draft_vocab(train, target.cfg.vocab, c.draft_vocab)
     self.consts = dict(embed=jnp.asarray(model.embed[...], jnp.float32), norm_w=model.final_norm[...],
@@ -172,6 +169,31 @@ class CloverRecipe:
       raise ValueError(f"only {self.units} training sequences, fewer than a batch of {c.batch}")
     self._eval_fns = {}
 
+  def padded(self, rows) -> int:
+    """The padded length of a batch of (start, end) rows: the longest rounded up to `bucket`, so few shapes compile."""
+    return -(-max(e - s for s, e in rows) // self.bucket) * self.bucket
+
+  def embed_fn(self):
+    """draft-vocab index -> (target id, float32 embedding), for trees grown in evaluation."""
+    vocab = None if self.vocab is None else jnp.asarray(self.vocab)
+
+    def embed(vidx):
+      tok = vocab[vidx] if vocab is not None else vidx
+      return tok, self.consts["embed"][tok]
+    return embed
+
+
+class CloverRecipe(SequenceRecipe):
+  """Clover and Clover-2: the heads' losses are taken at `positions` random answer positions a sequence."""
+  positions = 128
+
+  def __init__(self, target, train, held, c: TrainConfig):
+    from specjax.drafters import clover
+    super().__init__(target, train, held, c)
+    self.cl = clover
+    self.version = 1 if c.drafter == "clover" else 2
+    self.heads = clover.Heads(self.version, target.cfg)
+
   def init(self):
     w = self.cl.initial(self.target, version=self.version, aug_layers=self.c.layers, seed=self.c.seed)
     return {k: jnp.asarray(v) for k, v in w.items()}
@@ -180,7 +202,7 @@ class CloverRecipe:
     """Padded batch arrays for sequences `rows` ((start, end) pairs), P head positions each, padded
     to `length` (default: the longest row rounded up to `bucket`, so few shapes are compiled)."""
     K = self.c.heads
-    L = length or -(-max(e - s for s, e in rows) // self.bucket) * self.bucket
+    L = length or self.padded(rows)
     B, H = len(rows), feat.hidden.shape[1]
     out = dict(h=np.zeros((B, L, H), np.float32), nxt=np.zeros((B, L), np.int32), length=np.zeros(B, np.int32),
                sel=np.zeros((B, P), np.int32), ys=np.zeros((B, P, K), np.int32), valid=np.zeros((B, P, K), bool),
@@ -222,11 +244,7 @@ class CloverRecipe:
     top-5 [P, K, 5] of every head."""
     if not self._eval_fns:
       cl, heads, consts, K = self.cl, self.heads, self.consts, self.c.heads
-      vocab = None if self.vocab is None else jnp.asarray(self.vocab)
-
-      def embed(vidx):
-        tok = vocab[vidx] if vocab is not None else vidx
-        return tok, consts["embed"][tok]
+      embed = self.embed_fn()
 
       def f(p, batch):
         u, k, v = cl.sequence_features(heads, p, consts["embed"], batch["h"], batch["nxt"], batch["length"])
@@ -249,7 +267,7 @@ class CloverRecipe:
     P = self.EVAL_POSITIONS
     n_seq = max(1, min(len(self.spans_held), self.c.eval_positions // P))
     spans_eval = self.spans_held[:n_seq]
-    L = -(-int((spans_eval[:, 1] - spans_eval[:, 0]).max()) // self.bucket) * self.bucket
+    L = self.padded(spans_eval)
     acc = {b: [] for b in self.BUDGETS}
     hits = []
     for s, e in spans_eval:
@@ -273,15 +291,112 @@ class CloverRecipe:
             "positions": int(sum(len(a) for a in acc[main]))}
 
   def drafter(self, p, summary):
-    from flax import nnx
-    from specjax.io import checkpoint
-    c = self.c
     cls = self.cl.Clover1 if self.version == 1 else self.cl.Clover2
-    d = cls(heads=c.heads, aug_layers=c.layers, dims=self.cl.dims_of(self.target.cfg),
-            draft_vocab=0 if self.vocab is None else len(self.vocab),
-            trained_for=json.dumps(checkpoint.target_info(self.target), sort_keys=True))
-    net = self.cl.CloverNet({k: np.asarray(v, np.float32) for k, v in p.items()}, self.vocab)
-    return dataclasses.replace(d, params=nnx.state(net))
+    d = cls.for_target(self.target, heads=self.c.heads, aug_layers=self.c.layers,
+                       draft_vocab=0 if self.vocab is None else len(self.vocab))
+    return d.with_weights({k: np.asarray(v, np.float32) for k, v in p.items()}, self.vocab)
+
+
+class EagleRecipe(SequenceRecipe):
+  """EAGLE-1's recipe: the draft teacher-forced over whole sequences (features U(-noise/2, noise/2)
+  noised), the loss at every answer entry; held-out tau is the exact tau of EAGLE-2's dynamic tree.
+  (`heads` and `layers` do not apply: one draft layer, any depth.)"""
+  noise = 0.2                       # EAGLE's uniform feature noise (width 0.2)
+  BUDGETS = ((3, 4, 4), (4, 4, 8), (5, 4, 10), (5, 6, 16), (6, 8, 24), (7, 10, 60))   # (depth, top_k, nodes)
+  EVAL_POSITIONS = 64               # tree roots per held-out sequence
+
+  def __init__(self, target, train, held, c: TrainConfig):
+    from specjax.drafters import eagle
+    super().__init__(target, train, held, c)
+    self.eg = eagle
+
+  def init(self):
+    return {k: jnp.asarray(v) for k, v in self.eg.initial(self.target, seed=self.c.seed).items()}
+
+  def _arrays(self, feat, rows, L, noise_rng=None):
+    """h [B, L, H], nxt [B, L], noise [B, L, H], valid [B, L] (entry t: t+1 is an answer position in
+    the sequence), top_idx, top_p [B, L, 8] the target's distribution at t+1 (draft-vocab indices)."""
+    B, H = len(rows), feat.hidden.shape[1]
+    out = dict(h=np.zeros((B, L, H), np.float32), nxt=np.zeros((B, L), np.int32), valid=np.zeros((B, L), bool),
+               top_idx=np.full((B, L, 8), -1, np.int32), top_p=np.zeros((B, L, 8), np.float32))
+    for b, (s, e) in enumerate(rows):
+      n = e - s
+      out["h"][b, :n] = np.asarray(feat.hidden[s:e], np.float32)
+      out["nxt"][b, :n - 1] = feat.token[s + 1:e]
+      out["valid"][b, :n - 1] = feat.pos[s + 1:e] >= 0
+      out["top_idx"][b, :n - 1] = self.index[feat.top_ids[s + 1:e]]
+      out["top_p"][b, :n - 1] = np.asarray(feat.top_p[s + 1:e], np.float32)
+    out["noise"] = (np.zeros((B, L, H), np.float32) if noise_rng is None else
+                    ((noise_rng.random((B, L, H), np.float32) - 0.5) * self.noise))
+    return {k: jnp.asarray(v) for k, v in out.items()}
+
+  def batch(self, units, step):
+    rows = [tuple(self.spans_train[u]) for u in units]
+    return self._arrays(self.train, rows, self.padded(rows), np.random.default_rng([self.c.seed, 7, step]))
+
+  def loss(self, p, consts, batch):
+    return self.eg.loss_fn(self.target.cfg, p, consts, batch)
+
+  def _eval_fn(self):
+    """Jitted once per run: (p, one sequence's arrays, roots r [P]) -> (tokens, parents) of the tree
+    grown at each root for every budget, and the teacher-forced top-5 [L, 5] of the draft head."""
+    if not self._eval_fns:
+      eg, consts, cfg = self.eg, self.consts, self.target.cfg
+      embed = self.embed_fn()
+      logp_fn = lambda g: jax.nn.log_softmax(jnp.dot(g, consts["head_w"]), -1)
+
+      def f(p, batch, r):
+        from specjax.models.llama import rms_norm
+        feat = rms_norm(batch["h"], consts["norm_w"], cfg.norm_eps)
+        g, k, v = eg.sequence_outputs(cfg, p, consts["embed"], feat, batch["nxt"])
+        P = r.shape[0]
+        bc = lambda x: jnp.broadcast_to(x, (P,) + x.shape[1:])
+        trees = [eg.grow(cfg, p, logp_fn, embed, g[0, r - 1], batch["nxt"][0, r - 1], bc(k), bc(v), r, depth=dp,
+                         top_k=tk, nodes=n)[:2] for dp, tk, n in self.BUDGETS]
+        return trees, jax.lax.top_k(jnp.dot(g[0], consts["head_w"]), 5)[1]
+      self._eval_fns["f"] = jax.jit(f)
+    return self._eval_fns["f"]
+
+  def summarize(self, p):
+    """Held-out: the draft head's top-1/top-5 (teacher forced, [one entry]) and the EXACT tau of the
+    dynamic tree (the deepest node whose whole path is the target's own greedy continuation) at
+    random answer roots, for several budgets (depth/top_k/nodes)."""
+    rng = np.random.default_rng([self.c.seed, 11])
+    P = self.EVAL_POSITIONS
+    n_seq = max(1, min(len(self.spans_held), self.c.eval_positions // P))
+    spans_eval = self.spans_held[:n_seq]
+    L = self.padded(spans_eval)
+    K = max(b[0] for b in self.BUDGETS)
+    acc = {b: [] for b in self.BUDGETS}
+    hits = []
+    for s, e in spans_eval:
+      n = e - s
+      batch = self._arrays(self.held, [(s, e)], L)
+      cand = np.flatnonzero((self.held.pos[s:e] > 0) & (np.arange(n) < n - 1))   # roots: answer tokens after the first
+      if len(cand) == 0:
+        continue
+      r = np.sort(rng.choice(cand, min(P, len(cand)), replace=False))
+      r_pad = np.pad(r, (0, P - len(r)), mode="edge")
+      # The target's greedy continuation after x_r: its top-1 at r, r+1, ... (-1 past the end).
+      at = r[:, None] + np.arange(K)[None]
+      truth = np.where(at < n, self.held.top_ids[s + np.minimum(at, n - 1), 0], -1)
+      trees, top5 = jax.device_get(self._eval_fn()(p, batch, jnp.asarray(r_pad, jnp.int32)))
+      for b, (tok, parent) in zip(self.BUDGETS, trees):
+        acc[b].append(_accepted(tok[:len(r)], parent[:len(r)], truth))
+      valid = np.asarray(batch["valid"][0])
+      lab = np.asarray(batch["top_idx"][0, :, 0])
+      ok = valid & (lab >= 0)
+      hits.append(np.where(lab[ok, None] == top5[ok], np.arange(5), 5).min(-1))
+    ranks = np.concatenate(hits)
+    tau_by = {f"{d}/{k}/{n}": 1.0 + float(np.concatenate(acc[(d, k, n)]).mean()) for d, k, n in self.BUDGETS}
+    main = min(self.BUDGETS, key=lambda b: abs(b[2] - self.c.nodes))
+    return {"top1": [float((ranks == 0).mean())], "top5": [float((ranks < 5).mean())],
+            "tau": tau_by["/".join(map(str, main))], "tree_nodes": main[2], "tau_by_nodes": tau_by,
+            "positions": int(sum(len(a) for a in acc[main]))}
+
+  def drafter(self, p, summary):
+    d = self.eg.Eagle.for_target(self.target, draft_vocab=0 if self.vocab is None else len(self.vocab))
+    return d.with_weights({k: np.asarray(v, np.float32) for k, v in p.items()}, self.vocab)
 
 
 def _accepted(tok, parent, truth) -> np.ndarray:
@@ -302,7 +417,7 @@ def _accepted(tok, parent, truth) -> np.ndarray:
   return np.where(ok, depth, 0).max(1)
 
 
-RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe}
+RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe, "eagle": EagleRecipe}
 
 
 def evaluate(fn, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
