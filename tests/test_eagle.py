@@ -10,11 +10,12 @@ import pytest
 
 import specjax
 from specjax.drafters import eagle, registry
-from specjax.drafters.eagle import Eagle
+from specjax.drafters.eagle import Eagle, Eagle3
 from specjax.engine import decode
 from specjax.models.llama import causal_mask
 from specjax.protocol import Context, Prefill
 from specjax.testing import tiny_target
+from specjax.train import data as data_lib
 from specjax.train import loop
 
 PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
@@ -268,3 +269,150 @@ def test_checkpoint_round_trip_loads_by_name_and_refuses_other_targets(tmp_path)
   with pytest.raises(ValueError, match="do not fit"):            # sizes are checked without a recorded target too
     specjax.generate(tiny_target(seed=0, hidden=48, heads=6, kv_heads=2), [[1, 2]],
                      drafter=dataclasses.replace(Eagle.untrained(t), trained_for=""))
+
+
+# ------------------------------------------------------------------ EAGLE-3
+
+@pytest.fixture(scope="module")
+def tiny4():
+  return tiny_target(seed=1, scale=8.0, eos_id=17, layers=4)
+
+
+@pytest.mark.parametrize("config", [dict(draft_vocab=24), dict(depth=3, top_k=2, nodes=5)])
+def test_eagle3_random_weights_are_lossless_through_the_captured_layers(tiny4, config):
+  d = Eagle3.untrained(tiny4, seed=4, noise=0.3, **config)
+  assert d.capture == (1, 1, 0)
+  for batch, max_new in ((PROMPTS, 33), (PROMPTS[1:2], 9)):
+    base = specjax.generate(tiny4, batch, max_new_tokens=max_new)
+    g = specjax.generate(tiny4, batch, max_new_tokens=max_new, drafter=d)
+    assert g.token_ids == base.token_ids
+
+
+def _unroll_case(steps=3, L=9, B=2, seed=0):
+  t = tiny_target(seed=2, scale=4.0, layers=4)
+  p = {k: jnp.asarray(v) for k, v in eagle.initial(t, seed=3, noise=0.3, three=True).items()}
+  rng = np.random.default_rng(seed)
+  f0 = jnp.asarray(rng.normal(size=(B, L, t.cfg.hidden)), jnp.float32)
+  nxt = jnp.asarray(rng.integers(0, t.cfg.vocab, (B, L)), jnp.int32)
+  return t, p, f0, nxt, jnp.asarray(t.model.embed[...], jnp.float32)
+
+
+def test_training_time_test_step_i_reads_the_drafts_own_step_i_minus_1_output():
+  """Each unrolled step equals the draft run as decoding runs it: after the committed entries up
+  to t (step 0, the target's features), a chain of entries at positions t+1, t+2, ... whose feature
+  is the previous entry's OUTPUT (not the target's feature at that position)."""
+  steps, L = 3, 9
+  t, p, f0, nxt, embed_w = _unroll_case(steps, L)
+  outs = eagle.unroll(t.cfg, p, embed_w, f0, nxt, steps)
+  B = f0.shape[0]
+  _, k0, v0 = eagle.entries(t.cfg, p, embed_w[nxt], f0, jnp.broadcast_to(jnp.arange(L), (B, L)), eagle.causal(B, L))
+  for b in range(B):
+    for pos in range(L - steps + 1):
+      kc, vc = k0[b:b + 1, :pos + 1], v0[b:b + 1, :pos + 1]
+      f = outs[0][b:b + 1, pos:pos + 1]
+      own, teacher = [], []
+      for i in range(1, steps):
+        e = embed_w[nxt[b:b + 1, pos + i:pos + i + 1]]
+        args = (jnp.asarray([[pos + i]]), eagle.causal(1, 1), (kc, vc), jnp.ones((1, 1, kc.shape[1]), bool))
+        g, k, v = eagle.entries(t.cfg, p, e, f, *args)
+        # Had step i read the target's feature at that position instead, it would differ.
+        teacher.append(eagle.entries(t.cfg, p, e, f0[b:b + 1, pos + i:pos + i + 1], *args)[0])
+        own.append(g)
+        kc, vc = jnp.concatenate([kc, k], 1), jnp.concatenate([vc, v], 1)
+        f = g
+      for i in range(1, steps):
+        np.testing.assert_allclose(outs[i][b, pos], own[i - 1][0, 0], rtol=2e-4, atol=2e-4)
+        assert not np.allclose(outs[i][b, pos], teacher[i - 1][0, 0], rtol=1e-2, atol=1e-2)
+
+
+def test_training_time_test_loss_weights_steps_and_trains():
+  """The loss is sum_i 0.8^i CE_i with step i scored against the target at t+1+i, and gradient
+  steps through the unroll lower it."""
+  import optax
+  steps, L = 3, 9
+  t, p, f0, nxt, embed_w = _unroll_case(steps, L)
+  rng = np.random.default_rng(1)
+  B, H = f0.shape[0], t.cfg.hidden
+  layers = jnp.asarray(rng.normal(size=(B, L, 3, H)), jnp.float32)
+  top_idx = jnp.asarray(np.concatenate([rng.integers(0, t.cfg.vocab, (B, L, 1)), np.full((B, L, 7), -1)], -1), jnp.int32)
+  batch = dict(layers=layers, nxt=nxt, valid=jnp.ones((B, L), bool), top_idx=top_idx,
+               top_p=jnp.asarray(np.concatenate([np.ones((B, L, 1)), np.zeros((B, L, 7))], -1), jnp.float32))
+  consts = dict(embed=embed_w, head_w=jnp.asarray(t.model.head_weight(), jnp.float32))
+  loss, acc = eagle.ttt_loss(t.cfg, p, consts, batch, steps=steps)
+  assert acc.shape == (steps,)
+  outs = eagle.unroll(t.cfg, p, embed_w, eagle.fuse(t.cfg, p, layers), nxt, steps)
+  want = 0.0
+  for i, g in enumerate(outs):
+    logp = np.asarray(jax.nn.log_softmax(eagle.head_input(t.cfg, p, g) @ consts["head_w"], -1))
+    lab = np.asarray(top_idx[:, i:, 0])                               # the target's token at t+1+i
+    want += 0.8 ** i * -np.take_along_axis(logp[:, :L - i], lab[..., None], -1).mean()
+  np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+  opt = optax.adam(1e-2)
+  state = opt.init(p)
+  grad = jax.jit(jax.grad(lambda q: eagle.ttt_loss(t.cfg, q, consts, batch, steps=steps)[0]))
+  for _ in range(40):
+    upd, state = opt.update(grad(p), state)
+    p = optax.apply_updates(p, upd)
+  assert float(eagle.ttt_loss(t.cfg, p, consts, batch, steps=steps)[0]) < 0.7 * float(loss)
+
+
+def test_eagle3_checkpoint_keeps_its_layers(tmp_path, tiny4):
+  from specjax.io import checkpoint
+  d = Eagle3.untrained(tiny4, seed=2, draft_vocab=16)
+  tensors, meta = d.to_checkpoint()
+  path = checkpoint.save(tmp_path / "eagle3.safetensors", tensors,
+                         {"drafter": meta, "target": checkpoint.target_info(tiny4), "training": {}})
+  loaded = registry.make(f"eagle3:{path}")
+  assert loaded.fuse == d.fuse and loaded.capture == d.capture and set(loaded.params["p"].get_value()) == set(d.shapes())
+  base = specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16)
+  assert specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16, drafter=loaded).token_ids == base.token_ids
+  with pytest.raises(ValueError, match="holds a"):
+    registry.make(f"eagle:{path}")
+  with pytest.raises(ValueError, match="fused layers"):
+    dataclasses.replace(loaded, fuse=(1, 2, 9), trained_for="").check_target(tiny4)
+
+
+@pytest.fixture(scope="module")
+def tiny_layers(tiny_distilled):
+  """Full features of the tiny target's own answers with EAGLE-3's layers captured."""
+  t, seqs, d = tiny_distilled
+  cap = eagle.fuse_layers(t.cfg.layers)
+  train = data_lib.features(t, seqs[:32], d / "layers-train", shard_size=8, full=True, capture=cap, progress=False)
+  held = data_lib.features(t, seqs[32:], d / "layers-held", shard_size=8, full=True, capture=cap, progress=False)
+  return t, train, held, seqs
+
+
+def test_captured_features_are_the_target_layers(tiny_layers):
+  t, train, _, seqs = tiny_layers
+  cap = eagle.fuse_layers(t.cfg.layers)
+  ids = seqs[0]["prompt"] + seqs[0]["answer"]
+  out = t.model(jnp.asarray([ids]), jnp.arange(len(ids))[None], None, causal_mask(1, len(ids)), capture=cap)
+  first = train.seq == 0                                      # seqs[0]
+  assert train.layers.shape == (len(train), 3, t.cfg.hidden)
+  for j, i in enumerate(cap):
+    np.testing.assert_allclose(np.asarray(train.layers[first, j], np.float32), np.asarray(out.layer_hidden[i][0]),
+                               rtol=1e-2, atol=1e-2)           # stored in bfloat16
+
+
+def test_eagle3_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_layers, tmp_path):
+  t, train, held, _ = tiny_layers
+  c = loop.TrainConfig(**dict(CFG, drafter="eagle3", heads=3)).resolved()
+  recipe = loop.RECIPES["eagle3"](t, train, held, c)
+  assert recipe.capture_for(t.cfg) == eagle.fuse_layers(t.cfg.layers)
+  batch = recipe.batch(np.arange(8), 0)
+  before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  after = float(recipe.loss(d.params["p"].get_value(), recipe.consts, batch)[0])
+  assert isinstance(d, Eagle3) and d.capture == eagle.fuse_layers(t.cfg.layers)
+  # The starting draft (the target's last layer over its fused high layer) already predicts well: a
+  # smaller relative drop than EAGLE-1's.
+  assert after < 0.95 * before and summary["tau"] > 1.3
+  base = specjax.generate(t, PROMPTS, max_new_tokens=30)
+  assert specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d).token_ids == base.token_ids
+  with pytest.raises(ValueError, match="captured layers"):
+    loop.RECIPES["eagle3"](t, *loop_features_without_layers(tiny_layers), c)
+
+
+def loop_features_without_layers(tiny_layers):
+  _, train, held, _ = tiny_layers
+  return dataclasses.replace(train, layers=None), held

@@ -24,8 +24,17 @@ cumulative log-probability and the best `nodes` form the tree (ancestor-closed).
 deterministic (the top-k), so with sampling q is one-hot and the engine's recursive rejection keeps
 the target's distribution exactly, as EAGLE-2's own sampling does.
 
-Deviation from the public code: its first decoder layer skips the input RMSNorm; ours is the
-target's `decoder_layer` unchanged (so it follows the target's weight layouts).
+EAGLE-3 (Li et al. 2025; `eagle/traineagle3/cnets.py`), `Eagle3`: the feature is fused from a low, a
+middle and a high target layer, f_t = W [n(l_t), n(m_t), n(h_t)] (3H -> H, n a weightless RMS
+normalisation; the layers declared in `capture`), the draft's output is normed before the frozen
+head over a reduced draft vocabulary, and training is "training-time test" (`unroll`): the draft
+runs on its own outputs for several steps, step i reading step i-1's output as its feature with
+the attention pattern the tree has when decoding, soft cross-entropy only, weights 0.8^i.
+
+Deviations from the public code: its first decoder layer skips the input RMSNorm (EAGLE-1) or
+takes [norm(e), norm(f)] 2H-wide into attention (EAGLE-3); ours is fc 2H -> H then the target's
+`decoder_layer` unchanged, so it follows the target's weight layouts. Training-time test uses rope
+position t + i at step i (the public trainer keeps t), matching the positions the tree uses.
 """
 from __future__ import annotations
 
@@ -49,20 +58,36 @@ def shapes(dims: tuple) -> dict[str, tuple[int, ...]]:
   return {"fc/w": (2 * H, H), "fc/b": (H,), **flat.layer_shapes(dims, 1, "layer")}
 
 
-def initial(target, *, seed: int = 0, noise: float = 0.01) -> dict:
-  """Float32 starting weights: the layer copies the target's last layer; fc passes the feature
-  through (identity on its half) plus U(0, noise) everywhere, bias 0."""
+def shapes3(dims: tuple) -> dict[str, tuple[int, ...]]:
+  """EAGLE-3 adds fuse/w [3H, H] (the three captured layers -> the feature) and norm [H] (before the head)."""
+  H = dims[0]
+  return {**shapes(dims), "fuse/w": (3 * H, H), "norm": (H,)}
+
+
+def fuse_layers(layers: int) -> tuple[int, ...]:
+  """EAGLE-3's low, middle and high layers: the public code reads the inputs of layers 2, L/2 and
+  L-3, i.e. the outputs of layers 1, L/2-1 and L-4 (clipped to the model for tiny ones)."""
+  return tuple(int(min(max(i, 0), layers - 1)) for i in (1, layers // 2 - 1, layers - 4))
+
+
+def initial(target, *, seed: int = 0, noise: float = 0.01, three: bool = False) -> dict:
+  """Float32 starting weights: the layer copies the target's last layer, norm its final norm; fc
+  passes the feature through (identity on its half) and fuse/w the high layer, plus U(0, noise)
+  everywhere; bias 0."""
   rng = np.random.default_rng(seed)
   out = {}
-  for name, shape in shapes(flat.dims_of(target.cfg)).items():
+  dims = flat.dims_of(target.cfg)
+  for name, shape in (shapes3(dims) if three else shapes(dims)).items():
     if name.startswith("layer/"):
       out[name] = flat.last_layer(target.model, name.split("/")[1], 1)
     elif name == "fc/b":
       out[name] = np.zeros(shape, np.float32)
+    elif name == "norm":
+      out[name] = np.asarray(target.model.final_norm[...], np.float32)
     else:
       w = rng.uniform(0, noise, shape).astype(np.float32)
       H = shape[1]
-      w[H:] += np.eye(H, dtype=np.float32)
+      w[-H:] += np.eye(H, dtype=np.float32)
       out[name] = w
   return out
 
@@ -78,6 +103,18 @@ def entries(cfg, p, e, f, positions, mask, kv=None, live=None):
   """The draft over new entries: e, f [B, T, H], positions [B, T], mask [B, T, T] among them; kv,
   live: earlier entries (see flat.run_layer). Returns (g [B, T, H], k, v [B, T, KVH, D])."""
   return flat.run_layer(cfg, flat.layer_weights(p, "layer", 0), draft_inputs(p, e, f), positions, mask, kv, live)
+
+
+def fuse(cfg, p, layers):
+  """EAGLE-3's feature: layers [..., 3, H] the captured residuals -> [..., H]."""
+  x = layers.astype(jnp.float32)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + cfg.norm_eps)
+  return jnp.dot(x.reshape(x.shape[:-2] + (-1,)), p["fuse/w"])
+
+
+def head_input(cfg, p, g):
+  """What the frozen LM head reads: EAGLE-3 (weights with `norm`) norms the draft's output; EAGLE-1 does not."""
+  return rms_norm(g, p["norm"], cfg.norm_eps) if "norm" in p else g
 
 
 def causal(B: int, T: int):
@@ -177,9 +214,10 @@ class Eagle(flat.FlatDrafter):
     return self.depth
 
   # ---------------------------------------------------------------- decoding
-  def _features(self, m, h):
-    """Target last residuals [..., H] -> the draft's features f = norm(h), float32."""
-    return m.target.norm(h).astype(jnp.float32)
+  def _features(self, m, p, hidden, layers: dict):
+    """What the target gave at T positions (last residual [B, T, H], captured layers {i: [B, T, H]})
+    -> the draft's features [B, T, H]: f = norm(h), float32."""
+    return m.target.norm(hidden).astype(jnp.float32)
 
   def _embed(self, m, tok):
     return m.target.embed_tokens(tok).astype(jnp.float32)
@@ -189,7 +227,8 @@ class Eagle(flat.FlatDrafter):
     p = m.drafter.p.get_value()
     nxt, pos, last = flat.prefill_entries(ctx, prefill)
     B, n = nxt.shape
-    g, k, v = entries(cfg, p, self._embed(m, nxt), self._features(m, prefill.hidden), pos, causal(B, n))
+    f = self._features(m, p, prefill.hidden, prefill.layer_hidden)
+    g, k, v = entries(cfg, p, self._embed(m, nxt), f, pos, causal(B, n))
     kc = jnp.zeros((B, ctx.tokens.shape[1]) + k.shape[2:], jnp.float32).at[:, :n].set(k)
     vc = jnp.zeros_like(kc).at[:, :n].set(v)
     state = dict(k=kc, v=vc, g=jnp.take_along_axis(g, last[:, None, None], 1)[:, 0])
@@ -203,9 +242,8 @@ class Eagle(flat.FlatDrafter):
     vocab = m.drafter.vocab[...] if self.draft_vocab else None
 
     def logp_fn(g):
-      if vocab is None:
-        return jax.nn.log_softmax(m.target.head(g), -1)
-      return jax.nn.log_softmax(jnp.dot(g, state["w"]), -1)
+      x = head_input(m.target.cfg, p, g)
+      return jax.nn.log_softmax(m.target.head(x) if vocab is None else jnp.dot(x, state["w"]), -1)
 
     def embed(vidx):
       tok = vocab[vidx] if vocab is not None else vidx
@@ -225,7 +263,8 @@ class Eagle(flat.FlatDrafter):
     B, D1 = path.shape
     S = ctx.tokens.shape[1]
     old = ctx.root - step.committed                                             # entries before this step
-    f = self._features(m, jnp.take_along_axis(step.hidden, path[..., None], 1))  # root and accepted nodes
+    take = lambda x: jnp.take_along_axis(x, path[..., None], 1)                  # the root and accepted nodes
+    f = self._features(m, p, take(step.hidden), {i: take(h) for i, h in step.layer_hidden.items()})
     pos = old[:, None] + jnp.arange(D1)[None]
     nxt = jnp.take_along_axis(ctx.tokens, jnp.minimum(pos + 1, S - 1), 1)     # the committed token after each
     live = jnp.broadcast_to((jnp.arange(S)[None, :] < old[:, None])[:, None], (B, D1, S))
@@ -241,6 +280,37 @@ class Eagle(flat.FlatDrafter):
   def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "Eagle":
     """Weights as training starts them, plus noise (for tests: a bad drafter costs speed, never correctness)."""
     return cls.for_target(target, **config).with_weights(initial(target, seed=seed, noise=noise))
+
+
+@dataclasses.dataclass(frozen=True)
+class Eagle3(Eagle):
+  """EAGLE-3: features fused from three captured target layers; normed output; (trained with `ttt_loss`)."""
+  fuse: tuple = ()              # the captured (low, mid, high) target layers: set by for_target / the checkpoint
+  name = "eagle3"
+
+  @property
+  def capture(self):
+    return tuple(self.fuse)
+
+  def shapes(self):
+    return shapes3(self.dims)
+
+  def check_target(self, target):
+    super().check_target(target)
+    if len(self.fuse) != 3 or not all(0 <= i < target.cfg.layers for i in self.fuse):
+      raise ValueError(f"{self.name}: fused layers {tuple(self.fuse)} do not fit a target of {target.cfg.layers} layers")
+
+  def _features(self, m, p, hidden, layers: dict):
+    return fuse(m.target.cfg, p, jnp.stack([layers[i] for i in self.fuse], -2))
+
+  @classmethod
+  def for_target(cls, target, **config):
+    config.setdefault("fuse", fuse_layers(target.cfg.layers))
+    return super().for_target(target, **config)
+
+  @classmethod
+  def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "Eagle3":
+    return cls.for_target(target, **config).with_weights(initial(target, seed=seed, noise=noise, three=True))
 
 
 # ------------------------------------------------------------------ training
@@ -271,3 +341,48 @@ def loss_fn(cfg, p, consts, batch, *, feature_weight: float = 1.0, token_weight:
   loss = jnp.sum(jnp.where(valid, feature_weight * sl1 + token_weight * ce, 0.0)) / cnt
   acc = jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0])) / cnt
   return loss, acc[None]
+
+
+def unroll(cfg, p, embed_w, f0, nxt, steps: int):
+  """Training-time test (EAGLE-3): the draft over whole sequences, run `steps` times on its own
+  outputs. f0 [B, L, H] step 0's input features (the target's at each position t), nxt [B, L] the
+  token after each position. Step i's entry t reads step i-1's output at t as its feature and the
+  token x_{t+1+i}, sits at rope position t + i and sees step 0's entries up to t (the committed
+  sequence) and its own chain (steps 1..i-1 at t): the tree's view of a depth-i node when decoding.
+  Returns [steps] outputs [B, L, H]: step i's prediction of the feature at t+1+i."""
+  B, L, _ = f0.shape
+  eye = jnp.eye(L, dtype=bool)
+  f, ks, vs, outs = f0, [], [], []
+  for i in range(steps):
+    e = embed_w[jnp.pad(nxt[:, i:], ((0, 0), (0, i)))]
+    pos = jnp.broadcast_to(jnp.arange(L) + i, (B, L))
+    if i == 0:
+      g, k, v = entries(cfg, p, e, f, pos, causal(B, L))
+    else:
+      live = jnp.broadcast_to(jnp.concatenate([jnp.tril(jnp.ones((L, L), bool))] + [eye] * (i - 1), 1), (B, L, i * L))
+      g, k, v = entries(cfg, p, e, f, pos, jnp.broadcast_to(eye, (B, L, L)),
+                        (jnp.concatenate(ks, 1), jnp.concatenate(vs, 1)), live)
+    ks.append(k)
+    vs.append(v)
+    outs.append(g)
+    f = g
+  return outs
+
+
+def ttt_loss(cfg, p, consts, batch, *, steps: int = 7, decay: float = 0.8):
+  """EAGLE-3's loss: sum over steps i of decay^i x the soft cross-entropy of head(norm(g_i)) at t
+  against the target's top-8 distribution at t+1+i (valid where t+1+i is an answer position).
+  batch: layers [B, L, 3, H] the captured residuals, nxt [B, L], valid, top_idx, top_p as in
+  `loss_fn` (at t+1). Returns (loss, top-1 accuracy per step [steps])."""
+  outs = unroll(cfg, p, consts["embed"], fuse(cfg, p, batch["layers"]), batch["nxt"], steps)
+  shift = lambda x, i, fill: jnp.pad(x[:, i:], ((0, 0), (0, i)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)
+  loss, accs = 0.0, []
+  for i, g in enumerate(outs):
+    logits = jnp.dot(head_input(cfg, p, g), consts["head_w"], preferred_element_type=jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)
+    top_idx, top_p, valid = shift(batch["top_idx"], i, -1), shift(batch["top_p"], i, 0.0), shift(batch["valid"], i, False)
+    ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
+    cnt = jnp.maximum(valid.sum(), 1)
+    loss = loss + decay ** i * jnp.sum(jnp.where(valid, ce, 0.0)) / cnt
+    accs.append(jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0])) / cnt)
+  return loss, jnp.stack(accs)

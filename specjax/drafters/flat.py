@@ -136,7 +136,7 @@ class FlatDrafter(Drafter):
     cfg = dict(drafter_meta["config"])
     for f in cls.budget:
       cfg.pop(f, None)
-    cfg["dims"] = tuple(cfg.get("dims", ()))
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}     # JSON lists back to tuples
     cfg.update(options)
     d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
     d.validate()

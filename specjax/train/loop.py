@@ -86,6 +86,11 @@ class MedusaRecipe:
   clip_by = "norm"
   full_features = False
 
+  @staticmethod
+  def capture_for(cfg) -> tuple:
+    """Target layers whose residuals the features must keep (none: the last hidden state only)."""
+    return ()
+
   def __init__(self, target, train, held, c: TrainConfig):
     from specjax.drafters import medusa
     self.m, self.c, self.target, self.train, self.held = medusa, c, target, train, held
@@ -155,6 +160,7 @@ class SequenceRecipe:
   clip_by = "value"                 # the public Clover-2 and EAGLE trainers clip gradient values at 0.5
   full_features = True
   bucket = 128
+  capture_for = staticmethod(MedusaRecipe.capture_for)
 
   def __init__(self, target, train, held, c: TrainConfig):
     self.c, self.target, self.train, self.held = c, target, train, held
@@ -298,9 +304,10 @@ class CloverRecipe(SequenceRecipe):
 
 
 class EagleRecipe(SequenceRecipe):
-  """EAGLE-1's recipe: the draft teacher-forced over whole sequences (features U(-noise/2, noise/2)
-  noised), the loss at every answer entry; held-out tau is the exact tau of EAGLE-2's dynamic tree.
-  (`heads` and `layers` do not apply: one draft layer, any depth.)"""
+  """EAGLE-1's recipe (`eagle`): the draft teacher-forced over whole sequences (features
+  U(-noise/2, noise/2) noised), SmoothL1 + 0.1 CE at every answer entry. EAGLE-3's (`eagle3`):
+  features from three captured layers, training-time test over `heads` steps (0.8^i, soft CE).
+  Held-out tau is the exact tau of EAGLE-2's dynamic tree. (`layers` does not apply: one layer.)"""
   noise = 0.2                       # EAGLE's uniform feature noise (width 0.2)
   BUDGETS = ((3, 4, 4), (4, 4, 8), (5, 4, 10), (5, 6, 16), (6, 8, 24), (7, 10, 60))   # (depth, top_k, nodes)
   EVAL_POSITIONS = 64               # tree roots per held-out sequence
@@ -309,9 +316,19 @@ class EagleRecipe(SequenceRecipe):
     from specjax.drafters import eagle
     super().__init__(target, train, held, c)
     self.eg = eagle
+    self.three = c.drafter == "eagle3"
+    if self.three and train.layers is None:
+      raise ValueError("eagle3 trains on features with captured layers (prepare_data(..., capture=...))")
 
   def init(self):
-    return {k: jnp.asarray(v) for k, v in self.eg.initial(self.target, seed=self.c.seed).items()}
+    return {k: jnp.asarray(v) for k, v in self.eg.initial(self.target, seed=self.c.seed, three=self.three).items()}
+
+  def features(self, p, batch):
+    """The draft's step-0 input features [B, L, H]: norm(h) (EAGLE-1) or the fused layers (EAGLE-3)."""
+    from specjax.models.llama import rms_norm
+    if self.three:
+      return self.eg.fuse(self.target.cfg, p, batch["layers"])
+    return rms_norm(batch["h"], self.consts["norm_w"], self.target.cfg.norm_eps)
 
   def _arrays(self, feat, rows, L, noise_rng=None):
     """h [B, L, H], nxt [B, L], noise [B, L, H], valid [B, L] (entry t: t+1 is an answer position in
@@ -319,9 +336,13 @@ class EagleRecipe(SequenceRecipe):
     B, H = len(rows), feat.hidden.shape[1]
     out = dict(h=np.zeros((B, L, H), np.float32), nxt=np.zeros((B, L), np.int32), valid=np.zeros((B, L), bool),
                top_idx=np.full((B, L, 8), -1, np.int32), top_p=np.zeros((B, L, 8), np.float32))
+    if self.three:
+      out["layers"] = np.zeros((B, L) + feat.layers.shape[1:], np.float32)
     for b, (s, e) in enumerate(rows):
       n = e - s
       out["h"][b, :n] = np.asarray(feat.hidden[s:e], np.float32)
+      if self.three:
+        out["layers"][b, :n] = feat.layers[s:e]
       out["nxt"][b, :n - 1] = feat.token[s + 1:e]
       out["valid"][b, :n - 1] = feat.pos[s + 1:e] >= 0
       out["top_idx"][b, :n - 1] = self.index[feat.top_ids[s + 1:e]]
@@ -335,6 +356,8 @@ class EagleRecipe(SequenceRecipe):
     return self._arrays(self.train, rows, self.padded(rows), np.random.default_rng([self.c.seed, 7, step]))
 
   def loss(self, p, consts, batch):
+    if self.three:
+      return self.eg.ttt_loss(self.target.cfg, p, consts, batch, steps=self.c.heads)
     return self.eg.loss_fn(self.target.cfg, p, consts, batch)
 
   def _eval_fn(self):
@@ -343,17 +366,15 @@ class EagleRecipe(SequenceRecipe):
     if not self._eval_fns:
       eg, consts, cfg = self.eg, self.consts, self.target.cfg
       embed = self.embed_fn()
-      logp_fn = lambda g: jax.nn.log_softmax(jnp.dot(g, consts["head_w"]), -1)
 
       def f(p, batch, r):
-        from specjax.models.llama import rms_norm
-        feat = rms_norm(batch["h"], consts["norm_w"], cfg.norm_eps)
-        g, k, v = eg.sequence_outputs(cfg, p, consts["embed"], feat, batch["nxt"])
+        logp_fn = lambda g: jax.nn.log_softmax(jnp.dot(eg.head_input(cfg, p, g), consts["head_w"]), -1)
+        g, k, v = eg.sequence_outputs(cfg, p, consts["embed"], self.features(p, batch), batch["nxt"])
         P = r.shape[0]
         bc = lambda x: jnp.broadcast_to(x, (P,) + x.shape[1:])
         trees = [eg.grow(cfg, p, logp_fn, embed, g[0, r - 1], batch["nxt"][0, r - 1], bc(k), bc(v), r, depth=dp,
                          top_k=tk, nodes=n)[:2] for dp, tk, n in self.BUDGETS]
-        return trees, jax.lax.top_k(jnp.dot(g[0], consts["head_w"]), 5)[1]
+        return trees, jax.lax.top_k(jnp.dot(eg.head_input(cfg, p, g[0]), consts["head_w"]), 5)[1]
       self._eval_fns["f"] = jax.jit(f)
     return self._eval_fns["f"]
 
@@ -395,7 +416,8 @@ class EagleRecipe(SequenceRecipe):
             "positions": int(sum(len(a) for a in acc[main]))}
 
   def drafter(self, p, summary):
-    d = self.eg.Eagle.for_target(self.target, draft_vocab=0 if self.vocab is None else len(self.vocab))
+    cls = self.eg.Eagle3 if self.three else self.eg.Eagle
+    d = cls.for_target(self.target, draft_vocab=0 if self.vocab is None else len(self.vocab))
     return d.with_weights({k: np.asarray(v, np.float32) for k, v in p.items()}, self.vocab)
 
 
@@ -417,7 +439,17 @@ def _accepted(tok, parent, truth) -> np.ndarray:
   return np.where(ok, depth, 0).max(1)
 
 
-RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe, "eagle": EagleRecipe}
+class Eagle3Recipe(EagleRecipe):
+  """EAGLE-3: EagleRecipe on features with the low/mid/high layers captured."""
+
+  @classmethod
+  def capture_for(cls, cfg) -> tuple:
+    from specjax.drafters.eagle import fuse_layers
+    return fuse_layers(cfg.layers)
+
+
+RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe, "eagle": EagleRecipe,
+           "eagle3": Eagle3Recipe}
 
 
 def evaluate(fn, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
