@@ -278,3 +278,15 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
     if k in cat:
       cat[k] = cat[k].view(ml_dtypes.bfloat16)
   return Features(**cat)
+
+
+def draft_vocab(train, V: int, n: int):
+  """(vocab [n] sorted target ids or None, coverage, index [V] target id -> draft index or -1): the n
+  tokens the target predicts most often on the training data (EAGLE-3's / FR-Spec's reduced vocabulary)."""
+  if not n or n >= V:
+    return None, 1.0, np.arange(V, dtype=np.int32)
+  counts = np.bincount(train.top_ids[:, 0], minlength=V)
+  vocab = np.sort(np.argsort(-counts, kind="stable")[:n]).astype(np.int32)
+  index = np.full(V, -1, np.int32)
+  index[vocab] = np.arange(n, dtype=np.int32)
+  return vocab, float(counts[vocab].sum() / max(counts.sum(), 1)), index
