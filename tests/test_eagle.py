@@ -34,6 +34,8 @@ def test_random_weights_are_lossless_on_tiny_model(tiny, config):
     base = specjax.generate(tiny, batch, max_new_tokens=max_new)
     g = specjax.generate(tiny, batch, max_new_tokens=max_new, drafter=d)
     assert g.token_ids == base.token_ids
+    if len(batch) == 4:                  # drafts were accepted: multi-token commits were exercised
+      assert sum(g.new_tokens) > sum(g.target_forwards)
 
 
 def test_new_weights_take_effect_without_recompiling(tiny):
