@@ -289,7 +289,8 @@ class EagleRecipe(SequenceRecipe):
     for s, e in spans_eval:
       n = e - s
       batch = self._arrays(self.held, [(s, e)], L)
-      cand = np.flatnonzero((self.held.pos[s:e] > 0) & (np.arange(n) < n - 1))   # roots: answer tokens after the first
+      # Roots as decoding meets them: the last prompt token and the answer's tokens (with a draft entry before).
+      cand = np.flatnonzero((self.held.pos[s:e] >= 0) & (np.arange(n) >= 1) & (np.arange(n) < n - 1))
       if len(cand) == 0:
         continue
       r = np.sort(rng.choice(cand, min(P, len(cand)), replace=False))
