@@ -59,3 +59,51 @@ def verify_ms(t, T, ctx=256):
   pos = ctx + jnp.arange(T)[None]
   mask = jnp.tril(jnp.ones((T, T), bool))[None]
   return best_ms(fwd, params, tok, pos, cache, mask, reps=10)
+
+
+def draft_ms(t, d, ctx=256, S=512):
+  """(propose ms, update ms) of drafter d at batch 1 with `ctx` committed tokens (weights do not change
+  the cost, only the shapes do)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from specjax.protocol import Acceptance, Context, Models, Prefill, Step
+  gd, params = nnx.split(t.model)
+  H = t.cfg.hidden
+  tokens = jnp.ones((1, S), jnp.int32)
+  c = Context(tokens, jnp.full((1,), ctx), jnp.full((1,), ctx - 100), jnp.zeros(1, bool))
+  pre = Prefill(jnp.ones((1, ctx - 1, H), jnp.float32), {i: jnp.ones((1, ctx - 1, H), jnp.float32) for i in d.capture})
+
+  def init(tp, dp):
+    return d.init(Models(nnx.merge(gd, tp), nnx.merge(d.graphdef, dp)), c, pre)
+
+  def propose(tp, dp, state):
+    return d.propose(Models(nnx.merge(gd, tp), nnx.merge(d.graphdef, dp)), state, c)[0].tokens
+
+  D = d.max_depth
+  T = d.num_nodes
+  step = Step(None, None, jnp.ones((1, T, H), jnp.float32), {i: jnp.ones((1, T, H), jnp.float32) for i in d.capture},
+              Acceptance(jnp.arange(D + 1)[None].astype(jnp.int32), jnp.full((1,), D, jnp.int32), jnp.zeros(1, jnp.int32)),
+              jnp.full((1,), D + 1, jnp.int32))
+  c2 = Context(tokens, jnp.full((1,), ctx + D + 1), c.prompt_len, c.done)
+
+  def update(tp, dp, state):
+    return d.update(Models(nnx.merge(gd, tp), nnx.merge(d.graphdef, dp)), state, c2, step)
+
+  state = jax.jit(init)(params, d.params)
+  return best_ms(jax.jit(propose), params, d.params, state), best_ms(jax.jit(update), params, d.params, state)
+
+
+def cost_row(t, d, drafter: str, budget: str, tau, ar: float, verify: dict) -> dict:
+  """One row of a drafter-cost table for drafter `d` (budget label `budget`, held-out tau or None):
+  propose / update / verify ms, the draft's share of a step and the estimated speedup over the
+  autoregressive step `ar`. verify: {tree size: ms}, filled as needed."""
+  T = d.num_nodes
+  if T not in verify:
+    verify[T] = verify_ms(t, T)
+  prop, upd = draft_ms(t, d)
+  row = {"drafter": drafter, "budget": budget, "T": T, "propose_ms": prop, "update_ms": upd, "verify_ms": verify[T],
+         "ar_step_ms": ar, "tau_heldout": tau, "draft_share": (prop + upd) / (prop + upd + verify[T])}
+  if tau:
+    row["est_speedup"] = tau * ar / (prop + upd + verify[T])
+  return row

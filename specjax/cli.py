@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
                      "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
                      "state are cached).")
-  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2"])
+  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2", "eagle", "eagle3"])
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")
@@ -246,11 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--heldout-prompts", type=_positive_int, default=100)
   t.add_argument("--steps", type=_positive_int, default=2000)
   t.add_argument("--batch", type=_positive_int, default=None,
-                 help="medusa: positions per step (default 256); clover, clover2: sequences per step (default 4)")
+                 help="medusa: positions per step (default 256); clover, clover2, eagle, eagle3: sequences per step (default 4)")
   t.add_argument("--layers", type=_positive_int, default=1,
-                 help="medusa: ResBlocks per head; clover, clover2: augmenting decoder layers")
+                 help="medusa: ResBlocks per head; clover, clover2: augmenting decoder layers; eagle, eagle3: not used (one layer)")
   t.add_argument("--lr", type=float, default=1e-3)
-  t.add_argument("--heads", type=_positive_int, default=4)
+  t.add_argument("--heads", type=_positive_int, default=4,
+                 help="medusa, clover, clover2: heads (tree depth); eagle3: training-time-test steps; eagle: not used")
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
   t.add_argument("--feature-batch-tokens", type=_positive_int, default=4096)

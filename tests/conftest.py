@@ -34,3 +34,13 @@ def tiny_distilled(tmp_path_factory):
   g = specjax.generate(t, prompts, max_new_tokens=48)
   seqs = [{"id": str(i), "prompt": p, "answer": a} for i, (p, a) in enumerate(zip(prompts, g.token_ids))]
   return t, seqs, tmp_path_factory.mktemp("feat")
+
+
+@pytest.fixture(scope="session")
+def tiny_full(tiny_distilled):
+  """Full features (prompt positions too) of the tiny target's own answers: (target, train, held-out)."""
+  from specjax.train import data as data_lib
+  t, seqs, d = tiny_distilled
+  train = data_lib.features(t, seqs[:32], d / "full-train", shard_size=8, full=True, progress=False)
+  held = data_lib.features(t, seqs[32:], d / "full-held", shard_size=8, full=True, progress=False)
+  return t, train, held

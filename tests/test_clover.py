@@ -13,7 +13,6 @@ from specjax.drafters import clover, registry
 from specjax.drafters.clover import Clover1, Clover2
 from specjax.engine import decode
 from specjax.testing import tiny_target
-from specjax.train import data as data_lib
 from specjax.train import loop
 
 PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
@@ -92,22 +91,13 @@ def test_level_at_a_time_equals_sequential_cell(seed, version, depth, children, 
 
 # ------------------------------------------------------------------ training
 
-@pytest.fixture(scope="module")
-def tiny_data(tiny_distilled):
-  """Full features (prompt positions too) of the tiny target's own answers."""
-  t, seqs, d = tiny_distilled
-  train = data_lib.features(t, seqs[:32], d / "full-train", shard_size=8, full=True, progress=False)
-  held = data_lib.features(t, seqs[32:], d / "full-held", shard_size=8, full=True, progress=False)
-  return t, train, held
-
-
 CFG = dict(steps=30, batch=4, lr=1e-2, warmup=3, eval_every=15, save_every=10, heads=3, draft_vocab=32, nodes=6,
            eval_positions=256)
 
 
 @pytest.mark.parametrize("name", ["clover", "clover2"])
-def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_data, tmp_path, name):
-  t, train, held = tiny_data
+def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_path, name):
+  t, train, held = tiny_full
   c = loop.TrainConfig(drafter=name, **CFG).resolved()
   recipe = loop.CloverRecipe(t, train, held, c)
   batch = recipe.batch(np.arange(8), 0)
@@ -121,8 +111,8 @@ def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_data, tmp_pat
   assert g.token_ids == base.token_ids
 
 
-def test_resume_after_a_crash_ends_with_the_same_weights(tiny_data, tmp_path):
-  t, train, held = tiny_data
+def test_resume_after_a_crash_ends_with_the_same_weights(tiny_full, tmp_path):
+  t, train, held = tiny_full
   c = loop.TrainConfig(drafter="clover2", **dict(CFG, steps=20, eval_every=20))
   whole, _ = loop.fit(t, train, held, c, tmp_path / "a", progress=False, log=lambda m: None)
   loop.fit(t, train, held, c, tmp_path / "b", stop_after=10, progress=False, log=lambda m: None)

@@ -25,6 +25,7 @@ from scipy import stats
 import specjax
 import specjax.api
 from specjax.drafters.clover import Clover1, Clover2
+from specjax.drafters.eagle import Eagle
 from specjax.drafters.medusa import Medusa
 from specjax.engine import accept as accept_lib
 from specjax.engine import tree as tree_lib
@@ -203,10 +204,12 @@ def make_drafter(name, target):
   if name in ("clover", "clover2"):
     cls = Clover1 if name == "clover" else Clover2
     return cls.untrained(target, seed=1, nodes=6, width=3, children=3, draft_vocab=8), {}
+  if name == "eagle":
+    return Eagle.untrained(target, seed=1, depth=3, top_k=3, nodes=6, draft_vocab=8), {}
   raise KeyError(name)
 
 
-CASES = ["none", "pld", "lookahead", "sampled-q", "medusa", "clover", "clover2"]
+CASES = ["none", "pld", "lookahead", "sampled-q", "medusa", "clover", "clover2", "eagle"]
 
 
 # ------------------------------------------------------------------ tests

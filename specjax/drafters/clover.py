@@ -28,35 +28,24 @@ Pieces (H hidden, e(y) the target's frozen token embedding, N(.) an RMSNorm):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
-from specjax.models.llama import LAYER_WEIGHTS, apply_rope, decoder_layer, rms_norm
-from specjax.protocol import MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.models.llama import apply_rope, decoder_layer, rms_norm
+from specjax.protocol import MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
 
 
 # ------------------------------------------------------------------ weights
 
-def dims_of(cfg) -> tuple:
-  """The target sizes the drafter's weights depend on: (hidden, heads, kv_heads, head_dim, ffn, qkv_bias)."""
-  return (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.ffn, cfg.qkv_bias)
-
-
 def shapes(dims: tuple, *, version: int, aug_layers: int) -> dict[str, tuple[int, ...]]:
   """One declaration per weight: name -> shape. The augmenting layers use the target's own layer
   declaration (`weight_shapes`), with `aug_layers` layers."""
-  from specjax.models.config import ModelConfig
-  from specjax.models.llama import weight_shapes
   H, N, K, D, F, bias = dims
-  layer = ModelConfig(vocab=1, hidden=H, layers=aug_layers, heads=N, kv_heads=K, head_dim=D, ffn=F, qkv_bias=bias,
-                      tie_embeddings=True)
-  out = {f"aug/{n}": s for n, s in weight_shapes(layer).items() if n in LAYER_WEIGHTS}
+  out = flat.layer_shapes(dims, aug_layers, "aug")
   out.update({"aug_norm": (H,), "head_norm": (H,)})
   if version == 2:
     for g in ("in_gate", "gate"):
@@ -79,10 +68,10 @@ def initial(target, *, version: int, aug_layers: int, seed: int = 0, noise: floa
   model = target.model
   rng = np.random.default_rng(seed)
   out = {}
-  for name, shape in shapes(dims_of(target.cfg), version=version, aug_layers=aug_layers).items():
+  for name, shape in shapes(flat.dims_of(target.cfg), version=version, aug_layers=aug_layers).items():
     leaf = name.split("/")[-1]
     if name.startswith("aug/"):
-      out[name] = np.repeat(np.asarray(getattr(model, leaf)[...][-1:], np.float32), aug_layers, 0)
+      out[name] = flat.last_layer(model, leaf, aug_layers)
     elif leaf.endswith("norm"):
       out[name] = np.asarray(model.final_norm[...], np.float32)
     elif leaf.startswith("b"):
@@ -96,20 +85,7 @@ def initial(target, *, version: int, aug_layers: int, seed: int = 0, noise: floa
   return out
 
 
-class CloverNet(nnx.Module):
-  """The drafter's weights (see `shapes`) as one flat dict of parameters, plus vocab [N] int32, the
-  reduced draft vocabulary (target ids) or [0] for the full one."""
-
-  def __init__(self, weights: dict, vocab=None):
-    self.p = nnx.Param({k: jnp.asarray(v, jnp.float32) for k, v in weights.items()})
-    self.vocab = nnx.Variable(jnp.asarray(np.zeros(0, np.int32) if vocab is None else vocab, jnp.int32))
-
-
 # ------------------------------------------------------------------ pure functions (decoding and training)
-
-def _layer_weights(p, i):
-  return {n.split("/")[1]: w[i] for n, w in p.items() if n.startswith("aug/")}
-
 
 def gate(p, g: str, s, e, heads: int, eps: float):
   """Clover-2's attention decoder (ResAttentionBlock): s [..., H] state, e [..., H] token embedding."""
@@ -138,7 +114,7 @@ def augment(cfg, p, x, positions, mask, kv=None, lengths=None, cos_sin=None):
   ks, vs = [], []
   A = p["aug/wqkv"].shape[0]
   for i in range(A):
-    x, k, v = decoder_layer(cfg, _layer_weights(p, i), x, cos, sin, None if kv is None else (kv[0][i], kv[1][i]),
+    x, k, v = decoder_layer(cfg, flat.layer_weights(p, "aug", i), x, cos, sin, None if kv is None else (kv[0][i], kv[1][i]),
                             mask[:, None, None], live, x.dtype)
     ks.append(k)
     vs.append(v)
@@ -215,20 +191,6 @@ def grow(heads: Heads, p, logits_fn, embed, u, root, ctx, *, depth: int, childre
   the head state each node's children were drawn from (the root's is u)). Nodes that do not exist
   (pruned by the rule) have parent -1 and are never accepted."""
   B, H = u.shape
-  neg = jnp.float32(-jnp.inf)
-
-  def expand(logp, base):
-    """logp [B, M, N], base [B, M] joint log-prob of the parents -> children's (idx, joint, keep) [B, M, c]."""
-    lp, idx = jax.lax.top_k(logp, children)
-    pr = jnp.exp(lp)
-    if threshold > 0:
-      keep = (jnp.cumsum(pr, -1) - pr) < threshold
-    else:                                   # Clover-1: drop tokens under a quarter of the top-1
-      keep = pr >= pr[..., :1] / 4
-    keep = keep.at[..., 0].set(True)
-    joint = jnp.where(keep & (base[..., None] > neg), base[..., None] + lp, neg)
-    return idx, joint
-
   out0, s0 = heads.first(p, u, embed(root[:, None])[1][:, 0], ctx)
   logp = logits_fn(out0)[:, None]                                                  # [B, 1, N]
   base = jnp.zeros((B, 1))
@@ -237,7 +199,7 @@ def grow(heads: Heads, p, logits_fn, embed, u, root, ctx, *, depth: int, childre
   toks, joints, parents, states = [], [], [], []
   count = 1
   for d in range(depth):
-    idx, joint = expand(logp, base)                                                # [B, M, c]
+    idx, joint = tree_lib.top_children(logp, base, children, threshold)             # [B, M, c]
     M = idx.shape[1]
     flat_joint = joint.reshape(B, M * children)
     w = min(width, M * children)
@@ -257,37 +219,21 @@ def grow(heads: Heads, p, logits_fn, embed, u, root, ctx, *, depth: int, childre
     if d + 1 < depth:
       out, par_state = heads.step(p, s_par, e, ctx)
       logp = logits_fn(out)
-  tok = jnp.concatenate(toks, 1)                                                   # [B, F] all drafted nodes
-  joint = jnp.concatenate(joints, 1)
-  parent = jnp.concatenate(parents, 1)
-  F = tok.shape[1]
-  # A child's joint probability never exceeds its parent's; the depth penalty breaks exact ties
-  # in the parent's favour, so the kept set is ancestor-closed.
   lvl = np.concatenate([np.full(j.shape[1], i) for i, j in enumerate(joints)])
-  key = joint - 1e-4 * lvl[None]
-  n = min(nodes, F)
-  _, keep = jax.lax.top_k(key, n)
-  keep = jnp.sort(keep, 1)                                                         # flat order is topological
-  new_pos = jnp.zeros((B, F + 1), jnp.int32).at[jnp.arange(B)[:, None], keep + 1].set(1 + jnp.arange(n)[None])
-  k_par = jnp.take_along_axis(parent, keep, 1)
-  alive = jnp.take_along_axis(joint, keep, 1) > neg
-  par_new = jnp.where(alive, jnp.take_along_axis(new_pos, k_par, 1), -1)
-  out_tok = jnp.concatenate([root[:, None], jnp.take_along_axis(tok, keep, 1)], 1)
-  out_par = jnp.concatenate([jnp.full((B, 1), -1, jnp.int32), par_new], 1)
+  out_tok, out_par, keep = tree_lib.keep_best(root, jnp.concatenate(toks, 1), jnp.concatenate(joints, 1),
+                                              jnp.concatenate(parents, 1), lvl, nodes)
   st = jnp.concatenate(states, 1)
   out_states = jnp.concatenate([jnp.zeros((B, 1, H), st.dtype), jnp.take_along_axis(st, keep[..., None], 1)], 1)
-  return out_tok.astype(jnp.int32), out_par, out_states
+  return out_tok, out_par, out_states
 
 
 # ------------------------------------------------------------------ the drafter
 
 @dataclasses.dataclass(frozen=True)
-class Clover(Drafter):
+class Clover(flat.FlatDrafter):
   version: int = 2
   heads: int = 4                # tree depth: regressive steps
   aug_layers: int = 1
-  dims: tuple = ()              # the target's sizes (dims_of): set by from_checkpoint / untrained
-  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
   # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
   # Xeon (benchmarks/clover_cost.py): a 7-node verify costs about 1.25x a one-token step and the
   # estimated speedup is flat from 4 to 6 nodes and falls beyond; accelerators want 20-64.
@@ -295,8 +241,8 @@ class Clover(Drafter):
   width: int = 4                # frontier nodes expanded per depth
   children: int = 4             # most children a node may take
   threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
-  trained_for: str = ""
   name = "clover"
+  budget = ("nodes", "width", "children")
 
   @property
   def rule_threshold(self) -> float:
@@ -324,24 +270,8 @@ class Clover(Drafter):
   def max_depth(self):
     return self.heads
 
-  @functools.cached_property
-  def graphdef(self):
-    return nnx.split(nnx.eval_shape(lambda: CloverNet(self._zeros(), np.zeros(self.draft_vocab, np.int32))))[0]
-
-  def _zeros(self):
-    if not self.dims:
-      raise ValueError(f"{self.name}: no target sizes; build it with from_checkpoint or untrained")
-    return {k: np.zeros(s, np.float32) for k, s in shapes(self.dims, version=self.version, aug_layers=self.aug_layers).items()}
-
-  def check_target(self, target):
-    from specjax.io import checkpoint
-    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):
-      checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
-    if tuple(self.dims) != dims_of(target.cfg):
-      raise ValueError(f"{self.name}: weights for target sizes {tuple(self.dims)} do not fit this target's {dims_of(target.cfg)} "
-                       "(hidden, heads, kv_heads, head_dim, ffn, qkv_bias)")
-    if self.params is None:
-      raise ValueError(f"{self.name}: no weights; load a checkpoint ('{self.name}' or '{self.name}:PATH') or use Clover.untrained")
+  def shapes(self):
+    return shapes(self.dims, version=self.version, aug_layers=self.aug_layers)
 
   def _heads(self, m):
     return Heads(self.version, m.target.cfg)
@@ -350,19 +280,15 @@ class Clover(Drafter):
   def init(self, m: Models, ctx: Context, prefill: Prefill):
     cfg = m.target.cfg
     p = m.drafter.p.get_value()
-    B, n, _ = prefill.hidden.shape
-    S = ctx.tokens.shape[1]
-    nxt = jax.lax.dynamic_slice_in_dim(ctx.tokens, 1, n, 1)                     # x_{t+1} for t < n
+    nxt, pos, last = flat.prefill_entries(ctx, prefill)                         # x_{t+1} for t < n
+    B, n = nxt.shape
     x = self._heads(m).merge(p, prefill.hidden.astype(jnp.float32), m.target.embed_tokens(nxt).astype(jnp.float32))
-    pos = jnp.broadcast_to(jnp.arange(n), (B, n))
     u, k, v = augment(cfg, p, x, pos, jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool)), (B, n, n)))
     A = k.shape[0]
-    kc = jnp.zeros((A, B, S, cfg.kv_heads, cfg.head_dim), jnp.float32).at[:, :, :n].set(k)
+    kc = jnp.zeros((A, B, ctx.tokens.shape[1], cfg.kv_heads, cfg.head_dim), jnp.float32).at[:, :, :n].set(k)
     vc = jnp.zeros_like(kc).at[:, :, :n].set(v)
-    last = jnp.clip(ctx.prompt_len - 2, 0, n - 1)
     u_last = jnp.take_along_axis(u, last[:, None, None], 1)[:, 0]
-    w = m.target.head_weight(m.drafter.vocab[...]) if self.draft_vocab else m.target.head_weight()
-    return dict(k=kc, v=vc, u=rms_norm(u_last, p["aug_norm"], cfg.norm_eps), w=w.astype(jnp.float32))
+    return dict(k=kc, v=vc, u=rms_norm(u_last, p["aug_norm"], cfg.norm_eps), w=self.head_weight(m))
 
   def _tree(self, m, state, root, ctx_len):
     p = m.drafter.p.get_value()
@@ -407,41 +333,8 @@ class Clover(Drafter):
   @classmethod
   def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "Clover":
     """Weights as training starts them, plus noise (for tests: a bad drafter costs speed, never correctness)."""
-    from specjax.io import checkpoint
-    d = cls(dims=dims_of(target.cfg), trained_for=json.dumps(checkpoint.target_info(target), sort_keys=True), **config)
-    w = initial(target, version=d.version, aug_layers=d.aug_layers, seed=seed, noise=noise)
-    vocab = np.arange(d.draft_vocab, dtype=np.int32) if d.draft_vocab else None
-    return dataclasses.replace(d, params=nnx.state(CloverNet(w, vocab)))
-
-  def to_checkpoint(self) -> tuple[dict, dict]:
-    pure = nnx.to_pure_dict(self.params)
-    flat = {f"p/{k}": np.asarray(v) for k, v in pure["p"].items()}
-    flat["vocab"] = np.asarray(pure["vocab"])
-    cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "trained_for")}
-    return flat, {"name": self.name, "config": cfg}
-
-  @classmethod
-  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "Clover":
-    cfg = dict(drafter_meta["config"])
-    for f in ("nodes", "width", "children"):     # the budget suits the machine that decodes
-      cfg.pop(f, None)
-    cfg["dims"] = tuple(cfg.get("dims", ()))
-    cfg.update(options)
-    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
-    d.validate()
-    want = d._zeros()
-    weights = {}
-    for name, z in want.items():
-      t = tensors.get(f"p/{name}")
-      if t is None:
-        raise ValueError(f"{d.name} checkpoint lacks tensor {name!r}")
-      if tuple(t.shape) != z.shape:
-        raise ValueError(f"{d.name} checkpoint tensor {name!r} has shape {tuple(t.shape)}, expected {z.shape}")
-      weights[name] = np.asarray(t, np.float32)
-    vocab = tensors.get("vocab")
-    if vocab is None or len(vocab) != d.draft_vocab:
-      raise ValueError(f"{d.name} checkpoint vocabulary does not match draft_vocab={d.draft_vocab}")
-    return dataclasses.replace(d, params=nnx.state(CloverNet(weights, vocab if d.draft_vocab else None)))
+    d = cls.for_target(target, **config)
+    return d.with_weights(initial(target, version=d.version, aug_layers=d.aug_layers, seed=seed, noise=noise))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Drafter names -> classes, and construction with validated options.
 
-Weightless drafters are built from their options ("pld", "lookahead"). Trained ones load a
-checkpoint: "medusa" is the checkpoint shipped for the default model (checkpoints/medusa.safetensors),
-"medusa:PATH" any file written by `specjax train`.
+Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (medusa, clover,
+clover2, eagle, eagle3) load a checkpoint: "medusa" is the checkpoint shipped for the default model
+(checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`.
 """
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ from specjax.drafters.base import NoDrafter
 from specjax.protocol import Drafter
 
 _NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
-                "version"}
+                "version", "fuse"}
 
 
 def _classes():
   from specjax.drafters.clover import Clover1, Clover2
+  from specjax.drafters.eagle import Eagle, Eagle3
   from specjax.drafters.lookahead import Lookahead
   from specjax.drafters.medusa import Medusa
   from specjax.drafters.ngram import PromptLookup
   return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa,
-          "clover": Clover1, "clover2": Clover2}
+          "clover": Clover1, "clover2": Clover2, "eagle": Eagle, "eagle3": Eagle3}
 
 
-TRAINED = ("medusa", "clover", "clover2")
+TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3")
 
 
 def names() -> list[str]:

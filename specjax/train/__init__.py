@@ -11,12 +11,13 @@ from specjax.train import data as data_lib
 
 def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, heldout_prompts: int = 100,
                  answer_tokens: int = 256, max_prompt_tokens: int = 256, prompts_dir=None, batch_size: int = 16,
-                 sequences_file=None, feature_batch_tokens: int = 4096, full: bool = True, progress: bool = True):
+                 sequences_file=None, feature_batch_tokens: int = 4096, full: bool = True, capture: tuple = (),
+                 progress: bool = True):
   """(train Features, held-out Features) for `target`, everything cached under
   $SPECJAX_CACHE/train/<target fingerprint>/ and resumable. `sequences_file`: a file of sequences
   made elsewhere (e.g. answers generated on a GPU by benchmarks/gpu_distill.py), used as the
-  sequence cache's starting content. full: features of the prompts' positions too (see
-  data.features)."""
+  sequence cache's starting content. full: features of the prompts' positions too; capture: target
+  layers whose residuals are kept too (see data.features)."""
   records = data_lib.training_prompts(prompts_dir)
   root = data_lib.cache_root() / "train" / target.fingerprint
   seq_path = root / f"distill-a{answer_tokens}-p{max_prompt_tokens}.jsonl"
@@ -32,9 +33,9 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
                               batch_size=batch_size, progress=progress)
     if len(seqs) < len(items) and m == "distill":
       raise RuntimeError(f"only {len(seqs)} of {len(items)} sequences were made; rerun to resume")
-    out.append(data_lib.features(target, seqs, root / f"features{'-full' if full else ''}-{tag}"
-                                 / ("heldout" if held else "train"), batch_tokens=feature_batch_tokens, full=full,
-                                 progress=progress))
+    kind = ("-full" if full else "") + ("-layers" + "-".join(map(str, capture)) if capture else "")
+    out.append(data_lib.features(target, seqs, root / f"features{kind}-{tag}" / ("heldout" if held else "train"),
+                                 batch_tokens=feature_batch_tokens, full=full, capture=capture, progress=progress))
   return tuple(out)
 
 
@@ -66,7 +67,7 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
-                             progress=progress)
+                             capture=loop.RECIPES[drafter].capture_for(target.cfg), progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
   d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, progress=progress, log=log)
   tensors, dmeta = d.to_checkpoint()

@@ -183,13 +183,15 @@ class Features:
   the target's most likely next tokens and their probabilities there; token [N]: the token AT each
   position; seq [N]: which sequence; pos [N]: index within the sequence's answer part (position 0
   is the last prompt token, whose prediction is the answer's first token; prompt positions, kept
-  only in `full` features, are negative)."""
+  only in `full` features, are negative); layers [N, C, H] bfloat16: the residuals after the C
+  captured layers (EAGLE-3's low/mid/high), only when features were made with `capture`."""
   hidden: np.ndarray
   top_ids: np.ndarray
   top_p: np.ndarray
   token: np.ndarray
   seq: np.ndarray
   pos: np.ndarray
+  layers: np.ndarray | None = None
 
   def __len__(self):
     return len(self.seq)
@@ -204,25 +206,28 @@ class Features:
 _FIELDS = ("hidden", "top_ids", "top_p", "token", "seq", "pos")
 
 
-def _feature_fn(graphdef):
+def _feature_fn(graphdef, capture=()):
   def f(params, seq):
     model = nnx.merge(graphdef, params)
     B, T = seq.shape
-    out = model(seq, jnp.broadcast_to(jnp.arange(T), (B, T)), None, causal_mask(B, T))
+    out = model(seq, jnp.broadcast_to(jnp.arange(T), (B, T)), None, causal_mask(B, T), capture=capture)
     p, ids = jax.lax.top_k(jax.nn.softmax(out.logits, -1), TOPK)
-    return out.hidden.astype(jnp.bfloat16), ids.astype(jnp.int32), p.astype(jnp.float16)
+    layers = jnp.stack([out.layer_hidden[i] for i in capture], 2).astype(jnp.bfloat16) if capture else jnp.zeros(0)
+    return out.hidden.astype(jnp.bfloat16), ids.astype(jnp.int32), p.astype(jnp.float16), layers
   return jax.jit(f)
 
 
 def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens: int = 4096,
-             shard_size: int = 128, full: bool = False, progress: bool = True) -> Features:
+             shard_size: int = 128, full: bool = False, capture: tuple = (), progress: bool = True) -> Features:
   """Target features of every sequence, computed in shards of `shard_size` sequences saved as .npz
   (no pickles) under `directory`; an existing shard is reused, so a killed run resumes.
   full: also keep the prompt's positions (pos < 0), for drafters that attend over the whole
-  sequence (Clover's augmenting block, EAGLE)."""
+  sequence (Clover's augmenting block, EAGLE). capture: target layers whose residuals are kept too
+  (`Features.layers`; C times the storage of `hidden`)."""
   directory.mkdir(parents=True, exist_ok=True)
   graphdef, params = nnx.split(target.model)
-  fn = _feature_fn(graphdef)
+  fn = _feature_fn(graphdef, tuple(capture))
+  fields = _FIELDS + (("layers",) if capture else ())
   parts = []
   t0, made = time.perf_counter(), 0
   for s in range(0, len(seqs), shard_size):
@@ -231,7 +236,7 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
     key = hashlib.sha1(json.dumps([[r["id"], len(r["prompt"]), len(r["answer"])] for r in chunk]).encode()).hexdigest()[:10]
     f = directory / f"shard_{s // shard_size:05d}_{key}.npz"
     if not f.exists():
-      cols = {k: [] for k in _FIELDS}
+      cols = {k: [] for k in fields}
       lens = [len(r["prompt"]) + len(r["answer"]) for r in chunk]
       groups, cur = [], []
       for j in np.argsort(lens, kind="stable"):     # ascending: the newest row is the group's longest
@@ -248,7 +253,7 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
         for b, r in enumerate(rows):
           ids = r["prompt"] + r["answer"]
           arr[b, :len(ids)] = ids
-        hid, ids, p = jax.device_get(fn(params, jnp.asarray(arr)))
+        hid, ids, p, lay = jax.device_get(fn(params, jnp.asarray(arr)))
         for b, r in enumerate(rows):
           a, n = (0 if full else len(r["prompt"]) - 1), len(r["prompt"]) + len(r["answer"])
           cols["hidden"].append(np.asarray(hid[b, a:n]).view(np.uint16))
@@ -257,6 +262,8 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
           cols["token"].append(arr[b, a:n])
           cols["seq"].append(np.full(n - a, s + group[b], np.int32))
           cols["pos"].append(np.arange(a, n, dtype=np.int32) - (len(r["prompt"]) - 1))
+          if capture:
+            cols["layers"].append(np.asarray(lay[b, a:n]).view(np.uint16))
           made += n - a
       tmp = f.with_suffix(".tmp.npz")
       np.savez(tmp, **{k: np.concatenate(v) for k, v in cols.items()})
@@ -265,7 +272,21 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
         print(f"features: {min(s + shard_size, len(seqs))}/{len(seqs)} sequences, "
               f"{made / (time.perf_counter() - t0):.0f} tokens/s", flush=True)
     with np.load(f, allow_pickle=False) as z:
-      parts.append({k: z[k] for k in _FIELDS})
-  cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in _FIELDS}
-  cat["hidden"] = cat["hidden"].view(ml_dtypes.bfloat16)
+      parts.append({k: z[k] for k in fields})
+  cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in fields}
+  for k in ("hidden", "layers"):
+    if k in cat:
+      cat[k] = cat[k].view(ml_dtypes.bfloat16)
   return Features(**cat)
+
+
+def draft_vocab(train, V: int, n: int):
+  """(vocab [n] sorted target ids or None, coverage, index [V] target id -> draft index or -1): the n
+  tokens the target predicts most often on the training data (EAGLE-3's / FR-Spec's reduced vocabulary)."""
+  if not n or n >= V:
+    return None, 1.0, np.arange(V, dtype=np.int32)
+  counts = np.bincount(train.top_ids[:, 0], minlength=V)
+  vocab = np.sort(np.argsort(-counts, kind="stable")[:n]).astype(np.int32)
+  index = np.full(V, -1, np.int32)
+  index[vocab] = np.arange(n, dtype=np.int32)
+  return vocab, float(counts[vocab].sum() / max(counts.sum(), 1)), index

@@ -1,7 +1,8 @@
 """The drafter training loop: optax AdamW with warm-up + cosine decay and gradient clipping, a jitted
 step, orbax checkpoints every `save_every` steps, exact resume (same optimiser state, same data
 order: batch s is a function of the seed and s alone), held-out evaluation with the expected
-acceptance length of the tree the drafter will use.
+acceptance length of the tree the drafter will use. Medusa's recipe (single positions) is here; the
+whole-sequence recipes (Clover, EAGLE) are in train/sequence.py.
 
 Training runs in float32: the heads are small (a few M parameters), the CPU's float32 matmuls are
 several times faster than its bfloat16 ones (DESIGN.md), and the shipped checkpoint is cast to
@@ -20,6 +21,8 @@ import numpy as np
 import optax
 
 from specjax.engine import tree as tree_lib
+from specjax.train.data import draft_vocab
+from specjax.train.sequence import CloverRecipe, Eagle3Recipe, EagleRecipe
 
 KMAX = 10   # ranks measured per head (a tree never uses more siblings than this)
 
@@ -29,7 +32,7 @@ class TrainConfig:
   """Training settings. Fields left None take the drafter recipe's defaults (`Recipe.defaults`)."""
   drafter: str = "medusa"
   steps: int = 2000
-  batch: int | None = None    # Medusa: positions per step (256); Clover: sequences per step (4)
+  batch: int | None = None    # Medusa: positions per step (256); Clover, EAGLE: sequences per step (4)
   lr: float = 1e-3
   warmup: int = 100
   weight_decay: float = 0.0
@@ -40,7 +43,7 @@ class TrainConfig:
   eval_every: int = 500
   save_every: int = 250
   eval_positions: int = 8192
-  heads: int = 4
+  heads: int = 4              # Medusa, Clover: heads (tree depth); EAGLE-3: training-time-test steps
   layers: int = 1             # Medusa: ResBlocks per head; Clover: augmenting decoder layers
   draft_vocab: int = 4096     # 0: the full vocabulary (4096 measured best, BENCHMARKS.md)
   nodes: int = 12             # tree budget used for the tau estimate and stored in the checkpoint
@@ -67,23 +70,16 @@ def batch_indices(n: int, step: int, batch: int, seed: int) -> np.ndarray:
   return perm[i * batch:(i + 1) * batch]
 
 
-def draft_vocab(train, V: int, n: int):
-  """(vocab [n] sorted target ids or None, coverage, index [V] target id -> draft index or -1): the n
-  tokens the target predicts most often on the training data (EAGLE-3's / FR-Spec's reduced vocabulary)."""
-  if not n or n >= V:
-    return None, 1.0, np.arange(V, dtype=np.int32)
-  counts = np.bincount(train.top_ids[:, 0], minlength=V)
-  vocab = np.sort(np.argsort(-counts, kind="stable")[:n]).astype(np.int32)
-  index = np.full(V, -1, np.int32)
-  index[vocab] = np.arange(n, dtype=np.int32)
-  return vocab, float(counts[vocab].sum() / max(counts.sum(), 1)), index
-
-
 class MedusaRecipe:
   """What the loop needs from a drafter: units to sample batches from, a batch, initial weights, the
   loss, a held-out summary (with the exact tau of the tree it will use) and the drafter itself."""
   defaults = dict(batch=256, clip=1.0, b2=0.999)
   clip_by = "norm"
+
+  @staticmethod
+  def capture_for(cfg) -> tuple:
+    """Target layers whose residuals the features must keep (none: the last hidden state only)."""
+    return ()
 
   def __init__(self, target, train, held, c: TrainConfig):
     from specjax.drafters import medusa
@@ -139,168 +135,8 @@ class MedusaRecipe:
     return dataclasses.replace(d, params=nnx.state(module))
 
 
-def spans(feat) -> np.ndarray:
-  """[n, 2] (start, end) of each sequence in concatenated features."""
-  cut = np.flatnonzero(np.diff(feat.seq) != 0) + 1
-  starts = np.concatenate([[0], cut])
-  return np.stack([starts, np.concatenate([cut, [len(feat)]])], 1)
-
-
-class CloverRecipe:
-  """Clover and Clover-2 train on whole sequences (the augmenting block attends over the prompt
-  and the answer); the heads' losses are taken at `positions` random answer positions a sequence."""
-  defaults = dict(batch=4, clip=0.5, b2=0.95)
-  clip_by = "value"                 # the public Clover-2 trainer clips gradient values at 0.5
-  positions = 128
-  bucket = 128
-
-  def __init__(self, target, train, held, c: TrainConfig):
-    from specjax.drafters import clover
-    self.cl, self.c, self.target, self.train, self.held = clover, c, target, train, held
-    self.version = 1 if c.drafter == "clover" else 2
-    self.heads = clover.Heads(self.version, target.cfg)
-    model = target.model
-    self.vocab, self.coverage, self.index = draft_vocab(train, target.cfg.vocab, c.draft_vocab)
-    self.consts = dict(embed=jnp.asarray(model.embed[...], jnp.float32), norm_w=model.final_norm[...],
-                       head_w=jnp.asarray(model.head_weight(None if self.vocab is None else jnp.asarray(self.vocab)),
-                                          jnp.float32))
-    self.spans_train, self.spans_held = spans(train), spans(held)
-    self.units = len(self.spans_train)
-    if self.units < c.batch:
-      raise ValueError(f"only {self.units} training sequences, fewer than a batch of {c.batch}")
-    self._eval_fns = {}
-
-  def init(self):
-    w = self.cl.initial(self.target, version=self.version, aug_layers=self.c.layers, seed=self.c.seed)
-    return {k: jnp.asarray(v) for k, v in w.items()}
-
-  def _arrays(self, feat, rows, rng, P, length=None):
-    """Padded batch arrays for sequences `rows` ((start, end) pairs), P head positions each, padded
-    to `length` (default: the longest row rounded up to `bucket`, so few shapes are compiled)."""
-    K = self.c.heads
-    L = length or -(-max(e - s for s, e in rows) // self.bucket) * self.bucket
-    B, H = len(rows), feat.hidden.shape[1]
-    out = dict(h=np.zeros((B, L, H), np.float32), nxt=np.zeros((B, L), np.int32), length=np.zeros(B, np.int32),
-               sel=np.zeros((B, P), np.int32), ys=np.zeros((B, P, K), np.int32), valid=np.zeros((B, P, K), bool),
-               tgt=np.zeros((B, P, K), np.int32), top_idx=np.full((B, P, K, 8), -1, np.int32),
-               top_p=np.zeros((B, P, K, 8), np.float32))
-    for b, (s, e) in enumerate(rows):
-      n = e - s
-      out["h"][b, :n] = np.asarray(feat.hidden[s:e], np.float32)
-      out["nxt"][b, :n - 1] = feat.token[s + 1:e]
-      out["length"][b] = n
-      cand = np.flatnonzero((feat.pos[s:e] >= 0) & (np.arange(n) + 1 < n))
-      pick = np.sort(rng.choice(cand, min(P, len(cand)), replace=False)) if len(cand) else np.zeros(0, int)
-      t = np.arange(K)[None, :] + pick[:, None] + 1                               # [p, K] positions t+1+i
-      ok = t < n
-      tc = np.minimum(t, n - 1)
-      m = len(pick)
-      out["sel"][b, :m] = pick
-      out["ys"][b, :m] = np.where(ok, feat.token[s + tc], 0)
-      out["valid"][b, :m] = ok
-      out["tgt"][b, :m] = tc
-      ids = feat.top_ids[s + tc]
-      out["top_idx"][b, :m] = np.where(ok[..., None], self.index[ids], -1)
-      out["top_p"][b, :m] = np.asarray(feat.top_p[s + tc], np.float32)
-    return {k: jnp.asarray(v) for k, v in out.items()}
-
-  def batch(self, units, step):
-    rng = np.random.default_rng([self.c.seed, 7, step])
-    return self._arrays(self.train, [tuple(self.spans_train[u]) for u in units], rng, self.positions)
-
-  def loss(self, p, consts, batch):
-    return self.cl.loss_fn(self.heads, p, consts, batch)
-
-  BUDGETS = ((4, 4), (6, 4), (8, 4), (12, 6), (16, 8), (24, 8))     # (nodes, width) of the tau estimates
-  EVAL_POSITIONS = 64                                                # head positions per held-out sequence
-
-  def _eval_fn(self):
-    """Jitted, compiled once per run: (p, batch of one sequence padded to the longest held-out one)
-    -> (tokens, parents) of the tree at each head position for every budget, and the teacher-forced
-    top-5 [P, K, 5] of every head."""
-    if not self._eval_fns:
-      cl, heads, consts, K = self.cl, self.heads, self.consts, self.c.heads
-      vocab = None if self.vocab is None else jnp.asarray(self.vocab)
-
-      def embed(vidx):
-        tok = vocab[vidx] if vocab is not None else vidx
-        return tok, consts["embed"][tok]
-
-      def f(p, batch):
-        u, k, v = cl.sequence_features(heads, p, consts["embed"], batch["h"], batch["nxt"], batch["length"])
-        sel = batch["sel"][0]
-        P = sel.shape[0]
-        logits_fn = lambda out: jax.nn.log_softmax(jnp.dot(out, consts["head_w"]), -1)
-        bc = lambda x: jnp.broadcast_to(x, (P,) + x.shape[1:])
-        ctx = (bc(k), bc(v), sel + 1, sel)
-        trees = [cl.grow(heads, p, logits_fn, embed, u[0, sel], batch["nxt"][0, sel], ctx, depth=K, children=4,
-                         width=w, nodes=n, threshold=0.95 if self.version == 2 else 0.0)[:2] for n, w in self.BUDGETS]
-        out = cl.head_outputs(heads, p, consts["embed"], u, k, v, batch["sel"], batch["ys"])[0]
-        return trees, jax.lax.top_k(jnp.dot(out, consts["head_w"]), 5)[1]
-      self._eval_fns["f"] = jax.jit(f)
-    return self._eval_fns["f"]
-
-  def summarize(self, p):
-    """Held-out: per-head top-1/top-5 (teacher forced) and the EXACT tau of the dynamic tree (the
-    deepest node whose whole path is the target's own greedy continuation) for several budgets."""
-    rng = np.random.default_rng([self.c.seed, 11])
-    P = self.EVAL_POSITIONS
-    n_seq = max(1, min(len(self.spans_held), self.c.eval_positions // P))
-    spans_eval = self.spans_held[:n_seq]
-    L = -(-int((spans_eval[:, 1] - spans_eval[:, 0]).max()) // self.bucket) * self.bucket
-    acc = {b: [] for b in self.BUDGETS}
-    hits = []
-    for s, e in spans_eval:
-      batch = self._arrays(self.held, [(s, e)], rng, P, length=L)
-      valid = np.asarray(batch["valid"][0])
-      m = int(valid[:, 0].sum())
-      if m == 0:
-        continue
-      # The target's greedy continuation after x_{t+1}: its top-1 at t+1, t+2, ... (-1 past the end).
-      truth = np.where(valid[:m], self.held.top_ids[s + np.asarray(batch["tgt"][0])[:m], 0], -1)
-      lab = np.where(valid[:m], self.index[np.maximum(truth, 0)], -2)
-      trees, top5 = jax.device_get(self._eval_fn()(p, batch))
-      for b, (tok, parent) in zip(self.BUDGETS, trees):
-        acc[b].append(_accepted(tok[:m], parent[:m], truth))
-      hits.append(np.where(lab[..., None] == top5[:m], np.arange(5), 5).min(-1))
-    ranks = np.concatenate(hits)                                                     # [n, K] rank (5 = absent)
-    tau_by = {f"{n}/{w}": 1.0 + float(np.concatenate(acc[(n, w)]).mean()) for n, w in self.BUDGETS}
-    main = min(self.BUDGETS, key=lambda b: abs(b[0] - self.c.nodes))
-    return {"top1": [float(x) for x in (ranks == 0).mean(0)], "top5": [float(x) for x in (ranks < 5).mean(0)],
-            "tau": tau_by[f"{main[0]}/{main[1]}"], "tree_nodes": main[0], "tau_by_nodes": tau_by,
-            "positions": int(sum(len(a) for a in acc[main]))}
-
-  def drafter(self, p, summary):
-    from flax import nnx
-    from specjax.io import checkpoint
-    c = self.c
-    cls = self.cl.Clover1 if self.version == 1 else self.cl.Clover2
-    d = cls(heads=c.heads, aug_layers=c.layers, dims=self.cl.dims_of(self.target.cfg),
-            draft_vocab=0 if self.vocab is None else len(self.vocab),
-            trained_for=json.dumps(checkpoint.target_info(self.target), sort_keys=True))
-    net = self.cl.CloverNet({k: np.asarray(v, np.float32) for k, v in p.items()}, self.vocab)
-    return dataclasses.replace(d, params=nnx.state(net))
-
-
-def _accepted(tok, parent, truth) -> np.ndarray:
-  """tok, parent [n, T] draft trees (node 0 the root), truth [n, K] the target's greedy tokens after
-  the root (-1: unknown). Returns [n] accepted candidates under greedy verification."""
-  n, T = tok.shape
-  ok = np.zeros((n, T), bool)
-  depth = np.zeros((n, T), np.int64)
-  ok[:, 0] = True
-  rows = np.arange(n)
-  for j in range(1, T):
-    par = parent[:, j]
-    live = par >= 0
-    pj = np.maximum(par, 0)
-    depth[:, j] = depth[rows, pj] + 1
-    d = np.minimum(depth[:, j] - 1, truth.shape[1] - 1)
-    ok[:, j] = live & ok[rows, pj] & (tok[:, j] == truth[rows, d]) & (truth[rows, d] >= 0)
-  return np.where(ok, depth, 0).max(1)
-
-
-RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe}
+RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe, "eagle": EagleRecipe,
+           "eagle3": Eagle3Recipe}
 
 
 def evaluate(fn, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""Drafters whose weights are one flat dict of named tensors (Clover, EAGLE): the NNX module holding
+them, the decoder layers they build like the target's, the checkpoint round trip and the target check.
+
+Decoder-layer weights are declared only through the target's own `weight_shapes` and run only
+through its `decoder_layer`, so a change of the target's fused layouts changes the drafters with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax.models.config import ModelConfig
+from specjax.models.llama import LAYER_WEIGHTS, decoder_layer, rope_frequencies, weight_shapes
+from specjax.protocol import Drafter
+
+
+def dims_of(cfg) -> tuple:
+  """The target sizes the drafter's weights depend on: (hidden, heads, kv_heads, head_dim, ffn, qkv_bias)."""
+  return (cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.ffn, cfg.qkv_bias)
+
+
+def layer_shapes(dims: tuple, layers: int, prefix: str) -> dict[str, tuple[int, ...]]:
+  """`prefix/NAME` -> shape for `layers` decoder layers like the target's (the target's declaration)."""
+  H, N, K, D, F, bias = dims
+  cfg = ModelConfig(vocab=1, hidden=H, layers=layers, heads=N, kv_heads=K, head_dim=D, ffn=F, qkv_bias=bias,
+                    tie_embeddings=True)
+  return {f"{prefix}/{n}": s for n, s in weight_shapes(cfg).items() if n in LAYER_WEIGHTS}
+
+
+def last_layer(model, name: str, layers: int) -> np.ndarray:
+  """The target's last layer's weight `name` (any layout), float32, repeated `layers` times."""
+  return np.repeat(np.asarray(getattr(model, name)[...][-1:], np.float32), layers, 0)
+
+
+def layer_weights(p: dict, prefix: str, i: int) -> dict:
+  """Layer i's weights (layer axis removed) from a flat dict declared by `layer_shapes`."""
+  return {n.split("/")[1]: w[i] for n, w in p.items() if n.startswith(prefix + "/")}
+
+
+def run_layer(cfg, w: dict, x, positions, mask, kv=None, live=None):
+  """One decoder layer like the target's over x [B, T, H] at rope positions [B, T]. mask [B, T, T]
+  among the T new entries; kv: earlier entries' (k, v) [B, S, KVH, D] and live [B, T, S] which of
+  them each new entry sees (per query: tree entries see their own ancestors). Returns (x, k, v)."""
+  ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))
+  return decoder_layer(cfg, w, x, jnp.cos(ang), jnp.sin(ang), kv, mask[:, None, None],
+                       None if live is None else live[:, None, None], x.dtype)
+
+
+def prefill_entries(ctx, prefill):
+  """The entries a drafter builds over the prefill (entry t reads the target at t and the token
+  x_{t+1}): (nxt [B, n] those tokens, positions [B, n], last [B] each row's last real entry)."""
+  B, n, _ = prefill.hidden.shape
+  nxt = jax.lax.dynamic_slice_in_dim(ctx.tokens, 1, n, 1)
+  return nxt, jnp.broadcast_to(jnp.arange(n), (B, n)), jnp.clip(ctx.prompt_len - 2, 0, n - 1)
+
+
+def put_rows(buf, x, start):
+  """buf [B, S, ...], x [B, n, ...], start [B]: buf[b, start[b]:start[b]+n] = x[b]."""
+  return jax.vmap(lambda c, v, s: jax.lax.dynamic_update_slice_in_dim(c, v, s, axis=0))(buf, x.astype(buf.dtype), start)
+
+
+class FlatNet(nnx.Module):
+  """A drafter's weights as one flat dict of float32 parameters, plus vocab [N] int32, the reduced
+  draft vocabulary (target ids) or [0] for the full one."""
+
+  def __init__(self, weights: dict, vocab=None):
+    self.p = nnx.Param({k: jnp.asarray(v, jnp.float32) for k, v in weights.items()})
+    self.vocab = nnx.Variable(jnp.asarray(np.zeros(0, np.int32) if vocab is None else vocab, jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatDrafter(Drafter):
+  """Base of drafters with FlatNet weights. Subclasses define `shapes()` (name -> shape of every
+  weight, from the static fields) and list in `budget` the options that size the tree: they suit the
+  machine that decodes, so a checkpoint does not restore them."""
+  dims: tuple = ()              # the target's sizes (dims_of): set by from_checkpoint / untrained
+  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
+  trained_for: str = ""         # JSON of the target the weights were made for
+  budget = ()
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    raise NotImplementedError
+
+  @functools.cached_property
+  def graphdef(self):
+    return nnx.split(nnx.eval_shape(lambda: FlatNet(self._zeros(), np.zeros(self.draft_vocab, np.int32))))[0]
+
+  def _zeros(self):
+    if not self.dims:
+      raise ValueError(f"{self.name}: no target sizes; build it with from_checkpoint or untrained")
+    return {k: np.zeros(s, np.float32) for k, s in self.shapes().items()}
+
+  def check_target(self, target):
+    from specjax.io import checkpoint
+    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):
+      checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
+    if tuple(self.dims) != dims_of(target.cfg):
+      raise ValueError(f"{self.name}: weights for target sizes {tuple(self.dims)} do not fit this target's {dims_of(target.cfg)} "
+                       "(hidden, heads, kv_heads, head_dim, ffn, qkv_bias)")
+    if self.params is None:
+      raise ValueError(f"{self.name}: no weights; load a checkpoint ('{self.name}' or '{self.name}:PATH') or use "
+                       f"{type(self).__name__}.untrained")
+
+  def head_weight(self, m):
+    """The LM head the draft scores with, float32 [H, N]: the target's, or its draft-vocabulary columns."""
+    return (m.target.head_weight(m.drafter.vocab[...]) if self.draft_vocab else m.target.head_weight()).astype(jnp.float32)
+
+  # ---------------------------------------------------------------- construction
+  @classmethod
+  def for_target(cls, target, **config):
+    """The configuration (no weights) for `target`."""
+    from specjax.io import checkpoint
+    return cls(dims=dims_of(target.cfg), trained_for=json.dumps(checkpoint.target_info(target), sort_keys=True), **config)
+
+  def with_weights(self, weights: dict, vocab=None):
+    """This configuration with float32 `weights` (see shapes) and the draft vocabulary `vocab` [N]."""
+    if self.draft_vocab and vocab is None:
+      vocab = np.arange(self.draft_vocab, dtype=np.int32)
+    return dataclasses.replace(self, params=nnx.state(FlatNet(weights, vocab if self.draft_vocab else None)))
+
+  def to_checkpoint(self) -> tuple[dict, dict]:
+    pure = nnx.to_pure_dict(self.params)
+    flat = {f"p/{k}": np.asarray(v) for k, v in pure["p"].items()}
+    flat["vocab"] = np.asarray(pure["vocab"])
+    cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "trained_for")}
+    return flat, {"name": self.name, "config": cfg}
+
+  @classmethod
+  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options):
+    cfg = dict(drafter_meta["config"])
+    for f in cls.budget:
+      cfg.pop(f, None)
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}     # JSON lists back to tuples
+    cfg.update(options)
+    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
+    d.validate()
+    weights = {}
+    for name, z in d._zeros().items():
+      t = tensors.get(f"p/{name}")
+      if t is None:
+        raise ValueError(f"{d.name} checkpoint lacks tensor {name!r}")
+      if tuple(t.shape) != z.shape:
+        raise ValueError(f"{d.name} checkpoint tensor {name!r} has shape {tuple(t.shape)}, expected {z.shape}")
+      weights[name] = np.asarray(t, np.float32)
+    vocab = tensors.get("vocab")
+    if vocab is None or len(vocab) != d.draft_vocab:
+      raise ValueError(f"{d.name} checkpoint vocabulary does not match draft_vocab={d.draft_vocab}")
+    return d.with_weights(weights, vocab)

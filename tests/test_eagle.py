@@ -1,0 +1,420 @@
+"""EAGLE with the EAGLE-2 dynamic tree: lossless with random weights, the tree's batched expansion
+equals the draft run along each node's own path, the draft KV cache after every step equals the
+draft recomputed over the committed sequence, checkpoints, training lowers the loss and resumes exactly."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import specjax
+from specjax.drafters import eagle, registry
+from specjax.drafters.eagle import Eagle, Eagle3
+from specjax.engine import decode
+from specjax.models.llama import causal_mask
+from specjax.protocol import Context, Prefill
+from specjax.testing import tiny_target
+from specjax.train import data as data_lib
+from specjax.train import loop
+
+PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return tiny_target(seed=1, scale=8.0, eos_id=17)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(depth=3, top_k=2, nodes=4, draft_vocab=24),
+                                    dict(depth=6, top_k=5, nodes=24), dict(depth=1, top_k=3, nodes=2)])
+def test_random_weights_are_lossless_on_tiny_model(tiny, config):
+  d = Eagle.untrained(tiny, seed=4, **config)
+  for batch, max_new in ((PROMPTS, 33), (PROMPTS[1:2], 9), (PROMPTS[2:3], 17)):
+    base = specjax.generate(tiny, batch, max_new_tokens=max_new)
+    g = specjax.generate(tiny, batch, max_new_tokens=max_new, drafter=d)
+    assert g.token_ids == base.token_ids
+    if len(batch) == 4:                  # drafts were accepted: multi-token commits were exercised
+      assert sum(g.new_tokens) > sum(g.target_forwards)
+
+
+def test_new_weights_take_effect_without_recompiling(tiny):
+  a = Eagle.untrained(tiny, seed=1)
+  ga = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=a)
+  traces = decode.TRACES
+  b = Eagle.untrained(tiny, seed=2, noise=0.5)
+  gb = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=b)
+  assert decode.TRACES == traces and gb.token_ids == ga.token_ids
+  assert ga.target_forwards != gb.target_forwards
+
+
+# ------------------------------------------------------------------ the tree
+
+def _committed_draft(t, p, seq):
+  """The draft over one committed sequence seq [n+1] (root = seq[n]): its cache (k, v [n, KVH, D]) and
+  the output at the last entry, with the target's features from a plain causal forward."""
+  n = len(seq) - 1
+  out = t.model(jnp.asarray([seq[:-1]]), jnp.arange(n)[None], None, causal_mask(1, n))
+  f = t.model.norm(out.hidden).astype(jnp.float32)
+  e = t.model.embed_tokens(jnp.asarray([seq[1:]])).astype(jnp.float32)
+  g, k, v = eagle.entries(t.cfg, p, e, f, jnp.arange(n)[None], eagle.causal(1, n))
+  return g[0, -1], k[0], v[0]
+
+
+def _path_logprob(t, p, seq, path_tokens, head_w):
+  """log p of each token along a path after the committed seq, the draft run one entry at a time
+  over the path (each entry's feature: the previous entry's output)."""
+  g, kc, vc = _committed_draft(t, p, seq)
+  n = kc.shape[0]
+  total, out = 0.0, []
+  f = g
+  for j, y in enumerate(path_tokens):
+    total += float(jax.nn.log_softmax(jnp.dot(f, head_w))[y])
+    out.append(total)
+    if j + 1 == len(path_tokens):
+      break
+    e = t.model.embed_tokens(jnp.asarray([[y]])).astype(jnp.float32)
+    T = kc.shape[0]
+    g, k, v = eagle.entries(t.cfg, p, e, f[None, None], jnp.asarray([[n + j]]), eagle.causal(1, 1),
+                            (kc[None], vc[None]), jnp.ones((1, 1, T), bool))
+    kc, vc = jnp.concatenate([kc, k[0]]), jnp.concatenate([vc, v[0]])
+    f = g[0, 0]
+  return out
+
+
+@pytest.mark.parametrize("depth,top_k,nodes", [(4, 3, 12), (3, 4, 40), (5, 2, 7)])
+def test_tree_expansion_equals_the_draft_along_each_path(depth, top_k, nodes):
+  """Every node's cumulative log-probability from the batched per-depth expansion (tree attention
+  among frontier entries) equals running the draft along that node's own path, and every node is
+  one of its parent's top_k children."""
+  t = tiny_target(seed=2, scale=4.0)
+  p = {k: jnp.asarray(v) for k, v in eagle.initial(t, seed=3, noise=0.3).items()}
+  rng = np.random.default_rng(depth)
+  seqs = [rng.integers(0, t.cfg.vocab, L).tolist() for L in (6, 9, 4)]
+  B, S = len(seqs), 16
+  kc = np.zeros((B, S, t.cfg.kv_heads, t.cfg.head_dim), np.float32)
+  vc = np.zeros_like(kc)
+  gs = []
+  for b, sq in enumerate(seqs):
+    g, k, v = _committed_draft(t, p, sq)
+    kc[b, :k.shape[0]], vc[b, :k.shape[0]] = k, v
+    kc[b, k.shape[0]:] = 7.0                   # garbage past the committed length must be invisible
+    gs.append(g)
+  head_w = jnp.asarray(t.model.head_weight(), jnp.float32)
+  length = jnp.asarray([len(s) - 1 for s in seqs], jnp.int32)
+  root = jnp.asarray([s[-1] for s in seqs], jnp.int32)
+  tok, parent, joint = eagle.grow(t.cfg, p, lambda g: jax.nn.log_softmax(jnp.dot(g, head_w), -1),
+                                  lambda i: (i, t.model.embed_tokens(i).astype(jnp.float32)), jnp.stack(gs), root,
+                                  jnp.asarray(kc), jnp.asarray(vc), length, depth=depth, top_k=top_k, nodes=nodes)
+  tok, parent, joint = map(np.asarray, (tok, parent, joint))
+  assert tok.shape[1] == 1 + min(nodes, eagle.pool_size(depth, top_k))
+  for b, sq in enumerate(seqs):
+    assert (parent[b, 1:] >= 0).all() and all(parent[b, j] < j for j in range(1, tok.shape[1]))
+    for j in range(1, tok.shape[1]):
+      path, a = [], j
+      while a > 0:
+        path.append(a)
+        a = parent[b, a]
+      path = path[::-1]
+      assert len(path) <= depth
+      want = _path_logprob(t, p, sq, [int(tok[b, i]) for i in path], head_w)
+      np.testing.assert_allclose(joint[b, j], want[-1], rtol=1e-4, atol=1e-4)
+  # EAGLE-2's global rerank: the kept nodes are the `nodes` most likely of the whole drafted pool.
+  everything = np.asarray(eagle.grow(t.cfg, p, lambda g: jax.nn.log_softmax(jnp.dot(g, head_w), -1),
+                                     lambda i: (i, t.model.embed_tokens(i).astype(jnp.float32)), jnp.stack(gs), root,
+                                     jnp.asarray(kc), jnp.asarray(vc), length, depth=depth, top_k=top_k,
+                                     nodes=10_000)[2])
+  assert everything.shape[1] == 1 + eagle.pool_size(depth, top_k)
+  n = tok.shape[1] - 1
+  want = -np.sort(-everything[:, 1:], 1)[:, :n]
+  np.testing.assert_allclose(-np.sort(-joint[:, 1:], 1), want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the draft cache holds the committed path
+
+@dataclasses.dataclass(frozen=True)
+class Checked(Eagle):
+  """Eagle that, after every update, compares its draft cache and last output with the draft
+  recomputed from scratch over the committed sequence (fresh causal target features), and sends
+  the largest difference and the committed counts to the host."""
+  break_path: bool = False
+  name = "eagle-checked"
+
+  def update(self, m, state, ctx, step):
+    if self.break_path:          # a wrong cache: the first nodes of the tree instead of the accepted path
+      acc = dataclasses.replace(step.acceptance, path=jnp.broadcast_to(jnp.arange(step.acceptance.path.shape[1]),
+                                                                        step.acceptance.path.shape))
+      step = dataclasses.replace(step, acceptance=acc)
+    new = super().update(m, state, ctx, step)
+    B, S = ctx.tokens.shape
+    out = m.target(ctx.tokens, jnp.broadcast_to(jnp.arange(S), (B, S)), None, causal_mask(B, S))
+    ref = super().init(m, Context(ctx.tokens, ctx.root, ctx.root + 1, ctx.done), Prefill(out.hidden[:, :-1], {}))
+    live = (jnp.arange(S)[None, :] < ctx.root[:, None])[..., None, None]
+    err = jnp.maximum(jnp.max(jnp.where(live, jnp.abs(new["k"] - ref["k"]), 0.0)),
+                      jnp.max(jnp.where(live, jnp.abs(new["v"] - ref["v"]), 0.0)))
+    err = jnp.maximum(err, jnp.max(jnp.abs(new["g"] - ref["g"])))
+    jax.debug.callback(lambda e, c: self.log.append((float(e), np.asarray(c))), err, step.committed)
+    return new
+
+  @property
+  def log(self):
+    return _LOG
+
+
+_LOG = []
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_draft_cache_after_each_step_is_the_draft_over_the_committed_sequence(tiny, broken):
+  d = Checked.untrained(tiny, seed=4, noise=0.02, depth=4, top_k=3, nodes=8, break_path=broken)
+  _LOG.clear()
+  g = specjax.generate(tiny, PROMPTS, max_new_tokens=30, drafter=d)
+  assert g.token_ids == specjax.generate(tiny, PROMPTS, max_new_tokens=30).token_ids
+  errs = np.array([e for e, _ in _LOG])
+  committed = np.concatenate([c for _, c in _LOG])
+  assert len(errs) >= 5 and (committed >= 2).sum() >= 3          # steps that accepted drafted tokens
+  if broken:
+    assert errs.max() > 1e-2                                     # the check sees a cache of the wrong nodes
+  else:
+    assert errs.max() < 1e-3, errs.max()
+
+
+# ------------------------------------------------------------------ training
+
+CFG = dict(drafter="eagle", steps=30, batch=4, lr=1e-2, warmup=3, eval_every=15, save_every=10, draft_vocab=32,
+           nodes=8, eval_positions=256)
+
+
+def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_path):
+  t, train, held = tiny_full
+  c = loop.TrainConfig(**CFG).resolved()
+  recipe = loop.EagleRecipe(t, train, held, c)
+  batch = recipe.batch(np.arange(8), 0)
+  before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  after = float(recipe.loss(d.params["p"].get_value(), recipe.consts, batch)[0])
+  assert after < 0.8 * before
+  assert summary["tau"] > 1.3 and summary["top1"][0] > 0.3
+  assert set(summary["tau_by_nodes"]) == {"/".join(map(str, b)) for b in recipe.BUDGETS}
+  base = specjax.generate(t, PROMPTS, max_new_tokens=30)
+  g = specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d)
+  assert g.token_ids == base.token_ids
+  assert sum(g.new_tokens) / sum(g.target_forwards) > 1.3        # the trained draft is accepted when decoding
+
+
+def test_loss_targets_the_next_feature_and_token_and_noises_the_input(tiny_full, monkeypatch):
+  """EAGLE-1's loss at entry t: SmoothL1 against f_{t+1} plus 0.1 x the soft cross-entropy against
+  the target's distribution at t+1. A draft whose output is exactly f_{t+1} has only the token term
+  left (computed here in numpy); one that outputs f_t does not. The input noise is U(-0.1, 0.1)."""
+  from specjax.models.llama import rms_norm
+  t, train, held = tiny_full
+  recipe = loop.EagleRecipe(t, train, held, loop.TrainConfig(**CFG).resolved())
+  p = recipe.init()
+  batch = recipe.batch(np.arange(4), 0)
+  assert 0.09 < float(jnp.abs(batch["noise"]).max()) <= 0.1
+  quiet = dict(batch, noise=jnp.zeros_like(batch["noise"]))
+  assert float(recipe.loss(p, recipe.consts, batch)[0]) != float(recipe.loss(p, recipe.consts, quiet)[0])
+  f = np.asarray(rms_norm(batch["h"], recipe.consts["norm_w"], t.cfg.norm_eps))
+  f_next = np.concatenate([f[:, 1:], f[:, -1:]], 1)
+  logits = f_next.astype(np.float64) @ np.asarray(recipe.consts["head_w"], np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+  idx, pr, valid = (np.asarray(batch[k]) for k in ("top_idx", "top_p", "valid"))
+  ce = -np.where(idx >= 0, pr * np.take_along_axis(logp, np.maximum(idx, 0), -1), 0).sum(-1)
+  want = 0.1 * ce[valid].mean()
+  monkeypatch.setattr(eagle, "sequence_outputs", lambda cfg, p, e, f_in, nxt: (jnp.asarray(f_next), None, None))
+  np.testing.assert_allclose(float(recipe.loss(p, recipe.consts, batch)[0]), want, rtol=1e-4)
+  monkeypatch.setattr(eagle, "sequence_outputs", lambda cfg, p, e, f_in, nxt: (jnp.asarray(f), None, None))
+  assert float(recipe.loss(p, recipe.consts, batch)[0]) > want + 1e-3
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tiny_full, tmp_path):
+  t, train, held = tiny_full
+  c = loop.TrainConfig(**dict(CFG, steps=20, eval_every=20))
+  whole, _ = loop.fit(t, train, held, c, tmp_path / "a", progress=False, log=lambda m: None)
+  loop.fit(t, train, held, c, tmp_path / "b", stop_after=10, progress=False, log=lambda m: None)
+  resumed, _ = loop.fit(t, train, held, c, tmp_path / "b", progress=False, log=lambda m: None)
+  a, b = whole.params["p"].get_value(), resumed.params["p"].get_value()
+  assert set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def test_checkpoint_round_trip_loads_by_name_and_refuses_other_targets(tmp_path):
+  import ml_dtypes
+  from specjax.io import checkpoint
+  t = tiny_target(seed=1, scale=8.0)
+  d = Eagle.untrained(t, seed=2, draft_vocab=16, depth=3, top_k=3, nodes=5)
+  tensors, meta = d.to_checkpoint()
+  path = checkpoint.save(tmp_path / "eagle.safetensors", tensors,
+                         {"drafter": meta, "target": checkpoint.target_info(t), "training": {}})
+  loaded = registry.make(f"eagle:{path}")
+  assert loaded.name == "eagle" and loaded.draft_vocab == 16
+  assert (loaded.depth, loaded.top_k, loaded.nodes) == (Eagle().depth, Eagle().top_k, Eagle().nodes)   # the budget is the decoder's
+  a, b = d.params["p"].get_value(), loaded.params["p"].get_value()
+  assert set(a) == set(b)
+  for k in a:                                          # stored in bfloat16, exactly
+    want = np.asarray(a[k]).astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.array_equal(np.asarray(b[k]), want), k
+  prompts = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 21]]
+  base = specjax.generate(t, prompts, max_new_tokens=20)
+  assert specjax.generate(t, prompts, max_new_tokens=20, drafter=f"eagle:{path}", nodes=3).token_ids == base.token_ids
+  with pytest.raises(ValueError, match="trained for another target"):
+    specjax.generate(tiny_target(seed=9, scale=8.0), [[1, 2, 3]], max_new_tokens=4, drafter=f"eagle:{path}")
+  with pytest.raises(ValueError, match="holds a"):
+    registry.make(f"clover2:{path}")
+  with pytest.raises(ValueError, match="no option"):
+    registry.make(f"eagle:{path}", dims=(1,))
+  with pytest.raises(ValueError, match="top_k must be a positive integer"):
+    registry.make(f"eagle:{path}", top_k=0)
+  with pytest.raises(ValueError, match="exceeds the draft vocabulary"):
+    registry.make(f"eagle:{path}", top_k=17)
+  with pytest.raises(ValueError, match="do not fit"):            # sizes are checked without a recorded target too
+    specjax.generate(tiny_target(seed=0, hidden=48, heads=6, kv_heads=2), [[1, 2]],
+                     drafter=dataclasses.replace(Eagle.untrained(t), trained_for=""))
+
+
+# ------------------------------------------------------------------ EAGLE-3
+
+@pytest.fixture(scope="module")
+def tiny4():
+  return tiny_target(seed=1, scale=8.0, eos_id=17, layers=4)
+
+
+@pytest.mark.parametrize("config", [dict(draft_vocab=24), dict(depth=3, top_k=2, nodes=5)])
+def test_eagle3_random_weights_are_lossless_through_the_captured_layers(tiny4, config):
+  d = Eagle3.untrained(tiny4, seed=4, noise=0.3, **config)
+  assert d.capture == (1, 1, 0)
+  for batch, max_new in ((PROMPTS, 33), (PROMPTS[1:2], 9)):
+    base = specjax.generate(tiny4, batch, max_new_tokens=max_new)
+    g = specjax.generate(tiny4, batch, max_new_tokens=max_new, drafter=d)
+    assert g.token_ids == base.token_ids
+
+
+def _unroll_case(steps=3, L=9, B=2, seed=0):
+  t = tiny_target(seed=2, scale=4.0, layers=4)
+  p = {k: jnp.asarray(v) for k, v in eagle.initial(t, seed=3, noise=0.3, three=True).items()}
+  rng = np.random.default_rng(seed)
+  f0 = jnp.asarray(rng.normal(size=(B, L, t.cfg.hidden)), jnp.float32)
+  nxt = jnp.asarray(rng.integers(0, t.cfg.vocab, (B, L)), jnp.int32)
+  return t, p, f0, nxt, jnp.asarray(t.model.embed[...], jnp.float32)
+
+
+def test_training_time_test_step_i_reads_the_drafts_own_step_i_minus_1_output():
+  """Each unrolled step equals the draft run as decoding runs it: after the committed entries up
+  to t (step 0, the target's features), a chain of entries at positions t+1, t+2, ... whose feature
+  is the previous entry's OUTPUT (not the target's feature at that position)."""
+  steps, L = 3, 9
+  t, p, f0, nxt, embed_w = _unroll_case(steps, L)
+  outs = eagle.unroll(t.cfg, p, embed_w, f0, nxt, steps)
+  B = f0.shape[0]
+  _, k0, v0 = eagle.entries(t.cfg, p, embed_w[nxt], f0, jnp.broadcast_to(jnp.arange(L), (B, L)), eagle.causal(B, L))
+  for b in range(B):
+    for pos in range(L - steps + 1):
+      kc, vc = k0[b:b + 1, :pos + 1], v0[b:b + 1, :pos + 1]
+      f = outs[0][b:b + 1, pos:pos + 1]
+      own, teacher = [], []
+      for i in range(1, steps):
+        e = embed_w[nxt[b:b + 1, pos + i:pos + i + 1]]
+        args = (jnp.asarray([[pos + i]]), eagle.causal(1, 1), (kc, vc), jnp.ones((1, 1, kc.shape[1]), bool))
+        g, k, v = eagle.entries(t.cfg, p, e, f, *args)
+        # Had step i read the target's feature at that position instead, it would differ.
+        teacher.append(eagle.entries(t.cfg, p, e, f0[b:b + 1, pos + i:pos + i + 1], *args)[0])
+        own.append(g)
+        kc, vc = jnp.concatenate([kc, k], 1), jnp.concatenate([vc, v], 1)
+        f = g
+      for i in range(1, steps):
+        np.testing.assert_allclose(outs[i][b, pos], own[i - 1][0, 0], rtol=2e-4, atol=2e-4)
+        assert not np.allclose(outs[i][b, pos], teacher[i - 1][0, 0], rtol=1e-2, atol=1e-2)
+
+
+def test_training_time_test_loss_weights_steps_and_trains():
+  """The loss is sum_i 0.8^i CE_i with step i scored against the target at t+1+i, and gradient
+  steps through the unroll lower it."""
+  import optax
+  steps, L = 3, 9
+  t, p, f0, nxt, embed_w = _unroll_case(steps, L)
+  rng = np.random.default_rng(1)
+  B, H = f0.shape[0], t.cfg.hidden
+  layers = jnp.asarray(rng.normal(size=(B, L, 3, H)), jnp.float32)
+  top_idx = jnp.asarray(np.concatenate([rng.integers(0, t.cfg.vocab, (B, L, 1)), np.full((B, L, 7), -1)], -1), jnp.int32)
+  batch = dict(layers=layers, nxt=nxt, valid=jnp.ones((B, L), bool), top_idx=top_idx,
+               top_p=jnp.asarray(np.concatenate([np.ones((B, L, 1)), np.zeros((B, L, 7))], -1), jnp.float32))
+  consts = dict(embed=embed_w, head_w=jnp.asarray(t.model.head_weight(), jnp.float32))
+  loss, acc = eagle.ttt_loss(t.cfg, p, consts, batch, steps=steps)
+  assert acc.shape == (steps,)
+  outs = eagle.unroll(t.cfg, p, embed_w, eagle.fuse(t.cfg, p, layers), nxt, steps)
+  want = 0.0
+  for i, g in enumerate(outs):
+    logp = np.asarray(jax.nn.log_softmax(eagle.head_input(t.cfg, p, g) @ consts["head_w"], -1))
+    lab = np.asarray(top_idx[:, i:, 0])                               # the target's token at t+1+i
+    want += 0.8 ** i * -np.take_along_axis(logp[:, :L - i], lab[..., None], -1).mean()
+  np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+  opt = optax.adam(1e-2)
+  state = opt.init(p)
+  grad = jax.jit(jax.grad(lambda q: eagle.ttt_loss(t.cfg, q, consts, batch, steps=steps)[0]))
+  for _ in range(40):
+    upd, state = opt.update(grad(p), state)
+    p = optax.apply_updates(p, upd)
+  assert float(eagle.ttt_loss(t.cfg, p, consts, batch, steps=steps)[0]) < 0.7 * float(loss)
+
+
+def test_eagle3_checkpoint_keeps_its_layers(tmp_path, tiny4):
+  from specjax.io import checkpoint
+  d = Eagle3.untrained(tiny4, seed=2, draft_vocab=16)
+  tensors, meta = d.to_checkpoint()
+  path = checkpoint.save(tmp_path / "eagle3.safetensors", tensors,
+                         {"drafter": meta, "target": checkpoint.target_info(tiny4), "training": {}})
+  loaded = registry.make(f"eagle3:{path}")
+  assert loaded.fuse == d.fuse and loaded.capture == d.capture and set(loaded.params["p"].get_value()) == set(d.shapes())
+  base = specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16)
+  assert specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16, drafter=loaded).token_ids == base.token_ids
+  with pytest.raises(ValueError, match="holds a"):
+    registry.make(f"eagle:{path}")
+  with pytest.raises(ValueError, match="fused layers"):
+    dataclasses.replace(loaded, fuse=(1, 2, 9), trained_for="").check_target(tiny4)
+
+
+@pytest.fixture(scope="module")
+def tiny_layers(tiny_distilled):
+  """Full features of the tiny target's own answers with EAGLE-3's layers captured."""
+  t, seqs, d = tiny_distilled
+  cap = eagle.fuse_layers(t.cfg.layers)
+  train = data_lib.features(t, seqs[:32], d / "layers-train", shard_size=8, full=True, capture=cap, progress=False)
+  held = data_lib.features(t, seqs[32:], d / "layers-held", shard_size=8, full=True, capture=cap, progress=False)
+  return t, train, held, seqs
+
+
+def test_captured_features_are_the_target_layers(tiny_layers):
+  t, train, _, seqs = tiny_layers
+  cap = eagle.fuse_layers(t.cfg.layers)
+  ids = seqs[0]["prompt"] + seqs[0]["answer"]
+  out = t.model(jnp.asarray([ids]), jnp.arange(len(ids))[None], None, causal_mask(1, len(ids)), capture=cap)
+  first = train.seq == 0                                      # seqs[0]
+  assert train.layers.shape == (len(train), 3, t.cfg.hidden)
+  for j, i in enumerate(cap):
+    np.testing.assert_allclose(np.asarray(train.layers[first, j], np.float32), np.asarray(out.layer_hidden[i][0]),
+                               rtol=1e-2, atol=1e-2)           # stored in bfloat16
+
+
+def test_eagle3_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_layers, tmp_path):
+  t, train, held, _ = tiny_layers
+  c = loop.TrainConfig(**dict(CFG, drafter="eagle3", heads=3)).resolved()
+  recipe = loop.RECIPES["eagle3"](t, train, held, c)
+  assert recipe.capture_for(t.cfg) == eagle.fuse_layers(t.cfg.layers)
+  batch = recipe.batch(np.arange(8), 0)
+  before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  after = float(recipe.loss(d.params["p"].get_value(), recipe.consts, batch)[0])
+  assert isinstance(d, Eagle3) and d.capture == eagle.fuse_layers(t.cfg.layers)
+  # The starting draft (the target's last layer over its fused high layer) already predicts well: a
+  # smaller relative drop than EAGLE-1's.
+  assert after < 0.95 * before and summary["tau"] > 1.3
+  base = specjax.generate(t, PROMPTS, max_new_tokens=30)
+  assert specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d).token_ids == base.token_ids
+  with pytest.raises(ValueError, match="captured layers"):
+    loop.RECIPES["eagle3"](t, *loop_features_without_layers(tiny_layers), c)
+
+
+def loop_features_without_layers(tiny_layers):
+  _, train, held, _ = tiny_layers
+  return dataclasses.replace(train, layers=None), held
