@@ -11,7 +11,7 @@ import os
 import pathlib
 
 from specjax.drafters.base import NoDrafter
-from specjax.protocol import Drafter
+from specjax.protocol import Drafter, check_option_types
 
 _NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
                 "version", "fuse"}
@@ -72,6 +72,7 @@ def make(drafter, **options) -> Drafter:
     if unknown:
       raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
     if kind in TRAINED:
+      check_option_types(cls(**options))        # wrong option types are refused before any file is read
       drafter = load_trained(drafter, **options)
     else:
       if drafter != kind:
