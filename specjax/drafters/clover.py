@@ -235,8 +235,8 @@ class Clover(flat.FlatDrafter):
   heads: int = 4                # tree depth: regressive steps
   aug_layers: int = 1
   # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
-  # Xeon (benchmarks/clover_cost.py): a 7-node verify costs about 1.25x a one-token step and the
-  # estimated speedup is flat from 4 to 6 nodes and falls beyond; accelerators want 20-64.
+  # Xeon (benchmarks/clover_cost.py): a 7-node verify costs 1.3-1.4x a one-token step and the
+  # estimated speedup peaks at 6 nodes and falls beyond; accelerators want 20-64.
   nodes: int = 6
   width: int = 4                # frontier nodes expanded per depth
   children: int = 4             # most children a node may take
