@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
   t.add_argument("--feature-batch-tokens", type=_positive_int, default=4096)
+  t.add_argument("--eval-every", type=_positive_int, default=500, help="held-out evaluation every N steps (and at the end)")
+  t.add_argument("--max-seconds", type=float, default=None,
+                 help="stop early after this long training (checkpointed; rerun without it to continue)")
   t.add_argument("--resume", action="store_true", help="continue a run in OUT (also what rerunning does)")
   t.add_argument("--overwrite", action="store_true", help="discard a run in OUT and start again")
   t.add_argument("--no-progress", action="store_true")
@@ -406,7 +409,7 @@ def cmd_train(a) -> int:
                 overwrite=a.overwrite, progress=not a.no_progress, feature_batch_tokens=a.feature_batch_tokens,
                 log=lambda m: print(m, file=sys.stderr, flush=True),
                 steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, layers=a.layers, draft_vocab=a.draft_vocab,
-                nodes=a.nodes)
+                nodes=a.nodes, eval_every=a.eval_every, max_seconds=a.max_seconds)
   return 0
 
 

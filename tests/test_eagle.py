@@ -422,13 +422,14 @@ def loop_features_without_layers(tiny_layers):
 
 # ------------------------------------------------------------------ the shipped checkpoint, on the default model
 
-def test_shipped_checkpoint_is_lossless_on_default_model(default_target):
+@pytest.mark.parametrize("name", ["eagle", "eagle3"])
+def test_shipped_checkpoint_is_lossless_on_default_model(default_target, name):
   from test_clover import REAL_PROMPTS
-  d = registry.make("eagle")
+  d = registry.make(name)
   assert d.trained_for and d.draft_vocab == 4096
   for n, opts in ((1, {}), (4, {}), (4, dict(depth=6, top_k=6, nodes=24))):
     base = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48)
-    g = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48, drafter="eagle", **opts)
+    g = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48, drafter=name, **opts)
     assert g.token_ids == base.token_ids
   assert len(specjax.api.encode_prompts(default_target, REAL_PROMPTS[2:3], True)[0]) > 64
   assert sum(g.new_tokens) / sum(g.target_forwards) > 1.3      # the trained draft is accepted

@@ -321,7 +321,7 @@ def test_every_registered_drafter_type_checks_its_options():
         with pytest.raises(ValueError, match=rf"{name}: option {f.name} must be"):
           registry.make(name, **{f.name: v})
       # The default as a numpy scalar is accepted (checked on the class: trained drafters without a
-      # shipped checkpoint, e.g. eagle3, cannot be made by name, but refuse bad types before reading files).
+      # shipped checkpoint, e.g. clover, cannot be made by name, but refuse bad types before reading files).
       check_option_types(cls(**{f.name: (np.int64 if kind is int else np.bool_)(f.default)}))
       checked += 1
   assert checked >= 10

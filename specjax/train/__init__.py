@@ -34,7 +34,10 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
     if len(seqs) < len(items) and m == "distill":
       raise RuntimeError(f"only {len(seqs)} of {len(items)} sequences were made; rerun to resume")
     kind = ("-full" if full else "") + ("-layers" + "-".join(map(str, capture)) if capture else "")
-    out.append(data_lib.features(target, seqs, root / f"features{kind}-{tag}" / ("heldout" if held else "train"),
+    where = root / f"features{kind}-{tag}"
+    if not capture:             # features made with captured layers hold everything else too: reuse them
+      where = next(iter(sorted(root.glob(f"features{kind}-layers*-{tag}"))), where)
+    out.append(data_lib.features(target, seqs, where / ("heldout" if held else "train"),
                                  batch_tokens=feature_batch_tokens, full=full, capture=capture, progress=progress))
   return tuple(out)
 
@@ -42,6 +45,7 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
 def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill", max_prompts: int = 2000,
                   heldout_prompts: int = 100, answer_tokens: int = 256, sequences_file=None, prompts_dir=None,
                   gen_batch: int = 16, feature_batch_tokens: int = 4096, overwrite: bool = False, stop_after: int | None = None,
+                  max_seconds: float | None = None,
                   progress: bool = True, log=print, **config):
   """Trains a drafter for `target` and writes OUT/<drafter>.safetensors (bfloat16, with metadata).
 
@@ -69,7 +73,8 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
                              capture=loop.RECIPES[drafter].capture_for(target.cfg), progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
-  d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, progress=progress, log=log)
+  d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, max_seconds=max_seconds,
+                        progress=progress, log=log)
   tensors, dmeta = d.to_checkpoint()
   meta = {"drafter": dmeta, "target": checkpoint.target_info(target),
           "training": {"data": data, "prompts": max_prompts, "heldout_prompts": heldout_prompts,
@@ -77,5 +82,5 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                        "config": dataclasses.asdict(c), "eval": {k: v for k, v in summary.items() if k != "table"}}}
   path = checkpoint.save(out / f"{drafter}.safetensors", tensors, meta)
   log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): held-out top1 {[round(x, 3) for x in summary['top1']]}, "
-      f"tau {summary['tau']:.3f} at {c.nodes} nodes")
+      f"tau {summary['tau']:.3f} at {summary['tree_nodes']} nodes")
   return d, summary

@@ -217,6 +217,14 @@ def _feature_fn(graphdef, capture=()):
   return jax.jit(f)
 
 
+def _holds(f: pathlib.Path, fields) -> bool:
+  """Whether shard `f` exists with every field (a shard made without captured layers is remade with them)."""
+  if not f.exists():
+    return False
+  with np.load(f, allow_pickle=False) as z:
+    return set(fields) <= set(z.files)
+
+
 def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens: int = 4096,
              shard_size: int = 128, full: bool = False, capture: tuple = (), progress: bool = True) -> Features:
   """Target features of every sequence, computed in shards of `shard_size` sequences saved as .npz
@@ -235,7 +243,7 @@ def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens:
     # Named by content: a different selection of sequences never reuses a stale shard.
     key = hashlib.sha1(json.dumps([[r["id"], len(r["prompt"]), len(r["answer"])] for r in chunk]).encode()).hexdigest()[:10]
     f = directory / f"shard_{s // shard_size:05d}_{key}.npz"
-    if not f.exists():
+    if not _holds(f, fields):
       cols = {k: [] for k in fields}
       lens = [len(r["prompt"]) + len(r["answer"]) for r in chunk]
       groups, cur = [], []

@@ -165,9 +165,12 @@ def summarize(held_ranks: np.ndarray, train_ranks: np.ndarray, nodes: int) -> di
 
 
 def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: int | None = None,
-        progress: bool = True, log=print):
+        max_seconds: float | None = None, progress: bool = True, log=print):
   """Trains, checkpointing to out/state (orbax) and resuming from it; returns (drafter, summary).
-  stop_after: return after that many steps of this call (what a crash after a checkpoint leaves)."""
+  stop_after: return after that many steps of this call (what a crash after a checkpoint leaves).
+  max_seconds: stop early once this call has trained that long (a lent accelerator's time box),
+  checkpointing and evaluating where it stopped; the learning-rate schedule stays that of `steps`,
+  so rerunning without it continues the same run."""
   import orbax.checkpoint as ocp
   from tqdm import tqdm
 
@@ -203,19 +206,24 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: i
   end = c.steps if stop_after is None else min(c.steps, start + stop_after)
   bar = tqdm(range(start, end), initial=start, total=c.steps, disable=not progress, desc=f"train {c.drafter}",
              mininterval=2.0)
-  t0, seen, summary = time.perf_counter(), 0, None
+  t0, seen, summary, cut = time.perf_counter(), 0, None, None
   log_path = out / "log.jsonl"
   for s in bar:
+    if s >= end:
+      break
     params, opt_state, loss, acc = step_fn(params, opt_state, recipe.batch(batch_indices(recipe.units, s, c.batch, c.seed), s))
     seen += c.batch
     done = s + 1
+    if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < end:
+      log(f"stopping at step {done} of {c.steps}: --max-seconds {max_seconds:g} reached")
+      end = cut = done
     if done % 20 == 0 or done == end:
       accs = " ".join(f"{a:.2f}" for a in np.asarray(acc))
       bar.set_postfix_str(f"loss {float(loss):.3f} top1 [{accs}] {seen / (time.perf_counter() - t0):.1f} units/s")
-    if done % c.save_every == 0 or done == c.steps:
+    if done % c.save_every == 0 or done in (c.steps, cut):
       mngr.save(done, args=ocp.args.StandardSave({"params": params, "opt": opt_state}))
       mngr.wait_until_finished()
-    if done % c.eval_every == 0 or done == c.steps:
+    if done % c.eval_every == 0 or done in (c.steps, cut):
       summary = recipe.summarize(params)
       row = {"step": done, "loss": float(loss), "top1": summary["top1"], "top5": summary["top5"], "tau": summary["tau"],
              "tau_by_nodes": summary["tau_by_nodes"], "wall_s": time.perf_counter() - t0}

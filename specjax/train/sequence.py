@@ -44,6 +44,13 @@ def _accepted(tok, parent, truth) -> np.ndarray:
   return np.where(ok, depth, 0).max(1)
 
 
+@jax.jit
+def _gather(a, idx):
+  """a [N, ...], idx [B, L] (-1: padding) -> [B, L, ...] float32, zero at padding."""
+  x = jnp.take(a, jnp.maximum(idx, 0), axis=0).astype(jnp.float32)
+  return jnp.where((idx >= 0).reshape(idx.shape + (1,) * (x.ndim - 2)), x, 0.0)
+
+
 class SequenceRecipe:
   """Drafters trained on whole sequences (full features: the prompt's positions too), a batch being
   `batch` sequences padded to a multiple of `bucket`: Clover's augmenting block and EAGLE's draft
@@ -69,6 +76,20 @@ class SequenceRecipe:
     if self.units < c.batch:
       raise ValueError(f"only {self.units} training sequences, fewer than a batch of {c.batch}")
     self._eval_fns = {}
+    self._on_device = {}
+
+  def rows(self, feat, name: str, rows, L: int) -> jax.Array:
+    """[B, L, ...] float32: feature `name` ("hidden" or "layers") of the sequences `rows` ((start,
+    end) pairs), zero past each row's end. Gathered on the device from a copy of the feature kept
+    there (bfloat16), so a step moves only indices: on an accelerator the host's copying and
+    converting of [B, L, H] floats was most of a step."""
+    key = (id(feat), name)
+    if key not in self._on_device:
+      self._on_device[key] = jnp.asarray(getattr(feat, name))
+    idx = np.full((len(rows), L), -1, np.int32)
+    for b, (s, e) in enumerate(rows):
+      idx[b, :e - s] = np.arange(s, e)
+    return _gather(self._on_device[key], jnp.asarray(idx))
 
   def padded(self, rows) -> int:
     """The padded length of a batch of (start, end) rows: the longest rounded up to `bucket`, so few shapes compile."""
@@ -105,13 +126,12 @@ class CloverRecipe(SequenceRecipe):
     K = self.c.heads
     L = length or self.padded(rows)
     B, H = len(rows), feat.hidden.shape[1]
-    out = dict(h=np.zeros((B, L, H), np.float32), nxt=np.zeros((B, L), np.int32), length=np.zeros(B, np.int32),
+    out = dict(nxt=np.zeros((B, L), np.int32), length=np.zeros(B, np.int32),
                sel=np.zeros((B, P), np.int32), ys=np.zeros((B, P, K), np.int32), valid=np.zeros((B, P, K), bool),
                tgt=np.zeros((B, P, K), np.int32), top_idx=np.full((B, P, K, 8), -1, np.int32),
                top_p=np.zeros((B, P, K, 8), np.float32))
     for b, (s, e) in enumerate(rows):
       n = e - s
-      out["h"][b, :n] = np.asarray(feat.hidden[s:e], np.float32)
       out["nxt"][b, :n - 1] = feat.token[s + 1:e]
       out["length"][b] = n
       cand = np.flatnonzero((feat.pos[s:e] >= 0) & (np.arange(n) + 1 < n))
@@ -127,7 +147,7 @@ class CloverRecipe(SequenceRecipe):
       ids = feat.top_ids[s + tc]
       out["top_idx"][b, :m] = np.where(ok[..., None], self.index[ids], -1)
       out["top_p"][b, :m] = np.asarray(feat.top_p[s + tc], np.float32)
-    return {k: jnp.asarray(v) for k, v in out.items()}
+    return {"h": self.rows(feat, "hidden", rows, L), **{k: jnp.asarray(v) for k, v in out.items()}}
 
   def batch(self, units, step):
     rng = np.random.default_rng([self.c.seed, 7, step])
@@ -225,30 +245,30 @@ class EagleRecipe(SequenceRecipe):
       return self.eg.fuse(self.target.cfg, p, batch["layers"])
     return rms_norm(batch["h"], self.consts["norm_w"], self.target.cfg.norm_eps)
 
-  def _arrays(self, feat, rows, L, noise_rng=None):
-    """h [B, L, H], nxt [B, L], noise [B, L, H], valid [B, L] (entry t: t+1 is an answer position in
-    the sequence), top_idx, top_p [B, L, 8] the target's distribution at t+1 (draft-vocab indices)."""
-    B, H = len(rows), feat.hidden.shape[1]
-    out = dict(h=np.zeros((B, L, H), np.float32), nxt=np.zeros((B, L), np.int32), valid=np.zeros((B, L), bool),
+  def _arrays(self, feat, rows, L):
+    """h [B, L, H] (EAGLE-1) or layers [B, L, C, H] (EAGLE-3), nxt [B, L], valid [B, L] (entry t:
+    t+1 is an answer position in the sequence), top_idx, top_p [B, L, 8] the target's distribution at
+    t+1 (draft-vocab indices)."""
+    B = len(rows)
+    out = dict(nxt=np.zeros((B, L), np.int32), valid=np.zeros((B, L), bool),
                top_idx=np.full((B, L, 8), -1, np.int32), top_p=np.zeros((B, L, 8), np.float32))
-    if self.three:
-      out["layers"] = np.zeros((B, L) + feat.layers.shape[1:], np.float32)
     for b, (s, e) in enumerate(rows):
       n = e - s
-      out["h"][b, :n] = np.asarray(feat.hidden[s:e], np.float32)
-      if self.three:
-        out["layers"][b, :n] = feat.layers[s:e]
       out["nxt"][b, :n - 1] = feat.token[s + 1:e]
       out["valid"][b, :n - 1] = feat.pos[s + 1:e] >= 0
       out["top_idx"][b, :n - 1] = self.index[feat.top_ids[s + 1:e]]
       out["top_p"][b, :n - 1] = np.asarray(feat.top_p[s + 1:e], np.float32)
-    out["noise"] = (np.zeros((B, L, H), np.float32) if noise_rng is None else
-                    ((noise_rng.random((B, L, H), np.float32) - 0.5) * self.noise))
-    return {k: jnp.asarray(v) for k, v in out.items()}
+    name = "layers" if self.three else "h"
+    return {name: self.rows(feat, "layers" if self.three else "hidden", rows, L),
+            **{k: jnp.asarray(v) for k, v in out.items()}}
 
   def batch(self, units, step):
     rows = [tuple(self.spans_train[u]) for u in units]
-    return self._arrays(self.train, rows, self.padded(rows), np.random.default_rng([self.c.seed, 7, step]))
+    out = self._arrays(self.train, rows, self.padded(rows))
+    if not self.three:                # EAGLE-1's input noise U(-noise/2, noise/2), drawn on the device
+      key = jax.random.fold_in(jax.random.key(self.c.seed), step)
+      out["noise"] = (jax.random.uniform(key, out["h"].shape) - 0.5) * self.noise
+    return out
 
   def loss(self, p, consts, batch):
     if self.three:
