@@ -47,6 +47,7 @@ def run_tiny():
               "eagle3": Eagle3.untrained(t, seed=4, draft_vocab=32), "self-spec": SelfSpec(exit_layer=1, gamma=2),
               "staged": Staged(exit_layer=1, gamma=2, lookup=2),
               "draft-model": DraftModel.from_target(tiny_target(seed=2, scale=10.0), gamma=2)}
+  only_on = {"self-spec": "data=2,model=4", "staged": "data=2,model=4", "draft-model": "data=2,model=4"}  # test time
   base = {n: api.generate(t, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids for n, d in drafters.items()}
   out = {}
   for name, kw in MESHES.items():
@@ -55,7 +56,7 @@ def run_tiny():
     model = Llama(t.cfg, w, shardings=rules.weight_shardings(rules.layout(mesh, t.cfg), weight_shapes(t.cfg)))
     placed = specjax.Target(model, t.tokenizer, t.cfg, "tiny", mesh)
     same = {n: api.generate(placed, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids == base[n]
-            for n, d in drafters.items()}
+            for n, d in drafters.items() if only_on.get(n, name) == name}
     out[name] = {"same": same, "shardings": observed(model, mesh)}
   return out
 
