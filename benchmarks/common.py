@@ -74,11 +74,14 @@ def draft_ms(t, d, ctx=256, S=512):
   c = Context(tokens, jnp.full((1,), ctx), jnp.full((1,), ctx - 100), jnp.zeros(1, bool))
   pre = Prefill(jnp.ones((1, ctx - 1, H), jnp.float32), {i: jnp.ones((1, ctx - 1, H), jnp.float32) for i in d.capture})
 
+  def models(tp, dp):
+    return Models(nnx.merge(gd, tp), None if d.graphdef is None else nnx.merge(d.graphdef, dp))
+
   def init(tp, dp):
-    return d.init(Models(nnx.merge(gd, tp), nnx.merge(d.graphdef, dp)), c, pre)
+    return d.init(models(tp, dp), c, pre)
 
   def propose(tp, dp, state):
-    return d.propose(Models(nnx.merge(gd, tp), nnx.merge(d.graphdef, dp)), state, c)[0].tokens
+    return d.propose(models(tp, dp), state, c)[0].tokens
 
   D = d.max_depth
   T = d.num_nodes
@@ -88,7 +91,7 @@ def draft_ms(t, d, ctx=256, S=512):
   c2 = Context(tokens, jnp.full((1,), ctx + D + 1), c.prompt_len, c.done)
 
   def update(tp, dp, state):
-    return d.update(Models(nnx.merge(gd, tp), nnx.merge(d.graphdef, dp)), state, c2, step)
+    return d.update(models(tp, dp), state, c2, step)
 
   state = jax.jit(init)(params, d.params)
   return best_ms(jax.jit(propose), params, d.params, state), best_ms(jax.jit(update), params, d.params, state)

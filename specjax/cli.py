@@ -131,6 +131,24 @@ def _option_value(s: str):
     return s
 
 
+def _add_draft_args(p):
+  p.add_argument("--draft-model", metavar="PATH", help="draft-model: the draft's GGUF / HF directory or 'default' "
+                 "(the same as -O model=PATH)")
+  p.add_argument("--exit-layer", type=_positive_int, metavar="K", help="self-spec, staged: draft with the target's "
+                 "first K layers (the same as -O exit_layer=K)")
+
+
+def _drafter_options(a) -> dict:
+  """-O KEY=VALUE options plus the --draft-model / --exit-layer shortcuts."""
+  out = _parse_options(a.drafter_option, qualified=False)
+  for flag, opt in (("draft_model", "model"), ("exit_layer", "exit_layer")):
+    if getattr(a, flag) is not None:
+      if opt in out:
+        raise ValueError(f"--{flag.replace('_', '-')} and -O {opt}=... both given; give one")
+      out[opt] = getattr(a, flag)
+  return out
+
+
 def _parse_options(items, *, qualified: bool) -> dict:
   """KEY=VALUE (generate) or DRAFTER.KEY=VALUE (bench); values are JSON when they parse, else strings."""
   out: dict = {}
@@ -176,11 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="encode special-token text in prompts (e.g. <|im_end|>) as special tokens; by default it is "
                  "plain text, so a prompt cannot forge chat turns")
   g.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
-  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead, medusa (shipped checkpoint), medusa:PATH")
+  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead, medusa (shipped checkpoint), medusa:PATH, "
+                 "draft-model, self-spec, staged")
   g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
                  help="default: greedy at temperature 0, else sample (lossless); typical is lossy")
   g.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE",
                  help="drafter option, e.g. -O num_tokens=8 (repeatable)")
+  _add_draft_args(g)
   g.add_argument("--batch-size", type=_positive_int, default=None,
                  help="prompts per generate call (default: all positional prompts at once; 1 for a file)")
   _add_parallel_args(g)
@@ -217,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
   j.add_argument("--out", required=True, metavar="FILE.jsonl")
   j.add_argument("--drafter", default="none", help="none, pld, lookahead, medusa, medusa:PATH")
   j.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE", help="drafter option (repeatable)")
+  _add_draft_args(j)
   j.add_argument("--batch-size", type=_positive_int, default=8)
   j.add_argument("--max-new-tokens", type=_positive_int, default=128)
   j.add_argument("--temperature", type=float, default=0.0)
@@ -288,7 +309,7 @@ def cmd_generate(a) -> int:
   for p in prompts:
     if not p.text.strip():
       raise ValueError(f"prompt {p.id!r} is empty")
-  options = _parse_options(a.drafter_option, qualified=False)
+  options = _drafter_options(a)
   drafter = registry.make(a.drafter, **options)          # unknown names and bad options fail before loading
   api.check_sampling(a.temperature, a.top_k, a.top_p, a.acceptance)
   api.check_seed(a.seed)
@@ -381,7 +402,7 @@ def cmd_batch(a) -> int:
 
   _start_parallel(a)
   res = run_batch(a.inp, a.out, target=lambda: _load(a), drafter=a.drafter,
-                  drafter_options=_parse_options(a.drafter_option, qualified=False), batch_size=a.batch_size,
+                  drafter_options=_drafter_options(a), batch_size=a.batch_size,
                   max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                   seed=a.seed, acceptance=a.acceptance, chat=not a.no_chat, allow_special=a.allow_special_tokens,
                   overwrite=a.overwrite, progress=not a.no_progress)

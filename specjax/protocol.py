@@ -58,11 +58,14 @@ class Acceptance:
 @dataclasses.dataclass(frozen=True)
 class Context:
   """What a drafter may read. tokens [B, S]: prompt then generated tokens; tokens[b, root[b]] is the
-  last committed token (the next tree's root); prompt_len [B]; done [B]."""
+  last committed token (the next tree's root); prompt_len [B]; done [B]. key: in `propose` only, a
+  fresh PRNG key for drafters that sample their candidates, independent of the acceptance's draws
+  (the ratio test is lossless only for candidates drawn from q afresh at every step)."""
   tokens: jax.Array
   root: jax.Array
   prompt_len: jax.Array
   done: jax.Array
+  key: jax.Array | None = None
 
   def root_token(self) -> jax.Array:
     return jnp.take_along_axis(self.tokens, self.root[:, None], 1)[:, 0]

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 import specjax
 from specjax import api
 from specjax.drafters.clover import Clover2
+from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
 from specjax.drafters.medusa import Medusa
 from specjax.models.llama import Llama, _random_weights, weight_shapes
@@ -43,7 +44,10 @@ def run_tiny():
   prompts = [[3, 4, 5, 3, 4, 5, 6], [7, 8, 9, 10, 7, 8], [11, 3, 11, 3]]       # 3 rows: padded on data=2, 8
   drafters = {"none": "none", "pld": "pld", "lookahead": "lookahead", "medusa": Medusa.untrained(t, seed=4, nodes=6),
               "clover2": Clover2.untrained(t, seed=4), "eagle": Eagle.untrained(t, seed=4),
-              "eagle3": Eagle3.untrained(t, seed=4, draft_vocab=32)}
+              "eagle3": Eagle3.untrained(t, seed=4, draft_vocab=32), "self-spec": SelfSpec(exit_layer=1, gamma=2),
+              "staged": Staged(exit_layer=1, gamma=2, lookup=2),
+              "draft-model": DraftModel.from_target(tiny_target(seed=2, scale=10.0), gamma=2)}
+  only_on = {"self-spec": "data=2,model=4", "staged": "data=2,model=4", "draft-model": "data=2,model=4"}  # test time
   base = {n: api.generate(t, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids for n, d in drafters.items()}
   out = {}
   for name, kw in MESHES.items():
@@ -52,7 +56,7 @@ def run_tiny():
     model = Llama(t.cfg, w, shardings=rules.weight_shardings(rules.layout(mesh, t.cfg), weight_shapes(t.cfg)))
     placed = specjax.Target(model, t.tokenizer, t.cfg, "tiny", mesh)
     same = {n: api.generate(placed, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids == base[n]
-            for n, d in drafters.items()}
+            for n, d in drafters.items() if only_on.get(n, name) == name}
     out[name] = {"same": same, "shardings": observed(model, mesh)}
   return out
 

@@ -1,6 +1,7 @@
 """Lossless sampling: the distribution of the generated tokens equals exact autoregressive
 probabilities, for deterministic candidates (prompt lookup, lookahead, Medusa with random heads) and
-for sampled candidates with a draft distribution q (a random drafter with sibling samples).
+for sampled candidates with a draft distribution q (a random drafter with sibling samples, and a
+tiny draft model sampling its chain and a sibling at every depth).
 
 One batch mixes two prompts of different lengths (rows alternate A, B); each group is tested against
 its own exact distribution, over the joint of (x1, x2) and over the joint of (x3, x4) — the latter
@@ -25,6 +26,7 @@ from scipy import stats
 import specjax
 import specjax.api
 from specjax.drafters.clover import Clover1, Clover2
+from specjax.drafters.draft_model import DraftModel
 from specjax.drafters.eagle import Eagle
 from specjax.drafters.medusa import Medusa
 from specjax.engine import accept as accept_lib
@@ -204,12 +206,15 @@ def make_drafter(name, target):
   if name in ("clover", "clover2"):
     cls = Clover1 if name == "clover" else Clover2
     return cls.untrained(target, seed=1, nodes=6, width=3, children=3, draft_vocab=8), {}
+  if name == "draft-model-q":      # an unrelated tiny draft sampling its chain (and a sibling) from its q
+    draft = tiny_target(seed=7, scale=6.0, vocab=V, eos_id=999)
+    return DraftModel.from_target(draft, gamma=2, width=2, temperature=1.0), {}
   if name == "eagle":
     return Eagle.untrained(target, seed=1, depth=3, top_k=3, nodes=6, draft_vocab=8), {}
   raise KeyError(name)
 
 
-CASES = ["none", "pld", "lookahead", "sampled-q", "medusa", "clover", "clover2", "eagle"]
+CASES = ["none", "pld", "lookahead", "sampled-q", "medusa", "clover", "clover2", "eagle", "draft-model-q"]
 
 
 # ------------------------------------------------------------------ tests

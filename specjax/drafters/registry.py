@@ -2,7 +2,9 @@
 
 Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (medusa, clover,
 clover2, eagle, eagle3) load a checkpoint: "medusa" is the checkpoint shipped for the default model
-(checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`.
+(checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`. The draft-model
+family names its main option after a colon, so one benchmark can run several: "draft-model:PATH"
+(option model), "self-spec:K" and "staged:K" (option exit_layer).
 """
 from __future__ import annotations
 
@@ -14,20 +16,23 @@ from specjax.drafters.base import NoDrafter
 from specjax.protocol import Drafter, check_option_types
 
 _NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
-                "version", "fuse"}
+                "version", "fuse", "cfg", "tokens", "graph"}
 
 
 def _classes():
   from specjax.drafters.clover import Clover1, Clover2
+  from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
   from specjax.drafters.eagle import Eagle, Eagle3
   from specjax.drafters.lookahead import Lookahead
   from specjax.drafters.medusa import Medusa
   from specjax.drafters.ngram import PromptLookup
   return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa,
-          "clover": Clover1, "clover2": Clover2, "eagle": Eagle, "eagle3": Eagle3}
+          "clover": Clover1, "clover2": Clover2, "eagle": Eagle, "eagle3": Eagle3,
+          "draft-model": DraftModel, "self-spec": SelfSpec, "staged": Staged}
 
 
 TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3")
+NAMED_OPTION = {"draft-model": "model", "self-spec": "exit_layer", "staged": "exit_layer"}   # "NAME:VALUE"
 
 
 def names() -> list[str]:
@@ -71,7 +76,15 @@ def make(drafter, **options) -> Drafter:
     unknown = set(options) - fields
     if unknown:
       raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
-    if kind in TRAINED:
+    if kind in NAMED_OPTION:
+      _, sep, value = drafter.partition(":")
+      if sep:
+        opt = NAMED_OPTION[kind]
+        if opt in options:
+          raise ValueError(f"drafter {drafter!r} names {opt} already; do not pass it as an option too")
+        options = {**options, opt: _named_value(kind, opt, value)}
+      drafter = cls.load(**options) if hasattr(cls, "load") else cls(**options)
+    elif kind in TRAINED:
       check_option_types(cls(**options))        # wrong option types are refused before any file is read
       drafter = load_trained(drafter, **options)
     else:
@@ -80,3 +93,12 @@ def make(drafter, **options) -> Drafter:
       drafter = cls(**options)
   drafter.validate()
   return drafter
+
+
+def _named_value(kind: str, opt: str, value: str):
+  if opt == "model":
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"drafter {kind}:{value}: {opt} must be an integer, e.g. {kind}:8") from None

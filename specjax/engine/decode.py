@@ -64,6 +64,7 @@ def _constrain(cache: KVCache, sharding) -> KVCache:
   return dataclasses.replace(cache, k=pin(cache.k), v=pin(cache.v))
 
 
+DRAFT_STREAM = 0x5EED   # fold_in constant of the drafters' random stream
 TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
 
 
@@ -139,7 +140,8 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
   def body(c: LoopState) -> LoopState:
     cache, ctx = c.cache, c.ctx
     key, k_acc = jax.random.split(c.key)
-    tree, dstate = drafter.propose(m, c.dstate, ctx)
+    # The draft's key: folded from this step's key with a constant no split of it produces.
+    tree, dstate = drafter.propose(m, c.dstate, dataclasses.replace(ctx, key=jax.random.fold_in(c.key, DRAFT_STREAM)))
     out = _verify(model, tree, ctx.root[:, None] + tree.depth, cache, drafter.skip_empty_trees, capture)
     acc = _accept(spec, out.logits, tree, k_acc)
 

@@ -1,0 +1,90 @@
+"""Draft-model speculation, self-speculation and staged speculation: greedy output equals
+autoregressive output (tiny random target/draft pairs and the default model, batch 1 and 4); the
+target as its own draft accepts every drafted token (the draft cache stays right after every kind of
+acceptance); a draft with another tokenizer is refused. The sampled-draft chain's statistical test
+is in test_sampling.py ("draft-model-q")."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import specjax
+from specjax.drafters import registry
+from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
+from specjax.testing import tiny_target
+
+PROMPTS = [[5, 9, 13, 5, 9, 13, 5], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
+
+
+@pytest.fixture(scope="module")
+def pair():
+  """A tiny 3-layer target and an unrelated tiny draft of the same sizes and tokenizer (same sizes: the
+  target drafting for itself reuses the pair's compiled program, only the weights differ)."""
+  return tiny_target(seed=1, scale=8.0, eos_id=17, layers=3), tiny_target(seed=5, scale=8.0, eos_id=17, layers=3)
+
+
+def variants(t, d):
+  return {"self-spec": SelfSpec(exit_layer=2, gamma=3, width=2), "staged": Staged(exit_layer=1, gamma=2, lookup=3),
+          "draft-model": DraftModel.from_target(d, gamma=3)}
+
+
+@pytest.mark.parametrize("name", ["self-spec", "staged", "draft-model"])
+def test_greedy_equals_autoregressive_on_tiny_pairs(pair, name):
+  t, d = pair
+  drafter = variants(t, d)[name]
+  for batch, max_new in ((PROMPTS, 24), (PROMPTS[1:2], 12)):
+    base = specjax.generate(t, batch, max_new_tokens=max_new)
+    g = specjax.generate(t, batch, max_new_tokens=max_new, drafter=drafter)
+    assert g.token_ids == base.token_ids
+
+
+def test_target_as_its_own_draft_accepts_everything(pair):
+  """tau = gamma + 1 at every step but the last (cut by the budget): the cache rollback is exact."""
+  t, _ = pair
+  gamma = 3
+  base = specjax.generate(t, PROMPTS, max_new_tokens=24)
+  g = specjax.generate(t, PROMPTS, max_new_tokens=24, drafter=DraftModel.from_target(t, gamma=gamma))
+  assert g.token_ids == base.token_ids
+  for hist, fw in zip(g.accepted_hist, g.target_forwards):
+    assert hist[gamma] >= fw - 1 and fw <= 6, (hist, fw)
+
+
+def test_draft_with_another_tokenizer_is_refused(pair):
+  t, _ = pair
+  other_vocab = DraftModel.from_target(tiny_target(seed=2, vocab=80, eos_id=17))
+  with pytest.raises(ValueError, match="does not share the target's tokenizer"):
+    specjax.generate(t, PROMPTS[:1], max_new_tokens=2, drafter=other_vocab)
+  other_eos = DraftModel.from_target(tiny_target(seed=2, eos_id=3))
+  with pytest.raises(ValueError, match="does not share the target's tokenizer"):
+    specjax.generate(t, PROMPTS[:1], max_new_tokens=2, drafter=other_eos)
+
+
+def test_names_and_options_are_checked(pair):
+  t, _ = pair
+  assert registry.make("self-spec:3").exit_layer == 3
+  assert registry.make("staged:2", gamma=2).exit_layer == 2
+  with pytest.raises(ValueError, match="exit_layer must be an integer"):
+    registry.make("self-spec:x")
+  with pytest.raises(ValueError, match="exceeds the target's 3 layers"):
+    specjax.generate(t, PROMPTS[:1], max_new_tokens=2, drafter="self-spec:4")
+  with pytest.raises(ValueError, match="gamma"):
+    registry.make("self-spec", gamma=0)
+  with pytest.raises(ValueError, match="width must be 1"):
+    registry.make("staged", width=2)
+  with pytest.raises(ValueError, match="option draft_layers must be an integer"):
+    registry.make("draft-model", draft_layers="2")            # refused before the model is read
+
+
+@pytest.mark.parametrize("name,batches", [("self-spec", (4, 1)), ("staged", (4,)), ("draft-model", (1,))])
+def test_greedy_equals_autoregressive_on_the_default_model(default_target, name, batches):
+  """Every variant on SmolLM2 (the batch sizes split between variants to keep the suite's time: the
+  tiny pairs above run every variant at batch 1 and 4)."""
+  t = default_target
+  drafter = {"self-spec": SelfSpec(exit_layer=20, gamma=2, width=2), "staged": Staged(exit_layer=24, gamma=2),
+             "draft-model": DraftModel.from_target(t, draft_layers=4, gamma=2)}[name]
+  prompts = ["Repeat after me: the cat sat on the mat, the cat sat on the mat.", "What is 7 times 8?",
+             "Name three colours.", "Translate 'good morning' into French."]
+  ids = specjax.api.encode_prompts(t, prompts, True)
+  for b in batches:
+    base = specjax.generate(t, ids[:b], max_new_tokens=10)
+    g = specjax.generate(t, ids[:b], max_new_tokens=10, drafter=drafter)
+    assert g.token_ids == base.token_ids
