@@ -80,7 +80,8 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
-                             capture=loop.RECIPES[drafter].capture_for(target.cfg, c), progress=progress)
+                             capture=loop.RECIPES[drafter].capture_for(target.cfg, c),
+                             full=getattr(loop.RECIPES[drafter], "full", True), progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
   d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, max_seconds=max_seconds,
                         progress=progress, log=log)

@@ -143,6 +143,7 @@ class EarlyExitRecipe(MedusaRecipe):
   (renormalised over the draft vocabulary). Held-out top-1 = how often the draft's token is the
   target's: the chain's per-token acceptance under greedy decoding."""
   defaults = dict(batch=256, clip=1.0, b2=0.999)
+  full = False        # answer positions only: the adapter reads one position at a time
 
   @staticmethod
   def capture_for(cfg, c: TrainConfig) -> tuple:
