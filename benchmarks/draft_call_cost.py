@@ -3,14 +3,24 @@ three ways in the same run: "slice", Llama.layers before the fix (the first K la
 stacked weights, which copies them every call); "index", the scan reading each layer from the full
 stacks (Llama.layers now); "index+v4096", that with the LM head restricted to 4096 rows gathered per
 call (the early-exit drafter's draft vocabulary). K = 30 is the whole model (a plain decode step).
-Best of 20 interleaved runs, ms.
+Also the whole model at T = 2, 3, 4 tokens (a chain's verify at gamma 1, 2, 3). Best of 20
+interleaved runs, ms: on a shared machine interleaving keeps the columns comparable.
 
-    python benchmarks/draft_call_cost.py 4 8 12 16 20 24 30 > rows.jsonl
+With --agreement (early_exit_agreement.py's JSON), the chain estimate per exit layer, head and gamma:
+tau = 1 + a + ... + a^gamma (acceptances independent), step = gamma draft calls + the verify,
+speedup = tau x (plain step) / step; plain head: the "index" cost and the plain exit's agreement,
+adapter: the "index+v4096" cost and the adapter's.
+
+    python benchmarks/draft_call_cost.py 8 12 16 20 --agreement benchmarks/results/early_exit_agreement.json \
+        --out benchmarks/results/draft_call_cost.json
 """
+import argparse
 import time, sys, json
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 import specjax
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+from common import machine  # noqa: E402
 from specjax.cache import KVCache
 from specjax.models.llama import LAYER_WEIGHTS, causal_mask, decoder_layer
 
@@ -55,18 +65,44 @@ def make(stop, mode, T=1, vocab=0):
   f(params, cache, tok)[0].block_until_ready()
   return lambda: f(params, cache, tok)[0].block_until_ready(), f.lower(params, cache, tok).compile().as_text()
 
-Ks = [int(a) for a in sys.argv[1:]] or [4, 8, 16, 30]
+ap = argparse.ArgumentParser()
+ap.add_argument("exits", nargs="*", type=int, default=[4, 8, 16])
+ap.add_argument("--agreement")
+ap.add_argument("--out")
+args = ap.parse_args()
+Ks = sorted(set(args.exits) | {30})
 fns, hlo = {}, {}
 for K in Ks:
   for mode in ("slice", "index"):
     fns[K, mode], hlo[K, mode] = make(K, mode)
   fns[K, "index+v4096"], hlo[K, "index+v4096"] = make(K, "index", vocab=4096)
+for T in (2, 3, 4):
+  fns[30, f"T{T}"], _ = make(30, "index", T=T)
 for (K, mode), h in hlo.items():
   print(K, mode, "slice ops on weights:", sum(1 for l in h.splitlines() if " slice(" in l and "f32[%d," % K in l))
 best = {k: 1e9 for k in fns}
 for r in range(20):
   for k, f in fns.items():
     t0 = time.perf_counter(); f(); best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
-for K in Ks:
-  print(json.dumps(dict(K=K, slice_ms=round(best[K, "slice"], 2), index_ms=round(best[K, "index"], 2),
-                        index_v4096_ms=round(best[K, "index+v4096"], 2))))
+rows = [dict(K=K, slice_ms=round(best[K, "slice"], 2), index_ms=round(best[K, "index"], 2),
+             index_v4096_ms=round(best[K, "index+v4096"], 2)) for K in Ks]
+verify = {T - 1: round(best[30, f"T{T}"], 2) for T in (2, 3, 4)}
+for r in rows:
+  print(json.dumps(r))
+print(json.dumps({"verify_ms_by_gamma": verify}))
+out = {"machine": machine(), "rows": rows, "verify_ms_by_gamma": verify}
+if args.agreement:
+  ar = best[30, "index"]
+  cost = {r["K"]: r for r in rows}
+  est = []
+  for a in json.load(open(args.agreement))["rows"]:
+    K = a["exit_layer"]
+    for head, acc, ms in (("plain", a["plain_top1"], cost[K]["index_ms"]), ("adapter", a["adapter_top1"], cost[K]["index_v4096_ms"])):
+      for g in (1, 2, 3):
+        tau = sum(acc ** i for i in range(g + 1))
+        est.append(dict(exit_layer=K, head=head, gamma=g, accept=round(acc, 4), draft_share_of_ar=round(ms / ar, 3),
+                        est_tau=round(tau, 3), est_speedup=round(tau * ar / (g * ms + verify[g]), 3)))
+        print(json.dumps(est[-1]))
+  out["estimates"] = est
+if args.out:
+  open(args.out, "w").write(json.dumps(out, indent=1))

@@ -118,3 +118,11 @@ def test_early_exit_adapter_trains_saves_and_decodes_losslessly(tiny_distilled, 
     specjax.generate(tiny_target(seed=9, scale=6.0, eos_id=999), PROMPTS, max_new_tokens=2, drafter=f"early-exit:{path}")
   with pytest.raises(ValueError, match="trained for exit_layer 1"):
     registry.make(f"early-exit:{path}", exit_layer=2)
+
+
+def test_shipped_early_exit_adapter_loads_by_name_and_refuses_another_target(pair):
+  from specjax.io import checkpoint
+  d = registry.make("early-exit", gamma=1)
+  assert (d.exit_layer, d.draft_vocab, d.gamma) == (8, 4096, 1)
+  with pytest.raises(checkpoint.CheckpointError, match="trained for another target"):
+    specjax.generate(pair[0], PROMPTS[:1], max_new_tokens=2, drafter=d)

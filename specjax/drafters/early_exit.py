@@ -54,9 +54,9 @@ class EarlyExit(SelfSpec):
 
   def check_target(self, target):
     from specjax.io import checkpoint
-    super().check_target(target)
-    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):
+    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):    # first: the most telling error
       checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
+    super().check_target(target)
     if self.hidden != target.cfg.hidden:
       raise ValueError(f"{self.name}: adapter for hidden size {self.hidden}, the target has {target.cfg.hidden}")
     if self.params is None:
