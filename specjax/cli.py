@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
                      "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
                      "state are cached).")
-  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2", "eagle", "eagle3"])
+  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2", "eagle", "eagle3", "early-exit"])
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")
@@ -269,12 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--batch", type=_positive_int, default=None,
                  help="medusa: positions per step (default 256); clover, clover2, eagle, eagle3: sequences per step (default 4)")
   t.add_argument("--layers", type=_positive_int, default=1,
-                 help="medusa: ResBlocks per head; clover, clover2: augmenting decoder layers; eagle, eagle3: not used (one layer)")
+                 help="medusa, early-exit: ResBlocks per head; clover, clover2: augmenting decoder layers; eagle, eagle3: not used (one layer)")
   t.add_argument("--lr", type=float, default=1e-3)
   t.add_argument("--heads", type=_positive_int, default=4,
                  help="medusa, clover, clover2: heads (tree depth); eagle3: training-time-test steps; eagle: not used")
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
+  t.add_argument("--exit-layer", type=_positive_int, default=None, metavar="K",
+                 help="early-exit: the adapter reads the residual after the target's first K layers (required)")
   t.add_argument("--feature-batch-tokens", type=_positive_int, default=4096)
   t.add_argument("--eval-every", type=_positive_int, default=500, help="held-out evaluation every N steps (and at the end)")
   t.add_argument("--max-seconds", type=float, default=None,
@@ -430,7 +432,7 @@ def cmd_train(a) -> int:
                 overwrite=a.overwrite, progress=not a.no_progress, feature_batch_tokens=a.feature_batch_tokens,
                 log=lambda m: print(m, file=sys.stderr, flush=True),
                 steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, layers=a.layers, draft_vocab=a.draft_vocab,
-                nodes=a.nodes, eval_every=a.eval_every, max_seconds=a.max_seconds)
+                nodes=a.nodes, eval_every=a.eval_every, max_seconds=a.max_seconds, exit_layer=a.exit_layer or 0)
   return 0
 
 

@@ -1,5 +1,5 @@
 """Draft-model speculation, self-speculation and staged speculation: greedy output equals
-autoregressive output (tiny random target/draft pairs and the default model, batch 1 and 4); the
+autoregressive output (tiny random target/draft pairs and the default model, batch 4); the
 target as its own draft accepts every drafted token (the draft cache stays right after every kind of
 acceptance); a draft with another tokenizer is refused. The sampled-draft chain's statistical test
 is in test_sampling.py ("draft-model-q")."""
@@ -31,21 +31,19 @@ def variants(t, d):
 def test_greedy_equals_autoregressive_on_tiny_pairs(pair, name):
   t, d = pair
   drafter = variants(t, d)[name]
-  for batch, max_new in ((PROMPTS, 24), (PROMPTS[1:2], 12)):
-    base = specjax.generate(t, batch, max_new_tokens=max_new)
-    g = specjax.generate(t, batch, max_new_tokens=max_new, drafter=drafter)
-    assert g.token_ids == base.token_ids
+  g = specjax.generate(t, PROMPTS, max_new_tokens=16, drafter=drafter)
+  assert g.token_ids == specjax.generate(t, PROMPTS, max_new_tokens=16).token_ids
 
 
 def test_target_as_its_own_draft_accepts_everything(pair):
   """tau = gamma + 1 at every step but the last (cut by the budget): the cache rollback is exact."""
   t, _ = pair
   gamma = 3
-  base = specjax.generate(t, PROMPTS, max_new_tokens=24)
-  g = specjax.generate(t, PROMPTS, max_new_tokens=24, drafter=DraftModel.from_target(t, gamma=gamma))
+  base = specjax.generate(t, PROMPTS, max_new_tokens=16)
+  g = specjax.generate(t, PROMPTS, max_new_tokens=16, drafter=DraftModel.from_target(t, gamma=gamma))
   assert g.token_ids == base.token_ids
   for hist, fw in zip(g.accepted_hist, g.target_forwards):
-    assert hist[gamma] >= fw - 1 and fw <= 6, (hist, fw)
+    assert hist[gamma] >= fw - 1 and fw <= 4, (hist, fw)
 
 
 def test_draft_with_another_tokenizer_is_refused(pair):
@@ -74,17 +72,57 @@ def test_names_and_options_are_checked(pair):
     registry.make("draft-model", draft_layers="2")            # refused before the model is read
 
 
-@pytest.mark.parametrize("name,batches", [("self-spec", (4, 1)), ("staged", (4,)), ("draft-model", (1,))])
-def test_greedy_equals_autoregressive_on_the_default_model(default_target, name, batches):
-  """Every variant on SmolLM2 (the batch sizes split between variants to keep the suite's time: the
-  tiny pairs above run every variant at batch 1 and 4)."""
+@pytest.fixture(scope="module")
+def default_case(default_target):
+  """Four chat prompts and the target's own greedy answers (batch 4, computed once for every variant)."""
   t = default_target
-  drafter = {"self-spec": SelfSpec(exit_layer=20, gamma=2, width=2), "staged": Staged(exit_layer=24, gamma=2),
-             "draft-model": DraftModel.from_target(t, draft_layers=4, gamma=2)}[name]
   prompts = ["Repeat after me: the cat sat on the mat, the cat sat on the mat.", "What is 7 times 8?",
              "Name three colours.", "Translate 'good morning' into French."]
   ids = specjax.api.encode_prompts(t, prompts, True)
-  for b in batches:
-    base = specjax.generate(t, ids[:b], max_new_tokens=10)
-    g = specjax.generate(t, ids[:b], max_new_tokens=10, drafter=drafter)
-    assert g.token_ids == base.token_ids
+  return ids, specjax.generate(t, ids, max_new_tokens=8).token_ids
+
+
+@pytest.mark.parametrize("name", ["self-spec", "staged", "draft-model"])
+def test_greedy_equals_autoregressive_on_the_default_model(default_target, default_case, name):
+  """Every variant on SmolLM2 at batch 4 (batch 1 is covered by the engine's per-row bookkeeping and
+  kept out for the suite's time)."""
+  t = default_target
+  drafter = {"self-spec": SelfSpec(exit_layer=20, gamma=2, width=2), "staged": Staged(exit_layer=24, gamma=2),
+             "draft-model": DraftModel.from_target(t, draft_layers=4, gamma=2)}[name]
+  ids, base = default_case
+  assert specjax.generate(t, ids, max_new_tokens=8, drafter=drafter).token_ids == base
+
+
+def test_early_exit_adapter_trains_saves_and_decodes_losslessly(tiny_distilled, tmp_path):
+  """The adapter recipe on the tiny target (a few steps): the loss falls from the plain exit head's, the
+  checkpoint loads by path and decodes greedy == autoregressive at batch 4, and another target is refused."""
+  from specjax.io import checkpoint
+  from specjax.train import data as data_lib
+  from specjax.train import loop
+  t, seqs, d = tiny_distilled
+  feats = [data_lib.features(t, s, d / f"exit-{n}", shard_size=8, capture=(0,), progress=False)
+           for n, s in (("train", seqs[:32]), ("held", seqs[32:]))]
+  c = loop.TrainConfig(drafter="early-exit", exit_layer=1, steps=30, batch=64, lr=2e-2, warmup=5, eval_every=30,
+                       save_every=30, draft_vocab=32, eval_positions=256).resolved()
+  recipe = loop.EarlyExitRecipe(t, *feats, c)
+  batch = recipe.batch(np.arange(256), 0)
+  before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
+  drafter, summary = loop.fit(t, *feats, c, tmp_path / "run", progress=False, log=lambda m: None)
+  after = float(recipe.loss({k: drafter.params[k][...] for k in ("w", "b")}, recipe.consts, batch)[0])
+  assert after < before
+  tensors, meta = drafter.to_checkpoint()
+  path = checkpoint.save(tmp_path / "ee.safetensors", tensors, {"drafter": meta, "target": checkpoint.target_info(t)})
+  g = specjax.generate(t, PROMPTS, max_new_tokens=12, drafter=f"early-exit:{path}", gamma=2)
+  assert g.token_ids == specjax.generate(t, PROMPTS, max_new_tokens=12).token_ids
+  with pytest.raises(checkpoint.CheckpointError, match="trained for another target"):
+    specjax.generate(tiny_target(seed=9, scale=6.0, eos_id=999), PROMPTS, max_new_tokens=2, drafter=f"early-exit:{path}")
+  with pytest.raises(ValueError, match="trained for exit_layer 1"):
+    registry.make(f"early-exit:{path}", exit_layer=2)
+
+
+def test_shipped_early_exit_adapter_loads_by_name_and_refuses_another_target(pair):
+  from specjax.io import checkpoint
+  d = registry.make("early-exit", gamma=1)
+  assert (d.exit_layer, d.draft_vocab, d.gamma) == (8, 4096, 1)
+  with pytest.raises(checkpoint.CheckpointError, match="trained for another target"):
+    specjax.generate(pair[0], PROMPTS[:1], max_new_tokens=2, drafter=d)

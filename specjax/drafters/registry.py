@@ -1,7 +1,7 @@
 """Drafter names -> classes, and construction with validated options.
 
 Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (medusa, clover,
-clover2, eagle, eagle3) load a checkpoint: "medusa" is the checkpoint shipped for the default model
+clover2, eagle, eagle3, early-exit) load a checkpoint: "medusa" is the checkpoint shipped for the default model
 (checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`. The draft-model
 family names its main option after a colon, so one benchmark can run several: "draft-model:PATH"
 (option model), "self-spec:K" and "staged:K" (option exit_layer).
@@ -22,16 +22,17 @@ _NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "h
 def _classes():
   from specjax.drafters.clover import Clover1, Clover2
   from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
+  from specjax.drafters.early_exit import EarlyExit
   from specjax.drafters.eagle import Eagle, Eagle3
   from specjax.drafters.lookahead import Lookahead
   from specjax.drafters.medusa import Medusa
   from specjax.drafters.ngram import PromptLookup
   return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa,
           "clover": Clover1, "clover2": Clover2, "eagle": Eagle, "eagle3": Eagle3,
-          "draft-model": DraftModel, "self-spec": SelfSpec, "staged": Staged}
+          "draft-model": DraftModel, "self-spec": SelfSpec, "staged": Staged, "early-exit": EarlyExit}
 
 
-TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3")
+TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3", "early-exit")
 NAMED_OPTION = {"draft-model": "model", "self-spec": "exit_layer", "staged": "exit_layer"}   # "NAME:VALUE"
 
 

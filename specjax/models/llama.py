@@ -189,15 +189,19 @@ class Llama(nnx.Module):
     live = None
     if cache is not None:
       live = (jnp.arange(cache.max_len)[None, :] < cache.lengths[:, None])[:, None, None, None, :]
-    w = {n: getattr(self, n)[...][start:stop] for n in LAYER_WEIGHTS if hasattr(self, n)}
-    kv = (cache.k[start:stop], cache.v[start:stop]) if cache is not None else None
+    # The scan runs over layer indices and each step reads its layer from the full stacks: slicing
+    # [start:stop] out first would copy those layers' weights (and cache) on every call, which
+    # more than doubled a self-speculation draft call (BENCHMARKS.md, issue 12).
+    w = {n: getattr(self, n)[...] for n in LAYER_WEIGHTS if hasattr(self, n)}
+    kv = (cache.k, cache.v) if cache is not None else None
 
-    def body(x, xs):
-      wl, kvl = xs
+    def body(x, i):
+      wl = {n: jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for n, a in w.items()}
+      kvl = None if kv is None else tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in kv)
       x, k, v = decoder_layer(cfg, wl, x, cos, sin, kvl, new_mask, live, self.dtype)
       return x, (k, v, x if capture else None)
 
-    x, (k, v, per_layer) = jax.lax.scan(body, x, (w, kv))
+    x, (k, v, per_layer) = jax.lax.scan(body, x, jnp.arange(start, stop))
     return x, k, v, {i: per_layer[i - start] for i in capture}
 
   def norm(self, h):

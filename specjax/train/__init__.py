@@ -35,10 +35,19 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
       raise RuntimeError(f"only {len(seqs)} of {len(items)} sequences were made; rerun to resume")
     kind = ("-full" if full else "") + ("-layers" + "-".join(map(str, capture)) if capture else "")
     where = root / f"features{kind}-{tag}"
-    if not capture:             # features made with captured layers hold everything else too: reuse them
-      where = next(iter(sorted(root.glob(f"features{kind}-layers*-{tag}"))), where)
-    out.append(data_lib.features(target, seqs, where / ("heldout" if held else "train"),
-                                 batch_tokens=feature_batch_tokens, full=full, capture=capture, progress=progress))
+    # Features made with more captured layers hold everything asked for: reuse them, keeping the columns asked for.
+    base = "-full" if full else ""
+    have = tuple(capture)
+    for d in sorted(root.glob(f"features{base}-layers*-{tag}")):
+      layers = tuple(int(x) for x in d.name[len(f"features{base}-layers"):-len(f"-{tag}")].split("-"))
+      if set(capture) <= set(layers):
+        where, have = d, layers
+        break
+    f = data_lib.features(target, seqs, where / ("heldout" if held else "train"),
+                          batch_tokens=feature_batch_tokens, full=full, capture=have, progress=progress)
+    if have != tuple(capture):
+      f.layers = f.layers[:, [have.index(i) for i in capture]] if capture else None
+    out.append(f)
   return tuple(out)
 
 
@@ -71,7 +80,8 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
-                             capture=loop.RECIPES[drafter].capture_for(target.cfg), progress=progress)
+                             capture=loop.RECIPES[drafter].capture_for(target.cfg, c),
+                             full=getattr(loop.RECIPES[drafter], "full", True), progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
   d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, max_seconds=max_seconds,
                         progress=progress, log=log)

@@ -46,6 +46,7 @@ class TrainConfig:
   heads: int = 4              # Medusa, Clover: heads (tree depth); EAGLE-3: training-time-test steps
   layers: int = 1             # Medusa: ResBlocks per head; Clover: augmenting decoder layers
   draft_vocab: int = 4096     # 0: the full vocabulary (4096 measured best, BENCHMARKS.md)
+  exit_layer: int = 0         # early-exit: the adapter reads the residual after the target's first K layers
   nodes: int = 12             # tree budget used for the tau estimate and stored in the checkpoint
 
   def resolved(self) -> "TrainConfig":
@@ -77,7 +78,7 @@ class MedusaRecipe:
   clip_by = "norm"
 
   @staticmethod
-  def capture_for(cfg) -> tuple:
+  def capture_for(cfg, c: TrainConfig | None = None) -> tuple:
     """Target layers whose residuals the features must keep (none: the last hidden state only)."""
     return ()
 
@@ -135,8 +136,56 @@ class MedusaRecipe:
     return dataclasses.replace(d, params=nnx.state(module))
 
 
+class EarlyExitRecipe(MedusaRecipe):
+  """The early-exit adapter (drafters/early_exit.py): one Medusa head of `layers` ResBlocks on the
+  final-normed residual after the target's first `exit_layer` layers, predicting the target's next
+  token at the same position, trained with soft cross-entropy against the target's top-8
+  (renormalised over the draft vocabulary). Held-out top-1 = how often the draft's token is the
+  target's: the chain's per-token acceptance under greedy decoding."""
+  defaults = dict(batch=256, clip=1.0, b2=0.999)
+  full = False        # answer positions only: the adapter reads one position at a time
+
+  @staticmethod
+  def capture_for(cfg, c: TrainConfig) -> tuple:
+    if not 1 <= c.exit_layer < cfg.layers:
+      raise ValueError(f"early-exit: --exit-layer must be in [1, {cfg.layers - 1}] for this target, got {c.exit_layer}")
+    return (c.exit_layer - 1,)
+
+  def __init__(self, target, train, held, c: TrainConfig):
+    # The adapter's input is the captured residual: Medusa's machinery then runs unchanged on `hidden`.
+    train, held = (dataclasses.replace(f, hidden=f.layers[:, 0], layers=None) for f in (train, held))
+    super().__init__(target, train, held, dataclasses.replace(c, heads=1))
+
+  def labels(self, feat):
+    """[N, 1] the target's own next token at each position (draft-vocabulary index, -1 outside)."""
+    return self.index[feat.top_ids[:, :1]]
+
+  def batch(self, units, step):
+    idx = self.pos_train[units]
+    ids = self.index[self.train.top_ids[idx]]                                   # [b, 8], -1 outside the vocabulary
+    p = np.where(ids >= 0, self.train.top_p[idx].astype(np.float32), 0)
+    return {"h": jnp.asarray(np.asarray(self.train.hidden[idx], np.float32)), "ids": jnp.asarray(np.maximum(ids, 0)),
+            "p": jnp.asarray(p / np.maximum(p.sum(1, keepdims=True), 1e-9)), "lab": jnp.asarray(self.lab_train[idx])}
+
+  def loss(self, p, consts, batch):
+    from specjax.models.llama import rms_norm
+    hn = rms_norm(batch["h"], consts["norm_w"], self.eps)
+    logits = jnp.dot(self.m.apply(p, hn)[:, 0], consts["head_w"], preferred_element_type=jnp.float32)   # [b, N]
+    logp = jax.nn.log_softmax(logits, -1)
+    loss = -(jnp.take_along_axis(logp, batch["ids"], -1) * batch["p"]).sum(-1).mean()
+    acc = (jnp.argmax(logits, -1) == batch["lab"][:, 0]).mean()
+    return loss, acc[None]
+
+  def drafter(self, p, summary):
+    from specjax.drafters.early_exit import EarlyExit
+    c = self.c
+    d = EarlyExit(exit_layer=c.exit_layer, layers=c.layers, hidden=self.target.cfg.hidden,
+                  draft_vocab=0 if self.vocab is None else len(self.vocab))
+    return d.with_weights(p, self.vocab)
+
+
 RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe, "eagle": EagleRecipe,
-           "eagle3": Eagle3Recipe}
+           "eagle3": Eagle3Recipe, "early-exit": EarlyExitRecipe}
 
 
 def evaluate(fn, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:

@@ -60,7 +60,7 @@ class SequenceRecipe:
   bucket = 128
 
   @staticmethod
-  def capture_for(cfg) -> tuple:
+  def capture_for(cfg, c=None) -> tuple:
     """Target layers whose residuals the features must keep (none: the last hidden state only)."""
     return ()
 
@@ -341,6 +341,6 @@ class Eagle3Recipe(EagleRecipe):
   """EAGLE-3: EagleRecipe on features with the low/mid/high layers captured."""
 
   @classmethod
-  def capture_for(cls, cfg) -> tuple:
+  def capture_for(cls, cfg, c=None) -> tuple:
     from specjax.drafters.eagle import fuse_layers
     return fuse_layers(cfg.layers)

@@ -1,0 +1,117 @@
+"""Self-speculation with a trained exit adapter (LayerSkip-style early exit, with a learned head
+instead of re-training the target): the target's first `exit_layer` layers, then a small ResBlock
+(x + SiLU(W x + b), Medusa's block, zero-initialised so an untrained adapter is the plain exit head)
+on the final-normed state, then the target's LM head, shared, optionally over a reduced draft
+vocabulary (the N tokens the target predicts most often in training; `draft_vocab`), mapped back to
+target ids. Everything else (the draft cache, chain, siblings, sampled drafts) is `SelfSpec`'s.
+
+Why: without an adapter the exit head at layer K of SmolLM2 rarely agrees with the target (top-1
+0.06 at K = 8, BENCHMARKS.md), since the final norm and LM head are tuned for the last layer's
+residual. The reduced vocabulary also cuts the draft's LM head (576 x 49152 float32 is 113 MB read
+per draft call, as much as 8 decoder layers) to a twelfth at N = 4096.
+
+Trained by `specjax train --drafter early-exit --exit-layer K` (train/loop.py `EarlyExitRecipe`);
+the shipped checkpoint (if any) is checkpoints/early-exit.safetensors, loaded as "early-exit".
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax.drafters import medusa
+from specjax.drafters.draft_model import SelfSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyExit(SelfSpec):
+  """SelfSpec whose exit head has a trained adapter: a one-head `MedusaHeads` module (w [1, L, H, H],
+  b [1, L, H], vocab [N]) as the drafter's params."""
+  layers: int = 1               # ResBlocks in the adapter
+  hidden: int = 0               # the target's hidden size (set by from_checkpoint / untrained)
+  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
+  trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
+  name = "early-exit"
+
+  def validate(self):
+    super().validate()
+    if self.layers < 1 or self.hidden < 1 or self.draft_vocab < 0:
+      raise ValueError(f"{self.name}: layers and hidden must be positive, draft_vocab >= 0; "
+                       f"got {self.layers}, {self.hidden}, {self.draft_vocab}")
+
+  @functools.cached_property
+  def graphdef(self):
+    return nnx.split(nnx.eval_shape(lambda: self._module_of(None)))[0]
+
+  def _module_of(self, vocab):
+    if vocab is None and self.draft_vocab:
+      vocab = np.zeros(self.draft_vocab, np.int32)
+    return medusa.MedusaHeads(hidden=self.hidden, heads=1, layers=self.layers, vocab=vocab)
+
+  def check_target(self, target):
+    from specjax.io import checkpoint
+    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):    # first: the most telling error
+      checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
+    super().check_target(target)
+    if self.hidden != target.cfg.hidden:
+      raise ValueError(f"{self.name}: adapter for hidden size {self.hidden}, the target has {target.cfg.hidden}")
+    if self.params is None:
+      raise ValueError(f"{self.name}: no weights; load a checkpoint ('early-exit' or 'early-exit:PATH') or use "
+                       "EarlyExit.untrained")
+
+  def _logits(self, m, x):
+    """Last residual [..., H] -> float32 logits [..., V]; outside a draft vocabulary -1e30 (never drafted,
+    q = 0 there when sampling, which the ratio test allows)."""
+    y = m.drafter(m.target.norm(x))[..., 0, :]
+    if not self.draft_vocab:
+      return m.target.head(y)
+    vocab = m.drafter.vocab[...]
+    small = m.target.head(y, m.target.head_weight(vocab))                      # [..., N]
+    full = jnp.full(small.shape[:-1] + (m.target.cfg.vocab,), -1e30, jnp.float32)
+    return full.at[..., vocab].set(small)
+
+  # ---------------------------------------------------------------- construction
+  @classmethod
+  def untrained(cls, target, *, seed: int = 0, scale: float = 0.5, **config) -> "EarlyExit":
+    """A random adapter (for tests: a bad drafter must cost speed, never correctness)."""
+    d = cls(hidden=target.cfg.hidden, **config)
+    module = d._module_of(np.arange(d.draft_vocab) if d.draft_vocab else None)
+    rng = np.random.default_rng(seed)
+    module.w[...] = jnp.asarray(scale / np.sqrt(d.hidden) * rng.standard_normal(module.w.shape), jnp.float32)
+    return dataclasses.replace(d, params=nnx.state(module))
+
+  def with_weights(self, p: dict, vocab=None) -> "EarlyExit":
+    """This configuration with float32 adapter weights p {"w" [1, L, H, H], "b" [1, L, H]}."""
+    module = self._module_of(vocab)
+    module.w[...] = jnp.asarray(p["w"], jnp.float32)
+    module.b[...] = jnp.asarray(p["b"], jnp.float32)
+    return dataclasses.replace(self, params=nnx.state(module))
+
+  def to_checkpoint(self) -> tuple[dict, dict]:
+    """(flat tensors, drafter metadata): the weights and what shapes them; the tree options (gamma,
+    width, temperature) suit the machine that decodes and are not stored."""
+    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(self.params)}
+    cfg = {f: getattr(self, f) for f in ("exit_layer", "layers", "hidden", "draft_vocab")}
+    return flat, {"name": self.name, "config": cfg}
+
+  @classmethod
+  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "EarlyExit":
+    cfg = dict(drafter_meta["config"])
+    if options.get("exit_layer", cfg["exit_layer"]) != cfg["exit_layer"]:
+      raise ValueError(f"early-exit: the checkpoint's adapter was trained for exit_layer {cfg['exit_layer']}, "
+                       f"not {options['exit_layer']}")
+    cfg.update(options)
+    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
+    d.validate()
+    want = {"w": (1, d.layers, d.hidden, d.hidden), "b": (1, d.layers, d.hidden), "vocab": (d.draft_vocab,)}
+    for name, shape in want.items():
+      if name not in tensors:
+        raise ValueError(f"{d.name} checkpoint lacks tensor {name!r}")
+      if tuple(tensors[name].shape) != shape:
+        raise ValueError(f"{d.name} checkpoint tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    return d.with_weights({k: np.asarray(tensors[k], np.float32) for k in ("w", "b")},
+                          np.asarray(tensors["vocab"], np.int32) if d.draft_vocab else None)
