@@ -39,13 +39,13 @@ def answer_record(g, i: int, pid) -> dict:
   n, fw = g.new_tokens[i], g.target_forwards[i]
   return {"id": pid, "text": g.texts[i], "token_ids": g.token_ids[i], "new_tokens": n, "target_forwards": fw,
           "tau": n / fw if fw else 0.0, "wall_s": g.wall_s, "tokens_per_s": n / g.wall_s if g.wall_s > 0 else 0.0,
-          "drafter": g.drafter}
+          "drafter": g.drafter, "budget": g.budget}
 
 
 def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None = None, batch_size: int = 8,
               max_new_tokens: int = 128, temperature: float = 0.0, top_k=None, top_p=None, seed: int = 0,
               acceptance: str | None = None, chat: bool = True, allow_special: bool = False, mesh=None,
-              overwrite: bool = False, progress: bool = True) -> dict:
+              overwrite: bool = False, progress: bool = True, tree_budget: str | None = None) -> dict:
   """Runs (or resumes) a batch job; returns {"written", "skipped", "errors", "out", "errors_file"}.
 
   target: a loaded Target or a zero-argument callable returning one (called after every check that
@@ -74,7 +74,11 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
   temperature, top_k, top_p, acceptance = api.check_sampling(temperature, top_k, top_p, acceptance)
   seed = api.check_seed(seed)
+  tree_budget = api.check_tree_budget(tree_budget)
   d = registry.make(drafter, **(drafter_options or {}))
+  if tree_budget == "auto":
+    from specjax import budget as budget_lib
+    budget_lib.candidates(d)             # nothing measured to choose from: refused before the model loads
   errors_path, settings_path = side_paths(out)
   if overwrite:
     for p in (out, errors_path, settings_path):
@@ -89,6 +93,8 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
               "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
               "seed": seed, "acceptance": acceptance, "chat": chat, "allow_special": allow_special,
               "batch_size": batch_size, "drafter": settings_io.drafter_settings(d)}
+  if tree_budget == "auto":         # only then: files written before the option existed still resume
+    settings["tree_budget"] = tree_budget
   old = settings_io.read(settings_path)
   done = {str(r["id"]) for r in records_io.load(out, valid=lambda r: isinstance(r.get("id"), (str, int)),
                                                 label="specjax batch")}
@@ -123,7 +129,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     stats["skipped"] += len(batch) - len(todo)
     if todo:   # a batch cut by a crash runs again whole: the same shapes give the same tokens
       g = api.generate(target, [ids for _, _, ids in batch], max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance,
+                       top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance, tree_budget=tree_budget,
                        **({} if mesh is None else {"mesh": mesh}))
       recs = [dict(answer_record(g, i, p.id), line=lineno) for i, (lineno, p, _) in enumerate(batch)
               if str(p.id) not in done]

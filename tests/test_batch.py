@@ -70,6 +70,8 @@ def test_other_settings_refused_unless_overwrite(tmp_path, tiny_chat):
     run_batch(inp, out, **dict(kw, drafter_options={"num_tokens": 3}))
   with pytest.raises(ValueError, match="drafter"):
     run_batch(inp, out, **dict(kw, drafter="none"))
+  with pytest.raises(ValueError, match="tree_budget: None there, 'auto' now"):
+    run_batch(inp, out, **dict(kw, tree_budget="auto"))
   # An option given at its default resolves to the same settings: resumes (here: nothing left to do).
   assert run_batch(inp, out, **dict(kw, drafter_options={"num_tokens": 4}))["skipped"] == 2
   res = run_batch(inp, out, **dict(kw, max_new_tokens=5, overwrite=True))
