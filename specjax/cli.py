@@ -89,12 +89,15 @@ def load_target(model: str, dtype: str, **kwargs):
   return sio.load(model, dtype=dtype, **kwargs)
 
 
-def _load(a):
-  """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype))."""
+def _load(a, local: bool = False):
+  """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype)).
+  local: the mesh over this process's own devices (a multi-host batch job's processes work apart)."""
   extra = {"chat_template": a.chat_template} if a.chat_template is not None else {}
   if getattr(a, "mesh_axes", None):
+    import jax
+
     from specjax.parallel import make_mesh
-    extra["mesh"] = make_mesh(**a.mesh_axes)
+    extra["mesh"] = make_mesh(**a.mesh_axes, devices=jax.local_devices() if local else None)
   return load_target(a.model, a.dtype, **extra)
 
 
@@ -214,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="drafter option, e.g. -O pld.num_tokens=8 (repeatable)")
   _add_tree_budget_arg(b)
   _add_model_args(b)
+  b.add_argument("--mesh", metavar="data=D,model=M", default=None,
+                 help="run every method sharded over a device mesh of this process (the peers run unsharded)")
   b.add_argument("--out", required=True, metavar="DIR")
   b.set_defaults(func=cmd_bench)
 
@@ -367,8 +372,11 @@ def cmd_info(a) -> int:
 def cmd_bench(a) -> int:
   from specjax.bench import run_bench
 
+  from specjax.parallel import parse_mesh
+
   drafters = [d.strip() for d in a.drafters.split(",") if d.strip()]
   peers = [p.strip() for p in a.peers.split(",") if p.strip()]
+  a.mesh_axes = parse_mesh(a.mesh) if a.mesh else None
   res = run_bench(a.prompts, out=a.out, drafters=drafters, target=lambda: _load(a),
                   model=a.model, dtype=a.dtype, max_new_tokens=a.max_new_tokens, limit=a.limit,
                   per_category=a.per_category, batch_size=a.batch_size, temperature=a.temperature, seed=a.seed,
@@ -389,13 +397,13 @@ def cmd_batch(a) -> int:
   from specjax.batch import run_batch
 
   _start_parallel(a)
-  res = run_batch(a.inp, a.out, target=lambda: _load(a), drafter=a.drafter,
+  res = run_batch(a.inp, a.out, target=lambda: _load(a, local=True), drafter=a.drafter,
                   drafter_options=_parse_options(a.drafter_option, qualified=False), batch_size=a.batch_size,
                   max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                   seed=a.seed, acceptance=a.acceptance, chat=not a.no_chat, allow_special=a.allow_special_tokens,
                   overwrite=a.overwrite, progress=not a.no_progress, tree_budget=a.tree_budget)
   print(f"{res['out']}: {res['written']} answered now, {res['skipped']} already there; {res['errors']} malformed "
-        f"row(s) in {res['errors_file']}", file=sys.stderr)
+        f"row(s) in {res['errors_file']}{'; merged into ' + res['merged'] if res['merged'] else ''}", file=sys.stderr)
   return 0
 
 
