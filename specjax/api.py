@@ -287,7 +287,8 @@ def _run(target: Target, spec, dparams, inputs, key, lay):
   """Compiles (at most once) and runs the program; returns (host Result, run seconds, compile seconds)."""
   graphdef, params = nnx.split(target.model)
   if lay is not None:
-    spec = dataclasses.replace(spec, cache_sharding=sharded.cache_sharding(lay))
+    spec = dataclasses.replace(spec, cache_sharding=sharded.cache_sharding(lay),
+                               state_placement=sharded.state_placement(lay, spec.drafter))
     params, dparams, inputs, key = sharded.place(lay, params, dparams, inputs, key)
   t0 = time.perf_counter()
   fn = _executable(graphdef, spec, params, dparams, inputs, key, lay)

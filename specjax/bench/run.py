@@ -116,7 +116,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
 
   prompts: a JSONL path or a list of `Prompt`. target: a loaded `specjax.io.Target`, a zero-argument
   callable returning one (called once the prompts and options are validated), or None to load `model`
-  in `dtype`. drafter_options: {drafter name: {option: value}}. tree_budget: "auto" sizes every drafter's
+  in `dtype`. A target loaded on a mesh (specjax.load(..., mesh=...)) runs every method sharded. drafter_options: {drafter name: {option: value}}. tree_budget: "auto" sizes every drafter's
   tree to the batch (api.generate); the baseline is plain decoding either way. Returns the results dict."""
   from specjax import api
   from specjax.drafters import registry
@@ -179,6 +179,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
 
   base_settings = {"model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
                    "temperature": float(temperature), "seed": seed, "chat": bool(chat)}
+  if target.mesh is not None:           # only then: records made before meshes existed still resume
+    base_settings["mesh"] = dict(target.mesh.shape)
 
   def settings_for(m):
     s = dict(base_settings)
@@ -284,7 +286,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                  if peers else None,
                  "model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
                  "batch_size": batch_size, "temperature": float(temperature), "seed": seed, "chat": bool(chat),
-                 "tree_budget": tree_budget,
+                 "tree_budget": tree_budget, "mesh": None if target.mesh is None else dict(target.mesh.shape),
                  "greedy": greedy},
       "near_tie_gap": NEAR_TIE_GAP,
       "results": aggregate(records, selected, methods, greedy=greedy, gaps=gaps),

@@ -28,6 +28,7 @@ class Spec:
   top_k: int | None = None
   top_p: float | None = None
   cache_sharding: object = None     # NamedSharding of the KV cache on a device mesh (parallel/rules.py)
+  state_placement: object = None    # pins the drafter state's entries on a mesh (parallel/rules.StatePlacement)
   # Timing: run exactly max_new loop steps whatever the rows do (a finished row costs what a live one
   # does), so two runs give one step's cost (tree_budget="auto" measures its cost curve this way).
   timing: bool = False
@@ -137,7 +138,8 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
   tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
   ctx = Context(tokens, prompt_len - 1, prompt_len, jnp.zeros(B, bool))
   zeros = jnp.zeros(B, jnp.int32)
-  carry = LoopState(cache, ctx, drafter.init(m, ctx, prefill), key, zeros, zeros,
+  place = spec.state_placement or (lambda s: s)
+  carry = LoopState(cache, ctx, place(drafter.init(m, ctx, prefill)), key, zeros, zeros,
                     jnp.zeros((B, D + 1), jnp.int32), jnp.zeros(B, bool), jnp.zeros((), jnp.int32))
 
   def body(c: LoopState) -> LoopState:
@@ -163,7 +165,7 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
                   ctx.done | hit_eos | (new_tokens >= max_new))
     live = ~c.ctx.done
     step = Step(tree, out.logits, out.hidden, out.layer_hidden, acc, count)
-    return LoopState(cache, ctx, drafter.update(m, dstate, ctx, step), key, new_tokens, c.forwards + live,
+    return LoopState(cache, ctx, place(drafter.update(m, dstate, ctx, step)), key, new_tokens, c.forwards + live,
                      c.hist + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])),
                      c.nan | (live & jnp.any(jnp.isnan(out.logits), axis=(1, 2))), c.steps + 1)
 
