@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specjax import budget as budget_lib
 from specjax.drafters import registry
 from specjax.engine import accept as accept_lib
 from specjax.engine import decode
@@ -260,11 +261,17 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter, **sampling,
                                   **drafter_options)
   lay = None if mesh is None else sharded.layout(mesh, target.cfg)
-  budget, budget_ms = _budget_label(spec.drafter), {}
+  user = spec.drafter            # as configured: its fixed budget
+  budget, budget_ms = _budget_label(user), {}
   if tree_budget == "auto":
+    if lay is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+      # Each process would measure (and choose) on its own, and their programs must be the same one.
+      raise ValueError("tree_budget='auto' on a mesh across processes is not supported yet; use a fixed budget "
+                       "(a multi-host batch job, whose processes work apart, may use auto)")
     spec, dparams, inputs, budget, budget_ms = _auto_budget(target, ids, max_new_tokens, spec, dparams, sampling, lay)
   res, wall, compile_s = _run(target, spec, dparams, inputs, jax.random.key(seed), lay)
   res = jax.tree.map(lambda x: x[:rows], res)
+  _learn(target, user, budget, len(ids), res)
   if res.nan.any():
     rows = np.flatnonzero(res.nan).tolist()
     raise FloatingPointError(f"the target produced NaN logits (rows {rows}); its weights or dtype are broken "
@@ -298,12 +305,21 @@ def _run(target: Target, spec, dparams, inputs, key, lay):
   return res, time.perf_counter() - t1, t1 - t0
 
 
+def _learn(target: Target, user, label: str, batch: int, res):
+  """Feeds tree_budget="auto" the batch tau this call achieved at budget `label` (budget.observe)."""
+  if label == "none" or not user.budgets():
+    return
+  tau = {c.label: c.tau for c in budget_lib.candidates(user)}.get(label)
+  if tau:
+    budget_lib.observe((target.fingerprint, repr(user)), batch, tau, res.new_tokens.tolist(), res.forwards.tolist())
+
+
 def _budget_label(d) -> str:
   return "none" if d.name == "none" else ",".join(f"{k}={getattr(d, k)}" for k in
                                                   dict.fromkeys(k for o, _ in d.budgets() for k in o)) or "fixed"
 
 
-def _auto_budget(target: Target, ids, max_new_tokens, spec, dparams, sampling, lay, steps: int = 4, rounds: int = 3):
+def _auto_budget(target: Target, ids, max_new_tokens, spec, dparams, sampling, lay, steps: int = 6, rounds: int = 3):
   """tree_budget="auto": (spec, dparams, inputs, budget label, {label: step ms}) of the budget that
   budget.choose picks from this drafter's candidates, each candidate's step cost measured here (at this
   batch size, buffer length and mesh) or read from budget.CostCache.
@@ -311,7 +327,6 @@ def _auto_budget(target: Target, ids, max_new_tokens, spec, dparams, sampling, l
   A step's cost: the fastest of `rounds` runs of 1 + k loop steps minus the fastest of `rounds` runs of
   one step (prefill and dispatch cancel), over k; the candidates measured together take turns, so a
   burst of load elsewhere on the machine does not fall on one of them only."""
-  from specjax import budget as budget_lib
   from specjax.drafters.base import NoDrafter
   full = dataclasses.replace(spec.drafter, params=dparams)
   cache = budget_lib.CostCache()
@@ -350,7 +365,8 @@ def _auto_budget(target: Target, ids, max_new_tokens, spec, dparams, sampling, l
     cache.put({todo[c][0]: out[c] for c in todo})
     return out
 
-  choice, ms = budget_lib.choose(budget_lib.candidates(full), measure)
+  gain = budget_lib.observed_gain((target.fingerprint, repr(spec.drafter)), B)
+  choice, ms = budget_lib.choose(budget_lib.candidates(full, gain), measure)
   spec, dparams, inputs = prepared[choice]
   return spec, dparams, inputs, "none" if choice.options is None else choice.label, ms
 

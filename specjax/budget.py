@@ -11,9 +11,18 @@ benchmark for weightless drafters) and no speculation (tau 1). step_ms is MEASUR
 loop step of the real compiled program (draft, verify, accept, commit) at this batch and buffer length,
 kept in a small JSON cache keyed by device, model fingerprint, dtype and program (`CostCache`).
 
+tau(n) is corrected by what this process has seen. A batch runs until its slowest row is done, so what a
+batch gains from speculation is max(new tokens) / max(target forwards) over its rows, which falls below
+the held-out tau as rows grow more ragged (larger B) and whenever the prompts are harder than the
+training data. Every speculative call records that batch tau beside the model's tau for the budget it ran
+(`observe`), per drafter configuration and batch size, and later choices scale the model's gain:
+tau'(n) = 1 + r (tau(n) - 1), r = the observed gain over the predicted gain. A batch job or a benchmark
+thus converges to its own prompts after one batch; a first call uses the recorded tau alone.
+
 Never slower than the better of plain decoding and the fixed budget: those two are always candidates,
 both costs are measured, and another budget replaces the better of them only when its estimate is
-`MARGIN` ahead (so an estimation error of tau smaller than the margin cannot make auto lose).
+`MARGIN` ahead (so an estimation error of tau smaller than the margin cannot make auto lose). Measured
+costs are made non-decreasing in the tree size (a larger tree never costs less; a lower reading is noise).
 """
 from __future__ import annotations
 
@@ -39,10 +48,10 @@ class Candidate:
   safe: bool = False
 
 
-def candidates(drafter) -> list[Candidate]:
+def candidates(drafter, gain: float = 1.0) -> list[Candidate]:
   """No speculation, the drafter's own (fixed) budget, and every other measured budget it can run at.
   The fixed budget's tau is its measured one, else that of the best measured budget no larger than it
-  (a bigger tree accepts at least as much), else 1."""
+  (a bigger tree accepts at least as much), else 1. gain scales every budget's tau - 1 (see `observed_gain`)."""
   none = Candidate(label="none", options=None, nodes=1, tau=1.0, safe=True)
   if drafter.name == "none":
     return [none]
@@ -66,7 +75,31 @@ def candidates(drafter) -> list[Candidate]:
     fixed_tau = max([1.0] + [c.tau for c in others if c.nodes <= drafter.num_nodes])
   fixed = Candidate(label=_label({k: getattr(drafter, k) for o, _ in measured for k in o}) or "fixed", options=(),
                     nodes=drafter.num_nodes, tau=fixed_tau, safe=True)
-  return [none, fixed] + sorted(others, key=lambda c: c.nodes)
+  cands = [fixed] + sorted(others, key=lambda c: c.nodes)
+  return [none] + [dataclasses.replace(c, tau=1.0 + gain * (c.tau - 1.0)) for c in cands]
+
+
+# ------------------------------------------------------------------ observed acceptance
+
+_SEEN: dict = {}      # (drafter key, batch) -> [observed gain, predicted gain] summed over calls
+
+
+def observe(key, batch: int, predicted_tau: float, new_tokens, forwards):
+  """Records one call: its rows' new tokens and target forwards, run at a budget whose model tau was
+  predicted_tau. The batch's tau is max(new) / max(forwards): the batch ran max(forwards) steps for what
+  plain decoding does in max(new)."""
+  if predicted_tau <= 1.0 or max(forwards, default=0) <= 0:
+    return
+  seen = _SEEN.setdefault((key, batch), [0.0, 0.0])
+  seen[0] += max(new_tokens) / max(forwards) - 1.0
+  seen[1] += predicted_tau - 1.0
+
+
+def observed_gain(key, batch: int) -> float:
+  """r: observed over predicted gain of tau for this drafter configuration and batch size (1 when nothing
+  was seen), within [0, 1.5]."""
+  seen = _SEEN.get((key, batch))
+  return 1.0 if not seen or seen[1] <= 0 else min(max(seen[0] / seen[1], 0.0), 1.5)
 
 
 def _label(opts: dict) -> str:
@@ -84,10 +117,11 @@ def choose(cands: Sequence[Candidate], measure: Callable[[list[Candidate]], dict
   run only where they can change the answer."""
   cands = list(cands)
   ms = dict(measure([c for c in cands if c.safe]))
-  rate = lambda c: c.tau / ms[c]
+  # Cost made non-decreasing in T; for a candidate not measured yet, a lower bound of its cost.
+  cost = lambda c: max(v for k, v in ms.items() if k.nodes <= c.nodes)
+  rate = lambda c: c.tau / cost(c)
   need = (1 + margin) * max(rate(c) for c in ms)
-  floor = lambda c: max([v for k, v in ms.items() if k.nodes <= c.nodes], default=0.0)
-  hopeful = [c for c in cands if not c.safe and not (floor(c) > 0 and c.tau / floor(c) <= need)]
+  hopeful = [c for c in cands if not c.safe and rate(c) > need]
   if hopeful:
     ms.update(measure(hopeful))
   best_safe = max((c for c in ms if c.safe), key=rate)
