@@ -112,18 +112,19 @@ def choose(cands: Sequence[Candidate], measure: Callable[[list[Candidate]], dict
   safe one by `margin`. measure(candidates) -> {candidate: step ms} (measured together, so they share the
   machine's load). Returns (choice, {label: step ms}).
 
-  The safe candidates are measured first; another is measured only if it could win at the cost of the
-  largest safe tree no larger than it (a step never costs less with more nodes), so slow measurements
-  run only where they can change the answer."""
+  The safe candidates are measured first (together); the others one by one from the smallest tree, each
+  only if it could still win at the cost of the largest tree measured below it (a step never costs less
+  with more nodes), so slow measurements run only where they can change the answer."""
   cands = list(cands)
   ms = dict(measure([c for c in cands if c.safe]))
   # Cost made non-decreasing in T; for a candidate not measured yet, a lower bound of its cost.
   cost = lambda c: max(v for k, v in ms.items() if k.nodes <= c.nodes)
   rate = lambda c: c.tau / cost(c)
   need = (1 + margin) * max(rate(c) for c in ms)
-  hopeful = [c for c in cands if not c.safe and rate(c) > need]
-  if hopeful:
-    ms.update(measure(hopeful))
+  for c in sorted((c for c in cands if not c.safe), key=lambda c: c.nodes):
+    if rate(c) > need:
+      ms.update(measure([c]))
+      need = max(need, rate(c))
   best_safe = max((c for c in ms if c.safe), key=rate)
   best = max(ms, key=rate)
   choice = best if best.safe or rate(best) > (1 + margin) * rate(best_safe) else best_safe
