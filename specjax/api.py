@@ -344,16 +344,16 @@ def _auto_budget(target: Target, ids, max_new_tokens, spec, dparams, sampling, l
       except ValueError:            # e.g. a deeper tree that overflows the context: never chosen
         out[c] = float("inf")
         continue
-      cspec, cparams, (prompt, _, _) = prepared[c]
+      cspec, cparams, _ = prepared[c]
       timing = dataclasses.replace(cspec, timing=True)
       k = max(1, min(steps, (cspec.max_len - 4) // (d.max_depth + 1) - 1))
       key = budget_lib.program_key(machine, repr(timing), B, k)
       if (ms := cache.get(key)) is not None:
         out[c] = ms
         continue
-      # Rows of two tokens, so k steps fit the buffer whatever the prompts; done rows cost what live ones do.
-      lens = jnp.full((B,), 2, jnp.int32)
-      args = (timing, cparams, (jnp.ones_like(prompt), lens), lay)
+      # Prompts of two tokens in the real buffer length: a step's cost depends on the buffer, not on the
+      # prompt, and the runs skip the real prompts' prefill; done rows cost what live ones do.
+      args = (timing, cparams, (jnp.ones((B, 2), jnp.int32), jnp.full((B,), 2, jnp.int32)), lay)
       _timed(target, *args, 1)                                      # compiles
       todo[c] = (key, k, args, [], [])
     for _ in range(rounds):
