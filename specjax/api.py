@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specjax import budget as budget_lib
 from specjax.drafters import registry
 from specjax.engine import accept as accept_lib
 from specjax.engine import decode
@@ -25,7 +26,9 @@ _BUCKET = 64   # prompt lengths are padded to a multiple of this, so similar pro
 class Generation:
   """texts[i], token_ids[i]: the i-th prompt's answer. Per row: new_tokens, target_forwards, tau,
   accepted_hist (steps that accepted 0..D draft tokens). Whole call: wall_s (run, excluding
-  compilation), compile_s, tokens_per_s (all rows' new tokens / wall_s)."""
+  compilation and, with tree_budget="auto", its step-cost measurements), compile_s, tokens_per_s (all
+  rows' new tokens / wall_s); budget: the tree budget run ("nodes=4"; "none" when auto chose no
+  speculation, then drafter is "none"), with budget_ms the measured step costs auto compared."""
   texts: list[str]
   token_ids: list[list[int]]
   new_tokens: list[int]
@@ -38,6 +41,8 @@ class Generation:
   drafter: str
   acceptance: str
   lossless: bool
+  budget: str = ""
+  budget_ms: dict = dataclasses.field(default_factory=dict)
 
 
 def _round_up(n, m):
@@ -223,10 +228,16 @@ def _compilation_cache():
   jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)     # bytes; least recently used go first
 
 
+def check_tree_budget(tree_budget):
+  if tree_budget not in (None, "fixed", "auto"):
+    raise ValueError(f"tree_budget must be 'auto' or 'fixed' (the drafter's own options), got {tree_budget!r}")
+  return tree_budget or "fixed"
+
+
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = True,
              drafter="none", acceptance: str | None = None, allow_special: bool = False, mesh=None,
-             **drafter_options) -> Generation:
+             tree_budget: str | None = None, **drafter_options) -> Generation:
   """Generates for a batch of prompts (strings, or lists of token ids) in one compiled program.
 
   drafter: "none" (autoregressive), "pld", "lookahead", "medusa" (the shipped checkpoint),
@@ -236,30 +247,31 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   special-token text in the prompts (e.g. "<|im_end|>") as the special tokens; by default it is plain text.
   mesh: a device mesh (specjax.make_mesh) to run sharded over; default: the one the target was loaded
   on (specjax.load(..., mesh=...)), else one device. Outputs equal the one-device outputs.
+  tree_budget: "fixed" (default: the drafter's options) or "auto": the budget with the most tokens per
+  second at this batch size (specjax/budget.py), possibly no speculation; the tokens are the same.
   """
   seed = check_seed(seed)
+  tree_budget = check_tree_budget(tree_budget)
   ids = encode_prompts(target, prompts, chat, allow_special)
   mesh = target.mesh if mesh is None else mesh
   rows = len(ids)
   if mesh is not None:       # the batch splits evenly over "data": pad with copies of the first prompt
     ids = ids + [ids[0]] * (-rows % mesh.shape["data"])
-  spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter,
-                                 temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance,
-                                 **drafter_options)
-  graphdef, params = nnx.split(target.model)
-  key = jax.random.key(seed)
-  lay = None
-  if mesh is not None:
-    lay = sharded.layout(mesh, target.cfg)
-    spec = dataclasses.replace(spec, cache_sharding=sharded.cache_sharding(lay))
-    params, dparams, inputs, key = sharded.place(lay, params, dparams, inputs, key)
-  t0 = time.perf_counter()
-  fn = _executable(graphdef, spec, params, dparams, inputs, key, lay)
-  t1 = time.perf_counter()
-  res = fn(params, dparams, *inputs, key)
-  res = sharded.gather(res) if lay is not None else jax.device_get(res)
+  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance)
+  spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter, **sampling,
+                                  **drafter_options)
+  lay = None if mesh is None else sharded.layout(mesh, target.cfg)
+  user = spec.drafter            # as configured: its fixed budget
+  budget, budget_ms = _budget_label(user), {}
+  if tree_budget == "auto":
+    if lay is not None and any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+      # Each process would measure (and choose) on its own, and their programs must be the same one.
+      raise ValueError("tree_budget='auto' on a mesh across processes is not supported yet; use a fixed budget "
+                       "(a multi-host batch job, whose processes work apart, may use auto)")
+    spec, dparams, inputs, budget, budget_ms = _auto_budget(target, ids, max_new_tokens, spec, dparams, sampling, lay)
+  res, wall, compile_s = _run(target, spec, dparams, inputs, jax.random.key(seed), lay)
   res = jax.tree.map(lambda x: x[:rows], res)
-  wall = time.perf_counter() - t1
+  _learn(target, user, budget, len(ids), res)
   if res.nan.any():
     rows = np.flatnonzero(res.nan).tolist()
     raise FloatingPointError(f"the target produced NaN logits (rows {rows}); its weights or dtype are broken "
@@ -273,9 +285,95 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   fw = [int(x) for x in res.forwards]
   return Generation(texts=texts, token_ids=token_ids, new_tokens=new, target_forwards=fw,
                     tau=[n / max(f, 1) for n, f in zip(new, fw)], accepted_hist=res.accepted_hist.tolist(),
-                    wall_s=wall, compile_s=t1 - t0, tokens_per_s=sum(new) / max(wall, 1e-9),
+                    wall_s=wall, compile_s=compile_s, tokens_per_s=sum(new) / max(wall, 1e-9),
                     drafter=spec.drafter.name, acceptance=spec.acceptance,
-                    lossless=accept_lib.LOSSLESS[spec.acceptance])
+                    lossless=accept_lib.LOSSLESS[spec.acceptance], budget=budget, budget_ms=budget_ms)
+
+
+def _run(target: Target, spec, dparams, inputs, key, lay):
+  """Compiles (at most once) and runs the program; returns (host Result, run seconds, compile seconds)."""
+  graphdef, params = nnx.split(target.model)
+  if lay is not None:
+    spec = dataclasses.replace(spec, cache_sharding=sharded.cache_sharding(lay),
+                               state_placement=sharded.state_placement(lay, spec.drafter))
+    params, dparams, inputs, key = sharded.place(lay, params, dparams, inputs, key)
+  t0 = time.perf_counter()
+  fn = _executable(graphdef, spec, params, dparams, inputs, key, lay)
+  t1 = time.perf_counter()
+  res = fn(params, dparams, *inputs, key)
+  res = sharded.gather(res) if lay is not None else jax.device_get(res)
+  return res, time.perf_counter() - t1, t1 - t0
+
+
+def _learn(target: Target, user, label: str, batch: int, res):
+  """Feeds tree_budget="auto" the batch tau this call achieved at budget `label` (budget.observe)."""
+  if label == "none" or not user.budgets():
+    return
+  tau = {c.label: c.tau for c in budget_lib.candidates(user)}.get(label)
+  if tau:
+    budget_lib.observe((target.fingerprint, repr(user)), batch, tau, res.new_tokens.tolist(), res.forwards.tolist())
+
+
+def _budget_label(d) -> str:
+  return "none" if d.name == "none" else ",".join(f"{k}={getattr(d, k)}" for k in
+                                                  dict.fromkeys(k for o, _ in d.budgets() for k in o)) or "fixed"
+
+
+def _auto_budget(target: Target, ids, max_new_tokens, spec, dparams, sampling, lay, steps: int = 6, rounds: int = 3):
+  """tree_budget="auto": (spec, dparams, inputs, budget label, {label: step ms}) of the budget that
+  budget.choose picks from this drafter's candidates, each candidate's step cost measured here (at this
+  batch size, buffer length and mesh) or read from budget.CostCache.
+
+  A step's cost: the fastest of `rounds` runs of 1 + k loop steps minus the fastest of `rounds` runs of
+  one step (prefill and dispatch cancel), over k; the candidates measured together take turns, so a
+  burst of load elsewhere on the machine does not fall on one of them only."""
+  from specjax.drafters.base import NoDrafter
+  full = dataclasses.replace(spec.drafter, params=dparams)
+  cache = budget_lib.CostCache()
+  B = len(ids)
+  machine = (budget_lib.machine_key(), target.fingerprint, str(np.dtype(target.model.dtype)),
+             None if lay is None else dict(lay.mesh.shape))
+  prepared = {}
+
+  def measure(cands) -> dict:
+    out, todo = {}, {}
+    for c in cands:
+      d = NoDrafter() if c.options is None else dataclasses.replace(full, **dict(c.options))
+      try:
+        prepared[c] = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=d, **sampling)
+      except ValueError:            # e.g. a deeper tree that overflows the context: never chosen
+        out[c] = float("inf")
+        continue
+      cspec, cparams, _ = prepared[c]
+      timing = dataclasses.replace(cspec, timing=True)
+      k = max(1, min(steps, (cspec.max_len - 4) // (d.max_depth + 1) - 1))
+      key = budget_lib.program_key(machine, repr(timing), B, k)
+      if (ms := cache.get(key)) is not None:
+        out[c] = ms
+        continue
+      # Prompts of two tokens in the real buffer length: a step's cost depends on the buffer, not on the
+      # prompt, and the runs skip the real prompts' prefill; done rows cost what live ones do.
+      args = (timing, cparams, (jnp.ones((B, 2), jnp.int32), jnp.full((B,), 2, jnp.int32)), lay)
+      _timed(target, *args, 1)                                      # compiles
+      todo[c] = (key, k, args, [], [])
+    for _ in range(rounds):
+      for key, k, args, one, more in todo.values():
+        one.append(_timed(target, *args, 1))
+        more.append(_timed(target, *args, 1 + k))
+    for c, (key, k, args, one, more) in todo.items():
+      out[c] = 1e3 * max(min(more) - min(one), 1e-6) / k
+    cache.put({todo[c][0]: out[c] for c in todo})
+    return out
+
+  gain = budget_lib.observed_gain((target.fingerprint, repr(spec.drafter)), B)
+  choice, ms = budget_lib.choose(budget_lib.candidates(full, gain), measure)
+  spec, dparams, inputs = prepared[choice]
+  return spec, dparams, inputs, "none" if choice.options is None else choice.label, ms
+
+
+def _timed(target, spec, dparams, inputs, lay, n: int) -> float:
+  """Seconds of one run of a timing program (spec.timing) for n loop steps."""
+  return _run(target, spec, dparams, (*inputs, jnp.asarray(n, jnp.int32)), jax.random.key(0), lay)[1]
 
 
 @functools.lru_cache(maxsize=8)

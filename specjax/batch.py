@@ -12,10 +12,19 @@ file holds every good input exactly once. Batches are fixed by the input (consec
 a batch cut by a crash is generated again whole, with only its missing rows written: a resumed job's
 answers equal an uninterrupted job's token for token (same batch shapes, same program).
 Rerunning with other settings on the same OUT is refused unless overwrite=True.
+
+Multi-host (jax.distributed started, N processes): process p answers the input lines with
+(line - 1) % N == p, on its own devices only (a --mesh is built from its local devices), into its own
+shard OUT.p{p}of{N}.jsonl with its own errors and settings files, crash-safe as above; no collective runs
+during the job, so one slow process delays no other. At the end the processes meet at one barrier and
+process 0 merges every shard it can see (a shared filesystem) into OUT, in input order, atomically. The
+shards stay the record of truth: a rerun with the same N resumes each shard and merges again; `read_results`
+reads OUT or the shards of a job whose processes wrote to different machines.
 """
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 import time
 
@@ -29,9 +38,51 @@ from specjax.io.prompts import Prompt, count_lines, stream_prompts
 def side_paths(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   """(errors file, settings file) for an output file: results.jsonl -> results.errors.jsonl,
   results.settings.json."""
+  return _beside(out, ".errors.jsonl"), _beside(out, ".settings.json")
+
+
+def _beside(out, suffix: str) -> pathlib.Path:
+  """results.jsonl -> results<suffix> in the same folder."""
   out = pathlib.Path(out)
-  stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-  return out.with_name(stem + ".errors.jsonl"), out.with_name(stem + ".settings.json")
+  return out.with_name((out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name) + suffix)
+
+
+def shard_path(out: pathlib.Path, process: int, processes: int) -> pathlib.Path:
+  """Process `process`'s own output of an N-process job: results.jsonl -> results.p0of2.jsonl."""
+  return _beside(out, f".p{process}of{processes}.jsonl")
+
+
+def _other_shards(out: pathlib.Path, processes: int) -> list[pathlib.Path]:
+  """Shards (and their side files) of jobs on OUT run with another number of processes."""
+  stem = _beside(out, "").name
+  own = {shard_path(out, p, processes).name for p in range(processes)} if processes > 1 else set()
+  shard = re.compile(re.escape(stem) + r"\.p\d+of\d+\.jsonl")
+  found = [p for p in pathlib.Path(out).parent.glob(f"{stem}.p*of*.jsonl") if shard.fullmatch(p.name) and p.name not in own]
+  return [q for p in found for q in (p, *side_paths(p))]
+
+
+def read_results(out, processes: int | None = None) -> list[dict]:
+  """Every answer of a job in input order: OUT's records, or (processes=N) the union of the N shards of a
+  multi-host job, each id once."""
+  out = pathlib.Path(out)
+  paths = [out] if processes is None else [shard_path(out, p, processes) for p in range(processes)]
+  recs = {}
+  for path in paths:
+    for r in records_io.load(path, valid=lambda r: isinstance(r.get("id"), (str, int)), label="specjax batch"):
+      recs.setdefault(str(r["id"]), r)
+  return sorted(recs.values(), key=lambda r: r.get("line", 0))
+
+
+def _merge_shards(out: pathlib.Path, processes: int) -> bool:
+  """Process 0, after the barrier: OUT (and its errors file) rewritten atomically from every shard, when all
+  are visible here. Returns whether it merged."""
+  shards = [shard_path(out, p, processes) for p in range(processes)]
+  if not all(s.exists() for s in shards):
+    return False
+  errors = [e for s in shards for e in records_io.load(side_paths(s)[0], label="specjax batch")]
+  for path, recs in ((out, read_results(out, processes)), (side_paths(out)[0], sorted(errors, key=lambda e: e["line"]))):
+    records_io.write_all(path, recs)
+  return True
 
 
 def answer_record(g, i: int, pid) -> dict:
@@ -39,13 +90,13 @@ def answer_record(g, i: int, pid) -> dict:
   n, fw = g.new_tokens[i], g.target_forwards[i]
   return {"id": pid, "text": g.texts[i], "token_ids": g.token_ids[i], "new_tokens": n, "target_forwards": fw,
           "tau": n / fw if fw else 0.0, "wall_s": g.wall_s, "tokens_per_s": n / g.wall_s if g.wall_s > 0 else 0.0,
-          "drafter": g.drafter}
+          "drafter": g.drafter, "budget": g.budget}
 
 
 def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None = None, batch_size: int = 8,
               max_new_tokens: int = 128, temperature: float = 0.0, top_k=None, top_p=None, seed: int = 0,
               acceptance: str | None = None, chat: bool = True, allow_special: bool = False, mesh=None,
-              overwrite: bool = False, progress: bool = True) -> dict:
+              overwrite: bool = False, progress: bool = True, tree_budget: str | None = None) -> dict:
   """Runs (or resumes) a batch job; returns {"written", "skipped", "errors", "out", "errors_file"}.
 
   target: a loaded Target or a zero-argument callable returning one (called after every check that
@@ -54,9 +105,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
   from specjax.drafters import registry
 
   import jax
-  if jax.process_count() > 1:
-    raise ValueError("batch jobs run in one process (a mesh over its devices); multi-host batch jobs are not "
-                     "supported yet")
+  process, processes = jax.process_index(), jax.process_count()
   if str(inp) == "-":
     raise ValueError("a batch job reads its input twice when resumed: give a file, not standard input")
   inp, out = pathlib.Path(inp), pathlib.Path(out)
@@ -74,7 +123,25 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
   temperature, top_k, top_p, acceptance = api.check_sampling(temperature, top_k, top_p, acceptance)
   seed = api.check_seed(seed)
+  tree_budget = api.check_tree_budget(tree_budget)
   d = registry.make(drafter, **(drafter_options or {}))
+  final = out
+  # Another layout's files on OUT (shards of another process count; a one-process job's output under a
+  # multi-host one) are refused, or removed by process 0 with overwrite.
+  foreign = _other_shards(out, processes) + ([out, *side_paths(out)] if processes > 1 else [])
+  if overwrite and process == 0:
+    for p in foreign:
+      p.unlink(missing_ok=True)
+  elif not overwrite and _other_shards(out, processes):
+    raise ValueError(f"{out} has shards of a job with another number of processes; rerun with that many "
+                     "processes, or pass --overwrite")
+  elif not overwrite and processes > 1 and side_paths(out)[1].exists():
+    raise ValueError(f"{out} was written by a one-process job; resume it with one process, or pass --overwrite")
+  if processes > 1:
+    out = shard_path(out, process, processes)
+  if tree_budget == "auto":
+    from specjax import budget as budget_lib
+    budget_lib.candidates(d)             # nothing measured to choose from: refused before the model loads
   errors_path, settings_path = side_paths(out)
   if overwrite:
     for p in (out, errors_path, settings_path):
@@ -82,6 +149,10 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
 
   if callable(target):
     target = target()
+  on = mesh if mesh is not None else target.mesh
+  if processes > 1 and on is not None and any(x.process_index != process for x in on.devices.flat):
+    raise ValueError("in a multi-host batch job each process runs on its own devices: build its mesh from "
+                     "jax.local_devices()")
   if chat:
     target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
   d.check_target(target)
@@ -89,6 +160,10 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
               "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
               "seed": seed, "acceptance": acceptance, "chat": chat, "allow_special": allow_special,
               "batch_size": batch_size, "drafter": settings_io.drafter_settings(d)}
+  if processes > 1:
+    settings["processes"] = processes
+  if tree_budget == "auto":         # only then: files written before the option existed still resume
+    settings["tree_budget"] = tree_budget
   old = settings_io.read(settings_path)
   done = {str(r["id"]) for r in records_io.load(out, valid=lambda r: isinstance(r.get("id"), (str, int)),
                                                 label="specjax batch")}
@@ -106,8 +181,8 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
                                                     label="specjax batch")}
 
   from tqdm import tqdm
-  bar = tqdm(total=count_lines(inp), unit="rec", desc="batch", file=sys.stderr, disable=not progress,
-             dynamic_ncols=True)
+  mine = (count_lines(inp) + processes - 1 - process) // processes      # lines with (line - 1) % N == process
+  bar = tqdm(total=mine, unit="rec", desc="batch", file=sys.stderr, disable=not progress, dynamic_ncols=True)
   answers, errors = records_io.RecordLog(out), records_io.RecordLog(errors_path)
   stats = {"written": 0, "skipped": 0, "errors": 0, "new_tokens": 0, "wall_s": 0.0}
 
@@ -123,7 +198,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     stats["skipped"] += len(batch) - len(todo)
     if todo:   # a batch cut by a crash runs again whole: the same shapes give the same tokens
       g = api.generate(target, [ids for _, _, ids in batch], max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance,
+                       top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance, tree_budget=tree_budget,
                        **({} if mesh is None else {"mesh": mesh}))
       recs = [dict(answer_record(g, i, p.id), line=lineno) for i, (lineno, p, _) in enumerate(batch)
               if str(p.id) not in done]
@@ -139,6 +214,8 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
   try:
     batch: list = []
     for lineno, item in stream_prompts(inp):
+      if (lineno - 1) % processes != process:     # another process's line
+        continue
       if isinstance(item, ValueError):
         error(lineno, None, str(item))
         continue
@@ -158,6 +235,11 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     bar.close()
     answers.close()
     errors.close()
+  merged = False
+  if processes > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("specjax batch: every shard written")
+    merged = process == 0 and _merge_shards(final, processes)
   return {"written": stats["written"], "skipped": stats["skipped"], "errors": stats["errors"],
           "new_tokens": stats["new_tokens"], "wall_s": time.perf_counter() - t0, "out": str(out),
-          "errors_file": str(errors_path)}
+          "errors_file": str(errors_path), "merged": str(final) if merged else None}

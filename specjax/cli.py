@@ -89,12 +89,15 @@ def load_target(model: str, dtype: str, **kwargs):
   return sio.load(model, dtype=dtype, **kwargs)
 
 
-def _load(a):
-  """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype))."""
+def _load(a, local: bool = False):
+  """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype)).
+  local: the mesh over this process's own devices (a multi-host batch job's processes work apart)."""
   extra = {"chat_template": a.chat_template} if a.chat_template is not None else {}
   if getattr(a, "mesh_axes", None):
+    import jax
+
     from specjax.parallel import make_mesh
-    extra["mesh"] = make_mesh(**a.mesh_axes)
+    extra["mesh"] = make_mesh(**a.mesh_axes, devices=jax.local_devices() if local else None)
   return load_target(a.model, a.dtype, **extra)
 
 
@@ -112,6 +115,12 @@ def _add_parallel_args(p):
                  help="multi-host: the coordinator's address ('auto': detect a TPU VM or SLURM cluster)")
   p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
   p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+
+
+def _add_tree_budget_arg(p):
+  p.add_argument("--tree-budget", choices=["fixed", "auto"], default="fixed",
+                 help="fixed: the drafter's options; auto: the budget (possibly none) with the most tokens/s at this "
+                 "batch size, from step costs measured on this machine (cached) and the drafter's measured acceptance")
 
 
 def _positive_int(s: str) -> int:
@@ -203,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_draft_args(g)
   g.add_argument("--batch-size", type=_positive_int, default=None,
                  help="prompts per generate call (default: all positional prompts at once; 1 for a file)")
+  _add_tree_budget_arg(g)
   _add_parallel_args(g)
   g.set_defaults(func=cmd_generate)
 
@@ -225,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--no-progress", action="store_true", help="no progress bar")
   b.add_argument("-O", "--drafter-option", action="append", metavar="DRAFTER.KEY=VALUE",
                  help="drafter option, e.g. -O pld.num_tokens=8 (repeatable)")
+  _add_tree_budget_arg(b)
   _add_model_args(b)
+  b.add_argument("--mesh", metavar="data=D,model=M", default=None,
+                 help="run every method sharded over a device mesh of this process (the peers run unsharded)")
   b.add_argument("--out", required=True, metavar="DIR")
   b.set_defaults(func=cmd_bench)
 
@@ -249,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
   j.add_argument("--allow-special-tokens", action="store_true")
   j.add_argument("--overwrite", action="store_true", help="discard OUT (and its errors and settings files) and start again")
   j.add_argument("--no-progress", action="store_true")
+  _add_tree_budget_arg(j)
   _add_model_args(j)
   _add_parallel_args(j)
   j.set_defaults(func=cmd_batch)
@@ -313,6 +327,9 @@ def cmd_generate(a) -> int:
       raise ValueError(f"prompt {p.id!r} is empty")
   options = _drafter_options(a)
   drafter = registry.make(a.drafter, **options)          # unknown names and bad options fail before loading
+  if a.tree_budget == "auto":
+    from specjax import budget
+    budget.candidates(drafter)
   api.check_sampling(a.temperature, a.top_k, a.top_p, a.acceptance)
   api.check_seed(a.seed)
   _start_parallel(a)
@@ -332,7 +349,7 @@ def cmd_generate(a) -> int:
     batch = prompts[start:start + batch_size]
     g = api.generate(target, ids[start:start + batch_size], max_new_tokens=a.max_new_tokens,
                      temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, chat=chat,
-                     drafter=drafter, acceptance=a.acceptance)
+                     drafter=drafter, acceptance=a.acceptance, tree_budget=a.tree_budget)
     for i, p in enumerate(batch):
       row = answer_record(g, i, p.id)
       if quiet:
@@ -344,7 +361,7 @@ def cmd_generate(a) -> int:
           print(f"=== {p.id} ===")
         print(row["text"], flush=True)
         print(f"[{row['new_tokens']} new tokens, {row['target_forwards']} target forwards, tau {row['tau']:.2f}, "
-              f"{row['tokens_per_s']:.1f} tokens/s, drafter {g.drafter}, acceptance {g.acceptance}"
+              f"{row['tokens_per_s']:.1f} tokens/s, drafter {g.drafter} ({g.budget}), acceptance {g.acceptance}"
               f"{'' if g.lossless else ' (lossy)'}; batch of {len(batch)}: {g.wall_s:.2f} s, "
               f"compile {g.compile_s:.1f} s]", file=sys.stderr, flush=True)
   return 0
@@ -381,14 +398,17 @@ def cmd_info(a) -> int:
 def cmd_bench(a) -> int:
   from specjax.bench import run_bench
 
+  from specjax.parallel import parse_mesh
+
   drafters = [d.strip() for d in a.drafters.split(",") if d.strip()]
   peers = [p.strip() for p in a.peers.split(",") if p.strip()]
+  a.mesh_axes = parse_mesh(a.mesh) if a.mesh else None
   res = run_bench(a.prompts, out=a.out, drafters=drafters, target=lambda: _load(a),
                   model=a.model, dtype=a.dtype, max_new_tokens=a.max_new_tokens, limit=a.limit,
                   per_category=a.per_category, batch_size=a.batch_size, temperature=a.temperature, seed=a.seed,
                   chat=not a.no_chat, peers=peers, drafter_options=_parse_options(a.drafter_option, qualified=True),
                   progress=not a.no_progress, command=["specjax", *sys.argv[1:]] if a.argv is None else
-                  ["specjax", *a.argv])
+                  ["specjax", *a.argv], tree_budget=a.tree_budget)
   import pathlib
   out = pathlib.Path(a.out)
   print((out / "results.md").read_text(encoding="utf-8"))
@@ -403,13 +423,13 @@ def cmd_batch(a) -> int:
   from specjax.batch import run_batch
 
   _start_parallel(a)
-  res = run_batch(a.inp, a.out, target=lambda: _load(a), drafter=a.drafter,
+  res = run_batch(a.inp, a.out, target=lambda: _load(a, local=True), drafter=a.drafter,
                   drafter_options=_drafter_options(a), batch_size=a.batch_size,
                   max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                   seed=a.seed, acceptance=a.acceptance, chat=not a.no_chat, allow_special=a.allow_special_tokens,
-                  overwrite=a.overwrite, progress=not a.no_progress)
+                  overwrite=a.overwrite, progress=not a.no_progress, tree_budget=a.tree_budget)
   print(f"{res['out']}: {res['written']} answered now, {res['skipped']} already there; {res['errors']} malformed "
-        f"row(s) in {res['errors_file']}", file=sys.stderr)
+        f"row(s) in {res['errors_file']}{'; merged into ' + res['merged'] if res['merged'] else ''}", file=sys.stderr)
   return 0
 
 

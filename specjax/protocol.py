@@ -120,7 +120,11 @@ class Drafter:
   name = "drafter"
   skip_empty_trees = True
   capture = ()       # a class attribute or property of static layer indices, not an option
+  budget_keys = ()   # the options a held-out tau key "a/b/c" sets, in order (see `budgets`)
   params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True)
+  # ((budget key, held-out tau), ...) recorded when the weights were trained; not an option and not part
+  # of the program (no effect on equality, hashing or the executable cache).
+  heldout_tau: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False, kw_only=True)
 
   @property
   def graphdef(self):
@@ -133,6 +137,13 @@ class Drafter:
   @property
   def max_depth(self) -> int:
     raise NotImplementedError
+
+  def budgets(self) -> tuple[tuple[dict, float], ...]:
+    """The tree budgets `tree_budget="auto"` may choose from: (options that size the tree, expected tokens
+    per target forward) each, from measurements only (held-out tau recorded at training, or a recorded
+    benchmark for weightless drafters). Empty: nothing measured, so nothing to choose from."""
+    return tuple((dict(zip(self.budget_keys, map(int, key.split("/")))), float(tau))
+                 for key, tau in self.heldout_tau if len(key.split("/")) == len(self.budget_keys))
 
   def validate(self) -> None:
     """Raises ValueError on invalid options, before anything is compiled. Overrides call

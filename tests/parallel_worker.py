@@ -7,6 +7,7 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
@@ -57,7 +58,10 @@ def run_tiny():
     placed = specjax.Target(model, t.tokenizer, t.cfg, "tiny", mesh)
     same = {n: api.generate(placed, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids == base[n]
             for n, d in drafters.items() if only_on.get(n, name) == name}
-    out[name] = {"same": same, "shardings": observed(model, mesh)}
+    lay = rules.layout(mesh, t.cfg)
+    state = jax.jit(lambda: rules.state_placement(lay, "clover2")(      # declared drafter-state entries
+        {"k": jnp.zeros((1, 8, 16, 2, 8)), "u": jnp.zeros((8, 32)), "w": jnp.zeros((32, 64))}))()
+    out[name] = {"same": same, "shardings": observed(model, mesh), "state": {k: spec_of(v) for k, v in state.items()}}
   return out
 
 

@@ -70,6 +70,8 @@ def test_other_settings_refused_unless_overwrite(tmp_path, tiny_chat):
     run_batch(inp, out, **dict(kw, drafter_options={"num_tokens": 3}))
   with pytest.raises(ValueError, match="drafter"):
     run_batch(inp, out, **dict(kw, drafter="none"))
+  with pytest.raises(ValueError, match="tree_budget: None there, 'auto' now"):
+    run_batch(inp, out, **dict(kw, tree_budget="auto"))
   # An option given at its default resolves to the same settings: resumes (here: nothing left to do).
   assert run_batch(inp, out, **dict(kw, drafter_options={"num_tokens": 4}))["skipped"] == 2
   res = run_batch(inp, out, **dict(kw, max_new_tokens=5, overwrite=True))
@@ -158,3 +160,32 @@ def test_cli_batch_refuses_other_settings(tmp_path, tiny_chat, monkeypatch, caps
   err = capsys.readouterr().err
   assert err.startswith("specjax: error:") and "other settings" in err and "--overwrite" in err
   assert cli.main(args + ["--drafter", "lookahead", "--overwrite"]) == 0
+
+
+def test_two_process_job_each_answers_its_own_lines_and_merges(tmp_path, tiny_chat):
+  import socket
+  rows = [json.dumps(r) for r in good_rows(9)]
+  inp = write_lines(tmp_path / "in.jsonl", rows[:3] + ['{"id": "bad", '] + rows[3:] + [rows[0]])
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  out = tmp_path / "multi.jsonl"
+  here = pathlib.Path(__file__).resolve().parent
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SPECJAX_COMPILATION_CACHE="0", PYTHONPATH=str(here.parent))
+  worker = here / "multihost_batch_worker.py"
+  procs = [subprocess.Popen([sys.executable, str(worker), f"localhost:{port}", "2", str(i), str(inp), str(out), CHAT],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  res = {r["process"]: r for r in (json.loads(o.strip().splitlines()[-1]) for o, _ in outs)}
+  assert res[0]["first"]["written"] + res[1]["first"]["written"] == 9
+  assert res[1]["second"]["written"] >= 1 and res[0]["second"]["written"] == 0     # only the damage is redone
+  assert res[0]["second"]["merged"] == str(out) and res[1]["second"]["merged"] is None
+  single = tmp_path / "single.jsonl"
+  run_batch(inp, single, target=tiny_chat, batch_size=2, max_new_tokens=6, drafter="pld", progress=False)
+  key = lambda recs: [(r["id"], r["line"], r["token_ids"]) for r in recs]
+  assert key(read(out)) == key(read(single))                                      # each id once, input order
+  assert [e["line"] for e in read(side_paths(out)[0])] == [e["line"] for e in read(side_paths(single)[0])] == [4, 11]
+  with pytest.raises(ValueError, match="another number of processes"):                   # now one process
+    run_batch(inp, out, target=tiny_chat, batch_size=2, max_new_tokens=6, drafter="pld", progress=False)

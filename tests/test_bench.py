@@ -333,3 +333,14 @@ def test_resume_refuses_changed_drafter_defaults(prompts_file, tmp_path, tiny_ch
   monkeypatch.setattr(registry, "make", lambda d, **o: make(d, **({"num_tokens": 3, **o} if d == "pld" else o)))
   with pytest.raises(ValueError, match="'pld' records measured with other settings.*drafter"):
     run_bench(prompts_file, **kw)
+
+
+def test_target_on_a_mesh_is_recorded(prompts_file, tmp_path):
+  import specjax
+  t = tiny_target(seed=0, scale=10.0)
+  t.tokenizer.chat_template = CHAT
+  placed = specjax.Target(t.model, t.tokenizer, t.cfg, "tiny", specjax.make_mesh(data=1))
+  res = run_bench(prompts_file, out=tmp_path / "o", drafters=["none"], target=placed, limit=2, batch_size=2,
+                  max_new_tokens=4, progress=False, tree_budget="auto")
+  assert res["config"]["mesh"] == {"data": 1, "model": 1} and res["config"]["tree_budget"] == "auto"
+  assert {r["settings"]["mesh"]["data"] for r in read_lines(tmp_path / "o" / run_lib.RECORDS)} == {1}

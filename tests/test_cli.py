@@ -15,7 +15,8 @@ import pytest
 from specjax import cli
 from specjax.testing import tiny_target
 
-JSON_FIELDS = {"id", "text", "token_ids", "new_tokens", "target_forwards", "tau", "wall_s", "tokens_per_s", "drafter"}
+JSON_FIELDS = {"id", "text", "token_ids", "new_tokens", "target_forwards", "tau", "wall_s", "tokens_per_s", "drafter",
+               "budget"}
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
 
@@ -68,7 +69,7 @@ def test_generate_json_fields(capsys, use_tiny):
   for i, r in enumerate(rows):
     assert set(r) == JSON_FIELDS
     assert r["id"] == i
-    assert r["drafter"] == "pld"
+    assert r["drafter"] == "pld" and r["budget"] == "num_tokens=4"
     assert 1 <= r["new_tokens"] <= 6 and len(r["token_ids"]) == r["new_tokens"]
     assert r["tau"] == pytest.approx(r["new_tokens"] / r["target_forwards"])
     assert r["tokens_per_s"] == pytest.approx(r["new_tokens"] / r["wall_s"])

@@ -20,7 +20,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def worker(mode: str) -> dict:
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             SPECJAX_COMPILATION_CACHE="0")
+             SPECJAX_COMPILATION_CACHE="0", PYTHONPATH=str(HERE.parent))     # this checkout's specjax
   p = subprocess.run([sys.executable, str(HERE / "parallel_worker.py"), mode], env=env, capture_output=True,
                      text=True, timeout=1200)
   assert p.returncode == 0, p.stderr[-3000:]
@@ -47,6 +47,7 @@ def test_tiny_model_every_drafter_on_three_meshes():
   check_shardings(res["data=8"]["shardings"], heads_split=True)
   check_shardings(res["model=2"]["shardings"], heads_split=True)
   check_shardings(res["data=2,model=4"]["shardings"], heads_split=False)     # 2 KV heads on 4: replicated
+  assert res["data=8"]["state"] == {"k": [None, "data", None, None, None], "u": ["data", None], "w": [None, None]}
 
 
 def test_default_model_baseline_on_three_meshes():
@@ -74,7 +75,7 @@ def test_two_processes_joined_by_jax_distributed_match_one_process():
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", SPECJAX_COMPILATION_CACHE="0")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SPECJAX_COMPILATION_CACHE="0", PYTHONPATH=str(HERE.parent))
   procs = [subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), f"localhost:{port}", "2", str(i)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]

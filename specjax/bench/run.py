@@ -111,12 +111,13 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
               dtype="float32", max_new_tokens: int = 256, limit: int | None = None,
               per_category: int | None = None, batch_size: int = 1, temperature: float = 0.0, seed: int = 0,
               chat: bool = True, peers=(), drafter_options: dict | None = None, progress: bool = True,
-              command: list[str] | None = None) -> dict:
+              command: list[str] | None = None, tree_budget: str | None = None) -> dict:
   """Runs (or resumes) a benchmark and writes OUT/{records.jsonl, results.json, results.md, speedup.png}.
 
   prompts: a JSONL path or a list of `Prompt`. target: a loaded `specjax.io.Target`, a zero-argument
   callable returning one (called once the prompts and options are validated), or None to load `model`
-  in `dtype`. drafter_options: {drafter name: {option: value}}. Returns the results dict."""
+  in `dtype`. A target loaded on a mesh (specjax.load(..., mesh=...)) runs every method sharded. drafter_options: {drafter name: {option: value}}. tree_budget: "auto" sizes every drafter's
+  tree to the batch (api.generate); the baseline is plain decoding either way. Returns the results dict."""
   from specjax import api
   from specjax.drafters import registry
 
@@ -126,6 +127,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
   temperature, _, _, _ = api.check_sampling(temperature)
   seed = api.check_seed(seed)
+  tree_budget = api.check_tree_budget(tree_budget)
+  budget_of = lambda m: tree_budget if m != BASELINE else "fixed"
   prompts_file = str(prompts) if not isinstance(prompts, list) else None
   all_prompts = read_prompts(prompts) if prompts_file else list(prompts)
   selected = select(all_prompts, limit=limit, per_category=per_category)
@@ -147,6 +150,10 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
     if name not in drafters:
       raise ValueError(f"options given for drafter {name!r}, which is not benchmarked")
   made = {d: registry.make(d, **drafter_options.get(d, {})) for d in drafters}   # validates options early
+  if tree_budget == "auto":
+    from specjax import budget as budget_lib
+    for d in drafters:
+      budget_lib.candidates(made[d])          # a drafter with nothing measured to choose from fails now
   peer_methods = [m for p in peers for m in PEERS[p]]
   methods = drafters + peer_methods
   greedy = temperature == 0
@@ -172,11 +179,15 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
 
   base_settings = {"model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
                    "temperature": float(temperature), "seed": seed, "chat": bool(chat)}
+  if target.mesh is not None:           # only then: records made before meshes existed still resume
+    base_settings["mesh"] = dict(target.mesh.shape)
 
   def settings_for(m):
     s = dict(base_settings)
     if m in drafters:
       s.update(batch_size=batch_size, drafter=settings_io.drafter_settings(made[m]))
+      if budget_of(m) == "auto":      # only then: records made before the option existed still resume
+        s["tree_budget"] = "auto"
     else:
       s.update(batch_size=1, options={"prompt_lookup": list(lookup)} if m == "hf_pld" else {})
     return s
@@ -206,7 +217,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
     if not any(todo(m, b) for b in work):
       continue
     if m in drafters:
-      api.generate(target, [first], max_new_tokens=warm_n, temperature=temperature, seed=seed, drafter=made[m])
+      api.generate(target, [first] * len(work[0]), max_new_tokens=warm_n, temperature=temperature, seed=seed,
+                   drafter=made[m], tree_budget=budget_of(m))     # auto measures its step costs here
     else:
       hf.run(first, max_new_tokens=warm_n, temperature=temperature, seed=seed,
              lookup=lookup if m == "hf_pld" else None)
@@ -229,7 +241,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
         if m in drafters:
           # A partly recorded batch (a crash between its records; rare) is measured again whole.
           g = api.generate(target, [ids[str(p.id)] for p in batch], max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed, drafter=made[m])
+                           temperature=temperature, seed=seed, drafter=made[m], tree_budget=budget_of(m))
           total_new = max(sum(g.new_tokens), 1)
           for i, p in enumerate(batch):
             share = g.wall_s * g.new_tokens[i] / total_new
@@ -238,7 +250,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                 new_tokens=g.new_tokens[i], target_forwards=g.target_forwards[i], tau=g.tau[i],
                 wall_s=share, batch_wall_s=g.wall_s, batch_size=len(batch), compile_s=g.compile_s,
                 tokens_per_s=g.new_tokens[i] / share if share > 0 else None,
-                accepted_hist=g.accepted_hist[i], token_ids=g.token_ids[i], text=g.texts[i]))
+                accepted_hist=g.accepted_hist[i], token_ids=g.token_ids[i], text=g.texts[i], budget=g.budget))
         else:
           for p in todo(m, batch):
             r = hf.run(ids[str(p.id)], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -274,6 +286,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                  if peers else None,
                  "model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
                  "batch_size": batch_size, "temperature": float(temperature), "seed": seed, "chat": bool(chat),
+                 "tree_budget": tree_budget, "mesh": None if target.mesh is None else dict(target.mesh.shape),
                  "greedy": greedy},
       "near_tie_gap": NEAR_TIE_GAP,
       "results": aggregate(records, selected, methods, greedy=greedy, gaps=gaps),

@@ -243,6 +243,7 @@ class Clover(flat.FlatDrafter):
   threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
   name = "clover"
   budget = ("nodes", "width", "children")
+  budget_keys = ("nodes", "width")     # held-out tau is measured per nodes/width
 
   @property
   def rule_threshold(self) -> float:

@@ -190,6 +190,7 @@ class Eagle(flat.FlatDrafter):
   nodes: int = 4                # candidate nodes kept (the root not counted)
   name = "eagle"
   budget = ("depth", "top_k", "nodes")
+  budget_keys = budget
 
   def shapes(self):
     return shapes(self.dims)

@@ -71,6 +71,7 @@ class Medusa(Drafter):
   accuracy: tuple = ()          # measured [heads][ranks] acceptance rates (from the checkpoint)
   trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
   name = "medusa"
+  budget_keys = ("nodes",)
 
   def validate(self):
     check_option_types(self)

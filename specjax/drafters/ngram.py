@@ -15,6 +15,11 @@ from specjax.engine import tree as tree_lib
 
 
 MAX_NGRAM = 64     # each n-gram length is one pass over the context in the program
+# Tokens per target forward at num_tokens = 1..4 (one chain), from the accepted-length histogram of the
+# Spec-Bench run at num_tokens 4 (benchmarks/results/specbench_issue7_a.json: 18 prompts, 1659 steps,
+# default model): a chain cut to k tokens accepts min(a, k) of the a it accepted. Longer chains are
+# counted at the num_tokens-4 value (a lower bound). Prompt-dependent: code and summaries repeat more.
+TAU_BY_TOKENS = (1.36, 1.64, 1.87, 2.08)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,10 @@ class PromptLookup(Drafter):
   @property
   def max_depth(self):
     return self.num_tokens
+
+  def budgets(self):
+    return tuple(({"num_tokens": k}, TAU_BY_TOKENS[min(k, len(TAU_BY_TOKENS)) - 1])
+                 for k in range(1, self.num_tokens + 1))
 
   def propose(self, m, state, ctx: Context):
     toks, r = ctx.tokens, ctx.root

@@ -16,7 +16,7 @@ from specjax.drafters.base import NoDrafter
 from specjax.protocol import Drafter, check_option_types
 
 _NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
-                "version", "fuse", "cfg", "tokens", "graph"}
+                "version", "fuse", "cfg", "tokens", "graph", "heldout_tau"}
 
 
 def _classes():
@@ -56,11 +56,16 @@ def load_trained(name: str, **options) -> Drafter:
   from specjax.io import checkpoint
   kind = name.partition(":")[0]
   path = checkpoint_path(name)
+  if ":" not in name and not path.is_file():
+    raise checkpoint.CheckpointError(f"no {kind!r} checkpoint is shipped for the default model ({path}); train one with "
+                                     f"`specjax train --drafter {kind}` and pass {kind}:PATH")
   tensors, meta = checkpoint.load(path)
   recorded = meta.get("drafter", {}).get("name")
   if recorded != kind:
     raise checkpoint.CheckpointError(f"{path} holds a {recorded!r} drafter, not {kind!r}")
-  return _classes()[kind].from_checkpoint(tensors, meta["drafter"], meta["target"], **options)
+  d = _classes()[kind].from_checkpoint(tensors, meta["drafter"], meta["target"], **options)
+  tau = meta.get("training", {}).get("eval", {}).get("tau_by_nodes") or {}
+  return dataclasses.replace(d, heldout_tau=tuple((str(k), float(v)) for k, v in tau.items()))
 
 
 def make(drafter, **options) -> Drafter:

@@ -28,6 +28,10 @@ class Spec:
   top_k: int | None = None
   top_p: float | None = None
   cache_sharding: object = None     # NamedSharding of the KV cache on a device mesh (parallel/rules.py)
+  state_placement: object = None    # pins the drafter state's entries on a mesh (parallel/rules.StatePlacement)
+  # Timing: run exactly max_new loop steps whatever the rows do (a finished row costs what a live one
+  # does), so two runs give one step's cost (tree_budget="auto" measures its cost curve this way).
+  timing: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -72,7 +76,7 @@ TRACES = 0   # how many times the program was traced (tests check that a repeat 
 @dataclasses.dataclass(frozen=True)
 class LoopState:
   """The while_loop carry. new, forwards [B]: tokens generated and target forwards so far;
-  hist [B, D+1]: steps that accepted 0..D candidates; nan [B]: a row's logits held a NaN."""
+  hist [B, D+1]: steps that accepted 0..D candidates; nan [B]: a row's logits held a NaN; steps []: loop steps run."""
   cache: KVCache
   ctx: Context
   dstate: object
@@ -81,6 +85,7 @@ class LoopState:
   forwards: jax.Array
   hist: jax.Array
   nan: jax.Array
+  steps: jax.Array
 
 
 def _verify(model, tree, positions, cache, skip_empty: bool, capture):
@@ -134,8 +139,9 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
   tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
   ctx = Context(tokens, prompt_len - 1, prompt_len, jnp.zeros(B, bool))
   zeros = jnp.zeros(B, jnp.int32)
-  carry = LoopState(cache, ctx, drafter.init(m, ctx, prefill), key, zeros, zeros,
-                    jnp.zeros((B, D + 1), jnp.int32), jnp.zeros(B, bool))
+  place = spec.state_placement or (lambda s: s)
+  carry = LoopState(cache, ctx, place(drafter.init(m, ctx, prefill)), key, zeros, zeros,
+                    jnp.zeros((B, D + 1), jnp.int32), jnp.zeros(B, bool), jnp.zeros((), jnp.int32))
 
   def body(c: LoopState) -> LoopState:
     cache, ctx = c.cache, c.ctx
@@ -161,9 +167,10 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
                   ctx.done | hit_eos | (new_tokens >= max_new))
     live = ~c.ctx.done
     step = Step(tree, out.logits, out.hidden, out.layer_hidden, acc, count)
-    return LoopState(cache, ctx, drafter.update(m, dstate, ctx, step), key, new_tokens, c.forwards + live,
+    return LoopState(cache, ctx, place(drafter.update(m, dstate, ctx, step)), key, new_tokens, c.forwards + live,
                      c.hist + (live[:, None] & (jnp.arange(D + 1)[None] == acc.n[:, None])),
-                     c.nan | (live & jnp.any(jnp.isnan(out.logits), axis=(1, 2))))
+                     c.nan | (live & jnp.any(jnp.isnan(out.logits), axis=(1, 2))), c.steps + 1)
 
-  c = jax.lax.while_loop(lambda c: ~jnp.all(c.ctx.done), body, carry)
+  more = (lambda c: c.steps < max_new) if spec.timing else (lambda c: ~jnp.all(c.ctx.done))
+  c = jax.lax.while_loop(more, body, carry)
   return Result(c.ctx.tokens, prompt_len, c.new, c.forwards, c.hist, c.nan)

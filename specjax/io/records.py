@@ -39,16 +39,25 @@ def load(path: pathlib.Path, *, valid=lambda r: True, label: str = "specjax") ->
       keep.append(raw)
   dropped = sum(1 for raw in lines if raw.strip()) - len(keep)
   if dropped or (data and not data.endswith(b"\n")):
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-      f.write(b"".join(raw + b"\n" for raw in keep))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace(path, b"".join(raw + b"\n" for raw in keep))
     if dropped:
       print(f"{label}: warning: removed {dropped} unreadable line(s) from {path} (a write cut short by a "
             "crash); those records are measured again", file=sys.stderr)
   return good
+
+
+def write_all(path: pathlib.Path, records: list[dict]):
+  """Replaces `path` with `records`, atomically (a crash leaves the old file or the new one)."""
+  _replace(pathlib.Path(path), "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode("utf-8"))
+
+
+def _replace(path: pathlib.Path, data: bytes):
+  tmp = path.with_name(path.name + ".tmp")
+  with tmp.open("wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 class RecordLog:

@@ -35,7 +35,7 @@ def weights_hash(params) -> str | None:
 
 def drafter_settings(drafter) -> dict:
   """{name, options (all, defaults included), nodes, max_depth, weights}: what a drafter will run."""
-  opts = {f.name: getattr(drafter, f.name) for f in dataclasses.fields(drafter) if f.init and f.name != "params"}
+  opts = {f.name: getattr(drafter, f.name) for f in dataclasses.fields(drafter) if f.init and f.compare}
   return {"name": drafter.name, "options": _json(opts), "nodes": int(drafter.num_nodes),
           "max_depth": int(drafter.max_depth), "weights": weights_hash(drafter.params)}
 

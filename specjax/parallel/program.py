@@ -20,6 +20,10 @@ def cache_sharding(lay: rules.Layout):
   return lay.sharding(rules.CACHE_AXES)
 
 
+def state_placement(lay: rules.Layout, drafter) -> rules.StatePlacement | None:
+  return rules.state_placement(lay, drafter.name)
+
+
 def _input_shardings(lay: rules.Layout):
   """(prompt [B, P], prompt_len [B], max_new [], key [])."""
   return lay.sharding(rules.BATCH_AXES), lay.sharding(("batch",)), lay.sharding(), lay.sharding()
@@ -62,7 +66,7 @@ def place(lay: rules.Layout, params, dparams, inputs, key):
 
 def gather(res):
   """Outputs as host numpy arrays; across processes, every process receives every row."""
-  if jax.process_count() == 1:
+  if all(x.is_fully_addressable for x in jax.tree.leaves(res)):     # one process, or a mesh of its own devices
     return jax.device_get(res)
   from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(res, tiled=True)

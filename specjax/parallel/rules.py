@@ -30,6 +30,16 @@ WEIGHT_AXES = {
     "final_norm": (None,),
 }
 CACHE_AXES = (None, "batch", None, "kv_heads", None)   # KVCache.k, .v [L, B, S, KVH, D]
+# Drafter states (the loop carry's drafter entry, a dict), by drafter and entry; a prefix of the axes (the rest
+# replicated). Rows over "data" like the target's cache; the drafters' own caches keep their KV heads whole,
+# as their weights are replicated. Entries (and drafters) not declared are left to XLA's propagation.
+_FEATURE_STATE = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}       # k, v [B, S, KVH, D]; g [B, H]
+_CLOVER_STATE = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, S, KVH, D]
+DRAFTER_STATE_AXES = {
+    "medusa": {"h": ("batch",), "w": ()},                                       # h [B, H]; w [H, N] head columns
+    "lookahead": {"window": ("batch",), "pool": ("batch",), "stamp": ("batch",), "count": ("batch",)},
+    "clover": _CLOVER_STATE, "clover2": _CLOVER_STATE, "eagle": _FEATURE_STATE, "eagle3": _FEATURE_STATE,
+}
 BATCH_AXES = ("batch", None)                           # prompts, tokens [B, S]; lengths etc. use ("batch",)
 
 # Logical axis -> mesh axis.
@@ -58,6 +68,28 @@ def layout(mesh, cfg) -> Layout:
   sizes = {"vocab": cfg.vocab, "kv_heads": cfg.kv_heads, "ffn": cfg.ffn}
   split = {"batch"} | {a for a, n in sizes.items() if n % mesh.shape[RULES[a]] == 0}
   return Layout(mesh=mesh, split=frozenset(split))
+
+
+@dataclasses.dataclass(frozen=True)
+class StatePlacement:
+  """Pins a drafter's declared state entries where DRAFTER_STATE_AXES says, inside the program (the
+  engine calls it after init and after every update, so the loop carry keeps one layout). Hashable: it
+  is part of the program's static configuration."""
+  lay: Layout
+  axes: tuple          # ((entry, logical axes), ...)
+
+  def __call__(self, state):
+    if not isinstance(state, dict):
+      return state
+    import jax
+    axes = dict(self.axes)
+    return {k: v if k not in axes or v is None else jax.lax.with_sharding_constraint(v, self.lay.sharding(axes[k]))
+            for k, v in state.items()}
+
+
+def state_placement(lay: Layout, drafter_name: str) -> StatePlacement | None:
+  axes = DRAFTER_STATE_AXES.get(drafter_name)
+  return None if axes is None else StatePlacement(lay, tuple(sorted(axes.items())))
 
 
 def weight_shardings(lay: Layout, names) -> dict:
