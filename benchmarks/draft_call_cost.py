@@ -32,7 +32,7 @@ def run_layers(mod, x, positions, cache, mask, stop, mode):
   cos, sin = mod.rope(positions)
   new_mask = mask[:, None, None]
   live = (jnp.arange(cache.max_len)[None, :] < cache.lengths[:, None])[:, None, None, None, :]
-  full = {n: getattr(mod, n)[...] for n in LAYER_WEIGHTS if hasattr(mod, n)}
+  full = {n: mod.stacked(n) for n in LAYER_WEIGHTS if hasattr(mod, n)}
   kv = (cache.k[:stop], cache.v[:stop])
   if mode == "slice":
     w = {n: a[:stop] for n, a in full.items()}

@@ -33,9 +33,9 @@ def observed(model, mesh) -> dict:
   compiled = next(reversed(api._EXECUTABLES.values()))
   outs = compiled.output_shardings
   ins = compiled.input_shardings[0]
-  return {"wqkv": spec_of(model.wqkv[...]), "wo": spec_of(model.wo[...]), "w_gate_up": spec_of(model.w_gate_up[...]),
-          "w_down": spec_of(model.w_down[...]), "embed": spec_of(model.embed[...]),
-          "devices": len(model.w_gate_up[...].sharding.device_set),
+  return {"wqkv": spec_of(model.wqkv[0][...]), "wo": spec_of(model.wo[0][...]),
+          "w_gate_up": spec_of(model.w_gate_up[0][...]), "w_down": spec_of(model.w_down[0][...]),
+          "embed": spec_of(model.embed[...]), "devices": len(model.w_gate_up[0][...].sharding.device_set),
           "prompt_in": list(ins[2].spec), "tokens_out": list(outs.tokens.spec),
           "mesh": dict(mesh.shape)}
 

@@ -104,7 +104,7 @@ def test_control_gguf_with_supported_quant_loads(tmp_path):
   q = quantize(t["blk.0.ffn_down.weight"], gguf.GGMLQuantizationType.Q8_0)
   p = write_gguf(tmp_path / "q8.gguf", raw={"blk.0.ffn_down.weight": (gguf.GGMLQuantizationType.Q8_0, q)})
   target = sio.load(p)
-  got = np.asarray(target.model.w_down[...])[0].T          # back to [out, in]
+  got = np.asarray(target.model.w_down[0][...]).T          # back to [out, in]
   np.testing.assert_allclose(got, t["blk.0.ffn_down.weight"], atol=2e-3)
 
 

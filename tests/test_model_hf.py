@@ -360,7 +360,7 @@ def test_bfloat16_load_is_close(tmp_path):
   """dtype="bfloat16": matmul weights are bf16 (norms stay float32) and logits stay near float32's."""
   hf = make_hf_dir("llama", tmp_path, seed=8)
   target = sio.load(tmp_path, dtype="bfloat16")
-  assert target.model.wqkv[...].dtype == jnp.bfloat16
+  assert target.model.wqkv[0][...].dtype == jnp.bfloat16
   assert target.model.final_norm[...].dtype == jnp.float32
   ids = _ids(17, seed=5)
   ref = hf_logits(hf, ids)

@@ -56,7 +56,7 @@ from specjax.cache import KVCache
 from specjax.drafters.ngram import PromptLookup
 from specjax.engine import tree as tree_lib
 from specjax.models.config import ModelConfig
-from specjax.models.llama import LAYER_WEIGHTS, Llama, causal_mask
+from specjax.models.llama import LAYER_WEIGHTS, Llama, causal_mask, weight_shapes
 from specjax.protocol import MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill, check_option_types
 
 
@@ -110,9 +110,14 @@ class _DraftNetwork(Drafter):
     x, k, v, _ = mod.layers(mod.embed_tokens(tokens), positions, cache, mask, stop=self._stop(m))
     return x, k, v
 
-  def _logits(self, m, x):
-    """Last residual [..., H] -> float32 logits [..., V] over the target's vocabulary."""
+  def _logits(self, m, state, x):
+    """Last residual [..., H] -> float32 logits [..., V] over the target's vocabulary (state: the
+    drafter's, for what `_head_state` put there)."""
     return self._module(m).logits(x)
+
+  def _head_state(self, m) -> dict:
+    """Entries `init` adds to the state once, for `_logits` (e.g. the columns of a reduced head)."""
+    return {}
 
   # ---------------------------------------------------------------- the protocol
   def init(self, m: Models, ctx: Context, prefill: Prefill):
@@ -122,14 +127,14 @@ class _DraftNetwork(Drafter):
     cache = KVCache.zeros(layers=self._stop(m), batch=B, max_len=S, kv_heads=mod.cfg.kv_heads,
                           head_dim=mod.cfg.head_dim, dtype=mod.dtype)
     _, k, v = self._run(m, ctx.tokens[:, :n], jnp.broadcast_to(jnp.arange(n), (B, n)), None, causal_mask(B, n))
-    return dict(cache=cache.write(k, v))
+    return dict(cache=cache.write(k, v), **self._head_state(m))
 
-  def _step(self, m, cache: KVCache, tok, pos):
+  def _step(self, m, state, cache: KVCache, tok, pos):
     """One draft call over one token per row: tok, pos [B] -> (logits [B, V], cache with its entry at pos)."""
     B = tok.shape[0]
     cache = dataclasses.replace(cache, lengths=pos)
     x, k, v = self._run(m, tok[:, None], pos[:, None], cache, causal_mask(B, 1))
-    return self._logits(m, x[:, 0]), cache.write(k, v)
+    return self._logits(m, state, x[:, 0]), cache.write(k, v)
 
   def _candidates(self, logits, key):
     """logits [B, V] -> (tokens [B, width]: the chain's first, q [B, V] or None)."""
@@ -155,7 +160,7 @@ class _DraftNetwork(Drafter):
     cache = dataclasses.replace(state["cache"], lengths=start)
     x, kk, vv = self._run(m, tok, pos, cache, causal_mask(B, pos.shape[1]))
     cache = cache.write(kk, vv)
-    logits = self._logits(m, _take(x, r[:, None] + jnp.arange(k + 1)[None]))       # [B, k+1, V]: after root, c_1..c_k
+    logits = self._logits(m, state, _take(x, r[:, None] + jnp.arange(k + 1)[None]))       # [B, k+1, V]: after root, c_1..c_k
 
     if k:   # staged: the draft continues after the longest lookup prefix it agrees with
       agree = jnp.cumprod(c == jnp.argmax(logits[:, :k], -1), 1) & has[:, None]
@@ -172,7 +177,7 @@ class _DraftNetwork(Drafter):
       toks.append(cand)
       qs.append(q)
       if d + 1 < self.gamma:
-        logits, cache = self._step(m, cache, cand[:, 0], root + j + d + 1)
+        logits, cache = self._step(m, state, cache, cand[:, 0], root + j + d + 1)
     drafted = jnp.concatenate(toks, 1)                                            # [B, gamma * width]
     state = dict(state, cache=cache)
 
@@ -274,7 +279,7 @@ class DraftModel(_DraftNetwork):
     cfg = model.cfg
     if 0 < layers < cfg.layers:
       cfg = dataclasses.replace(cfg, layers=layers)
-      w = {n: np.asarray(getattr(model, n)[...]) for n in nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+      w = {n: np.asarray(model.stacked(n)) for n in weight_shapes(model.cfg)}
       w = {n: (x[:layers] if n in LAYER_WEIGHTS else x) for n, x in w.items()}
       model = Llama(cfg, w, dtype=model.dtype)
     graph, params = nnx.split(model)

@@ -35,7 +35,7 @@ def layer_shapes(dims: tuple, layers: int, prefix: str) -> dict[str, tuple[int, 
 
 def last_layer(model, name: str, layers: int) -> np.ndarray:
   """The target's last layer's weight `name` (any layout), float32, repeated `layers` times."""
-  return np.repeat(np.asarray(getattr(model, name)[...][-1:], np.float32), layers, 0)
+  return np.repeat(np.asarray(getattr(model, name)[-1][...], np.float32)[None], layers, 0)
 
 
 def layer_weights(p: dict, prefix: str, i: int) -> dict:

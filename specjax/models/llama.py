@@ -1,7 +1,11 @@
 """The Llama family (Llama 2/3, Mistral, Qwen2, SmolLM2) as one Flax NNX module.
 
-Layer weights are stacked on a leading layer axis and run with `lax.scan`: one compiled layer body
-instead of L unrolled copies, which keeps the decode program small and quick to compile.
+Each layer's weights are their own arrays and the layers run as an unrolled Python loop. A `lax.scan`
+over weights stacked on a layer axis compiles one layer body instead of L, but on the CPU every step of
+the scan copied its layer's weights out of the stacks before the matmuls could read them (XLA cannot
+hand a dynamic slice to a dot in place): a decode step read and wrote the weights three times instead
+of reading them once (BENCHMARKS.md, issue 10). The canonical (loader) layout keeps the layer axis
+(`weight_shapes`); the model splits it at load and `stacked` puts it back.
 q/k/v and gate/up are fused into single matmuls: on CPU, few wide matmuls beat many narrow ones. Their
 layouts keep the KV-head axis and the gate/up axis apart (io/packing.py), so a split of heads or FFN
 columns over a device mesh never cuts across q/k/v or gate/up (parallel/rules.py).
@@ -157,14 +161,20 @@ class Llama(nnx.Module):
       if tuple(w.shape) != shape:
         raise ValueError(f"weight {name} has shape {tuple(w.shape)}, expected {shape}")
       dt = jnp.float32 if name.endswith("norm") else dtype
-      if shardings is None:
-        # Wait for each host-to-device copy so the host tensor is freed before the next one.
-        arr = jnp.asarray(w, dt).block_until_ready()
-      else:   # each device receives only its own shard, cut from the host tensor (never a full device copy)
-        arr = jax.make_array_from_callback(shape, shardings[name], lambda idx, w=w, dt=dt: np.asarray(w[idx], dt))
-      setattr(self, name, nnx.Param(arr))
+      s = None if shardings is None else shardings[name]
+      if name in LAYER_WEIGHTS:        # one array per layer (see the module docstring)
+        if s is not None:
+          s = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.spec[1:]))
+        setattr(self, name, nnx.List([nnx.Param(_place(w[i], dt, s)) for i in range(cfg.layers)]))
+      else:
+        setattr(self, name, nnx.Param(_place(w, dt, s)))
       del w
     self.inv_freq = nnx.Variable(jnp.asarray(rope_frequencies(cfg)))
+
+  def stacked(self, name: str) -> jax.Array:
+    """A weight in its canonical layout (`weight_shapes`): layer weights stacked on a leading [L] axis."""
+    a = getattr(self, name)
+    return jnp.stack([p[...] for p in a]) if name in LAYER_WEIGHTS else a[...]
 
   def embed_tokens(self, tokens):
     """tokens [B, T] -> [B, T, H] in the model dtype."""
@@ -177,7 +187,7 @@ class Llama(nnx.Module):
 
   def layers(self, x, positions, cache: KVCache | None, mask, *, start: int = 0, stop: int | None = None,
              capture=()):
-    """Runs decoder layers [start, stop) over x [B, T, H] (scan over the stacked weights).
+    """Runs decoder layers [start, stop) over x [B, T, H], each reading its own weights in place.
 
     cache: the KVCache of ALL layers (or None); layer i reads cache.k[i]. Returns (x, k, v, captured):
     k, v [stop-start, B, T, KVH, D] fresh keys/values; captured {layer index: [B, T, H]} the residual
@@ -189,20 +199,17 @@ class Llama(nnx.Module):
     live = None
     if cache is not None:
       live = (jnp.arange(cache.max_len)[None, :] < cache.lengths[:, None])[:, None, None, None, :]
-    # The scan runs over layer indices and each step reads its layer from the full stacks: slicing
-    # [start:stop] out first would copy those layers' weights (and cache) on every call, which
-    # more than doubled a self-speculation draft call (BENCHMARKS.md, issue 12).
-    w = {n: getattr(self, n)[...] for n in LAYER_WEIGHTS if hasattr(self, n)}
-    kv = (cache.k, cache.v) if cache is not None else None
-
-    def body(x, i):
-      wl = {n: jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for n, a in w.items()}
-      kvl = None if kv is None else tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in kv)
+    names = [n for n in LAYER_WEIGHTS if hasattr(self, n)]
+    ks, vs, captured = [], [], {}
+    for i in range(start, stop):
+      wl = {n: getattr(self, n)[i][...] for n in names}
+      kvl = None if cache is None else (cache.k[i], cache.v[i])
       x, k, v = decoder_layer(cfg, wl, x, cos, sin, kvl, new_mask, live, self.dtype)
-      return x, (k, v, x if capture else None)
-
-    x, (k, v, per_layer) = jax.lax.scan(body, x, jnp.arange(start, stop))
-    return x, k, v, {i: per_layer[i - start] for i in capture}
+      ks.append(k)
+      vs.append(v)
+      if i in capture:
+        captured[i] = x
+    return x, jnp.stack(ks), jnp.stack(vs), captured
 
   def norm(self, h):
     """The final RMSNorm: last residual [..., H] -> the normed state the LM head reads."""
@@ -238,6 +245,14 @@ def forward(model: Llama, tokens, positions, cache: KVCache, mask, *, capture=()
   out = model(tokens, positions, cache, mask, capture=capture)
   cache = cache.write(out.k, out.v).advance(jnp.full((tokens.shape[0],), tokens.shape[1]))
   return out, cache
+
+
+def _place(w, dtype, sharding):
+  if sharding is None:
+    # Wait for each host-to-device copy so the host tensor is freed before the next one.
+    return jnp.asarray(w, dtype).block_until_ready()
+  # Each device receives only its own shard, cut from the host tensor (never a full device copy).
+  return jax.make_array_from_callback(w.shape, sharding, lambda idx: np.asarray(w[idx], dtype))
 
 
 def _random_weights(shapes, seed):

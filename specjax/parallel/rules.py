@@ -104,5 +104,6 @@ def state_shardings(lay: Layout, state):
 
   def one(path, _):
     name = getattr(path[0], "key", None)
-    return lay.sharding(WEIGHT_AXES.get(name, ()))
+    axes = WEIGHT_AXES.get(name, ())
+    return lay.sharding(axes[1:] if len(path) > 1 else axes)   # a layer weight is held layer by layer
   return jax.tree_util.tree_map_with_path(one, state)
