@@ -27,7 +27,9 @@ class Generation:
   """texts[i], token_ids[i]: the i-th prompt's answer. Per row: new_tokens, target_forwards, tau,
   accepted_hist (steps that accepted 0..D draft tokens). Whole call: wall_s (run, excluding
   compilation and, with tree_budget="auto", its step-cost measurements), compile_s, tokens_per_s (all
-  rows' new tokens / wall_s); budget: the tree budget run ("nodes=4"; "none" when auto chose no
+  rows' new tokens / wall_s); with time_prefill=True, prefill_s: the part of wall_s spent before the
+  first decode step (the prompts' forward: time to first token less one step) and decode_tokens_per_s:
+  new tokens / (wall_s - prefill_s), else None; budget: the tree budget run ("nodes=4"; "none" when auto chose no
   speculation, then drafter is "none"), with budget_ms the measured step costs auto compared."""
   texts: list[str]
   token_ids: list[list[int]]
@@ -43,6 +45,8 @@ class Generation:
   lossless: bool
   budget: str = ""
   budget_ms: dict = dataclasses.field(default_factory=dict)
+  prefill_s: float | None = None
+  decode_tokens_per_s: float | None = None
 
 
 def _round_up(n, m):
@@ -237,7 +241,7 @@ def check_tree_budget(tree_budget):
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = True,
              drafter="none", acceptance: str | None = None, allow_special: bool = False, mesh=None,
-             tree_budget: str | None = None, **drafter_options) -> Generation:
+             tree_budget: str | None = None, time_prefill: bool = False, **drafter_options) -> Generation:
   """Generates for a batch of prompts (strings, or lists of token ids) in one compiled program.
 
   drafter: "none" (autoregressive), "pld", "lookahead", "medusa" (the shipped checkpoint),
@@ -249,9 +253,14 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   on (specjax.load(..., mesh=...)), else one device. Outputs equal the one-device outputs.
   tree_budget: "fixed" (default: the drafter's options) or "auto": the budget with the most tokens per
   second at this batch size (specjax/budget.py), possibly no speculation; the tokens are the same.
+  time_prefill: also report the prefill's time (Generation.prefill_s) and decoding's own tokens/s. The
+  program then calls back to the host once, which keeps it out of JAX's persistent compilation cache
+  (a new process compiles it again).
   """
   seed = check_seed(seed)
   tree_budget = check_tree_budget(tree_budget)
+  if not isinstance(time_prefill, bool):
+    raise ValueError(f"time_prefill must be True or False, got {time_prefill!r}")
   ids = encode_prompts(target, prompts, chat, allow_special)
   mesh = target.mesh if mesh is None else mesh
   rows = len(ids)
@@ -269,7 +278,8 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
       raise ValueError("tree_budget='auto' on a mesh across processes is not supported yet; use a fixed budget "
                        "(a multi-host batch job, whose processes work apart, may use auto)")
     spec, dparams, inputs, budget, budget_ms = _auto_budget(target, ids, max_new_tokens, spec, dparams, sampling, lay)
-  res, wall, compile_s = _run(target, spec, dparams, inputs, jax.random.key(seed), lay)
+  spec = dataclasses.replace(spec, time_prefill=time_prefill)
+  res, wall, compile_s, prefill_s = _run(target, spec, dparams, inputs, jax.random.key(seed), lay)
   res = jax.tree.map(lambda x: x[:rows], res)
   _learn(target, user, budget, len(ids), res)
   if res.nan.any():
@@ -285,13 +295,15 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   fw = [int(x) for x in res.forwards]
   return Generation(texts=texts, token_ids=token_ids, new_tokens=new, target_forwards=fw,
                     tau=[n / max(f, 1) for n, f in zip(new, fw)], accepted_hist=res.accepted_hist.tolist(),
-                    wall_s=wall, compile_s=compile_s, tokens_per_s=sum(new) / max(wall, 1e-9),
+                    wall_s=wall, compile_s=compile_s, tokens_per_s=sum(new) / max(wall, 1e-9), prefill_s=prefill_s,
+                    decode_tokens_per_s=None if prefill_s is None else sum(new) / max(wall - prefill_s, 1e-9),
                     drafter=spec.drafter.name, acceptance=spec.acceptance,
                     lossless=accept_lib.LOSSLESS[spec.acceptance], budget=budget, budget_ms=budget_ms)
 
 
 def _run(target: Target, spec, dparams, inputs, key, lay):
-  """Compiles (at most once) and runs the program; returns (host Result, run seconds, compile seconds)."""
+  """Compiles (at most once) and runs the program; returns (host Result, run seconds, compile seconds,
+  prefill seconds: from the call to the prefill's end, as the program's host callback saw it, or None)."""
   graphdef, params = nnx.split(target.model)
   if lay is not None:
     spec = dataclasses.replace(spec, cache_sharding=sharded.cache_sharding(lay),
@@ -299,10 +311,14 @@ def _run(target: Target, spec, dparams, inputs, key, lay):
     params, dparams, inputs, key = sharded.place(lay, params, dparams, inputs, key)
   t0 = time.perf_counter()
   fn = _executable(graphdef, spec, params, dparams, inputs, key, lay)
+  decode.PREFILL_DONE.clear()
   t1 = time.perf_counter()
   res = fn(params, dparams, *inputs, key)
   res = sharded.gather(res) if lay is not None else jax.device_get(res)
-  return res, time.perf_counter() - t1, t1 - t0
+  t2 = time.perf_counter()
+  # A sharded program calls back once per device: the last one marks the end.
+  prefill = max(decode.PREFILL_DONE) - t1 if spec.time_prefill and decode.PREFILL_DONE else None
+  return res, t2 - t1, t1 - t0, prefill
 
 
 def _learn(target: Target, user, label: str, batch: int, res):

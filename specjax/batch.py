@@ -90,6 +90,7 @@ def answer_record(g, i: int, pid) -> dict:
   n, fw = g.new_tokens[i], g.target_forwards[i]
   return {"id": pid, "text": g.texts[i], "token_ids": g.token_ids[i], "new_tokens": n, "target_forwards": fw,
           "tau": n / fw if fw else 0.0, "wall_s": g.wall_s, "tokens_per_s": n / g.wall_s if g.wall_s > 0 else 0.0,
+          **({} if g.prefill_s is None else {"prefill_s": g.prefill_s, "decode_tokens_per_s": n / (g.wall_s - g.prefill_s)}),
           "drafter": g.drafter, "budget": g.budget}
 
 

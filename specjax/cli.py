@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="encode special-token text in prompts (e.g. <|im_end|>) as special tokens; by default it is "
                  "plain text, so a prompt cannot forge chat turns")
   g.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
+  g.add_argument("--time-prefill", action="store_true",
+                 help="also report the prefill's time and decoding's own tokens/s (the program is then not kept in "
+                 "the persistent compilation cache: each new process compiles it)")
   g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead, medusa (shipped checkpoint), medusa:PATH, "
                  "draft-model, self-spec, staged")
   g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
@@ -349,7 +352,7 @@ def cmd_generate(a) -> int:
     batch = prompts[start:start + batch_size]
     g = api.generate(target, ids[start:start + batch_size], max_new_tokens=a.max_new_tokens,
                      temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, chat=chat,
-                     drafter=drafter, acceptance=a.acceptance, tree_budget=a.tree_budget)
+                     drafter=drafter, acceptance=a.acceptance, tree_budget=a.tree_budget, time_prefill=a.time_prefill)
     for i, p in enumerate(batch):
       row = answer_record(g, i, p.id)
       if quiet:
@@ -360,9 +363,11 @@ def cmd_generate(a) -> int:
         if len(prompts) > 1:
           print(f"=== {p.id} ===")
         print(row["text"], flush=True)
+        decoding = "" if g.prefill_s is None else f" ({row['decode_tokens_per_s']:.1f} decoding)"
+        prefill = "" if g.prefill_s is None else f", prefill {g.prefill_s:.2f} s"
         print(f"[{row['new_tokens']} new tokens, {row['target_forwards']} target forwards, tau {row['tau']:.2f}, "
-              f"{row['tokens_per_s']:.1f} tokens/s, drafter {g.drafter} ({g.budget}), acceptance {g.acceptance}"
-              f"{'' if g.lossless else ' (lossy)'}; batch of {len(batch)}: {g.wall_s:.2f} s, "
+              f"{row['tokens_per_s']:.1f} tokens/s{decoding}, drafter {g.drafter} ({g.budget}), acceptance "
+              f"{g.acceptance}{'' if g.lossless else ' (lossy)'}; batch of {len(batch)}: {g.wall_s:.2f} s{prefill}, "
               f"compile {g.compile_s:.1f} s]", file=sys.stderr, flush=True)
   return 0
 

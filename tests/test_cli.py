@@ -75,6 +75,10 @@ def test_generate_json_fields(capsys, use_tiny):
     assert r["tokens_per_s"] == pytest.approx(r["new_tokens"] / r["wall_s"])
   assert rows[0]["wall_s"] == rows[1]["wall_s"]          # one batch: both rows carry its wall time
   assert use_tiny == [("default", "float32")]
+  code, out, err = run_main(capsys, "generate", "--json", "--time-prefill", "--max-new-tokens", "6", "t3 t4 t5")
+  r = json_rows(out)[0]
+  assert set(r) == JSON_FIELDS | {"prefill_s", "decode_tokens_per_s"}
+  assert 0 < r["prefill_s"] < r["wall_s"] and r["decode_tokens_per_s"] > r["tokens_per_s"]
 
 
 def test_generate_json_matches_autoregressive(capsys, use_tiny):

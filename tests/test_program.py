@@ -97,6 +97,18 @@ def test_declared_capture_reaches_drafters_through_both_verify_branches(t):
   np.testing.assert_allclose(root.logits[:, 0], full.logits[:, 0], rtol=1e-4, atol=1e-4)
 
 
+def test_prefill_time_is_reported_apart_from_decoding(t):
+  """The program's host callback marks the prefill's end: prefill_s lies inside the call's wall time,
+  decoding alone is faster than the whole call, and a one-token prompt (no prefill forward) still marks it."""
+  for prompt in (list(range(1, 40)), [5]):
+    g = specjax.generate(t, [prompt, prompt[:3]], max_new_tokens=16, time_prefill=True)
+    assert 0 < g.prefill_s < g.wall_s
+    assert g.decode_tokens_per_s == pytest.approx(sum(g.new_tokens) / (g.wall_s - g.prefill_s))
+    assert g.decode_tokens_per_s > g.tokens_per_s
+  plain = specjax.generate(t, [prompt], max_new_tokens=16)    # not asked: no callback, nothing reported
+  assert plain.prefill_s is None and plain.decode_tokens_per_s is None
+
+
 def test_persistent_compilation_cache_is_configured_unless_turned_off(monkeypatch, tmp_path):
   import jax
   api._compilation_cache.cache_clear()

@@ -241,14 +241,16 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
         if m in drafters:
           # A partly recorded batch (a crash between its records; rare) is measured again whole.
           g = api.generate(target, [ids[str(p.id)] for p in batch], max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed, drafter=made[m], tree_budget=budget_of(m))
+                           temperature=temperature, seed=seed, drafter=made[m], tree_budget=budget_of(m),
+                           time_prefill=True)
           total_new = max(sum(g.new_tokens), 1)
           for i, p in enumerate(batch):
             share = g.wall_s * g.new_tokens[i] / total_new
             new_recs.append(dict(
                 method=m, id=p.id, category=p.category, group=p.group, prompt_tokens=len(ids[str(p.id)]),
                 new_tokens=g.new_tokens[i], target_forwards=g.target_forwards[i], tau=g.tau[i],
-                wall_s=share, batch_wall_s=g.wall_s, batch_size=len(batch), compile_s=g.compile_s,
+                wall_s=share, batch_wall_s=g.wall_s, batch_prefill_s=g.prefill_s, batch_size=len(batch),
+                compile_s=g.compile_s,
                 tokens_per_s=g.new_tokens[i] / share if share > 0 else None,
                 accepted_hist=g.accepted_hist[i], token_ids=g.token_ids[i], text=g.texts[i], budget=g.budget))
         else:

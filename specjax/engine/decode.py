@@ -32,6 +32,9 @@ class Spec:
   # Timing: run exactly max_new loop steps whatever the rows do (a finished row costs what a live one
   # does), so two runs give one step's cost (tree_budget="auto" measures its cost curve this way).
   timing: bool = False
+  # Prefill timing: the program tells the host (a callback) when the prompts' keys are in the cache. JAX
+  # never writes a program with a host callback to its persistent compilation cache, so this is opt-in.
+  time_prefill: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -70,6 +73,12 @@ def _constrain(cache: KVCache, sharding) -> KVCache:
 
 DRAFT_STREAM = 0x5EED   # fold_in constant of the drafters' random stream
 TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
+PREFILL_DONE: list[float] = []   # host clock (time.perf_counter) when a running program's prefill finished
+
+
+def _stamp_prefill(_):
+  import time
+  PREFILL_DONE.append(time.perf_counter())
 
 
 @jax.tree_util.register_dataclass
@@ -136,6 +145,8 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
     z = jnp.zeros((B, 1, cfg.hidden), model.dtype)
     prefill = Prefill(z, {i: z for i in capture})
   cache = _constrain(dataclasses.replace(cache, lengths=prompt_len - 1), spec.cache_sharding)
+  if spec.time_prefill:    # one host callback per call, outside the loop; it waits only for its operand
+    jax.debug.callback(_stamp_prefill, cache.k[0, 0, 0, 0, 0])
   tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
   ctx = Context(tokens, prompt_len - 1, prompt_len, jnp.zeros(B, bool))
   zeros = jnp.zeros(B, jnp.int32)
