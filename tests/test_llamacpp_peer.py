@@ -147,3 +147,17 @@ def test_real_llamacpp_peer_matches_on_float32(tiny_gguf, letters_prompts, tmp_p
     assert ident["total"] == 3 and ident["identical"] + ident["near_tie"] >= 2, (m, ident)
   plain = [r for r in res["records"] if r["method"] == "llamacpp"]
   assert all(r["target_forwards"] == r["new_tokens"] for r in plain)      # one forward per token
+
+
+def test_real_prompt_lookup_worker_past_512_tokens(tiny_gguf):
+  """llama-cpp-python sizes its logits buffer by n_batch (512) unless logits_all is passed: a longer prompt
+  under prompt lookup failed (ValueError: could not broadcast ... into shape (0,)) before the worker passed it."""
+  pytest.importorskip("llama_cpp")
+  from specjax.bench.peers import WorkerPeer
+  job = {"model": str(tiny_gguf), "n_ctx": 1024, "lookup": [4, 3], "temperature": 0.0, "seed": 0, "eos_ids": []}
+  w = WorkerPeer("llamacpp_pld", llamacpp.WORKER, job)
+  try:
+    r = w.run([2 + i % 13 for i in range(700)], 5)
+  finally:
+    w.close()
+  assert r["new_tokens"] == 5 and 1 <= r["target_forwards"] <= 5

@@ -25,8 +25,10 @@ def main(job: dict):
   lookup = job["lookup"]
   draft = LlamaPromptLookupDecoding(num_pred_tokens=lookup[0], max_ngram_size=lookup[1]) if lookup else None
   threads = os.cpu_count() or 1
+  # logits_all with a draft model: llama-cpp-python 0.3.36 then keeps logits for every position, but sizes its
+  # scores buffer by the argument, not by that (n_batch rows): past 512 tokens prompt lookup fails without it.
   llm = llama_cpp.Llama(job["model"], n_ctx=job["n_ctx"], n_threads=threads, n_threads_batch=threads,
-                        draft_model=draft, seed=job["seed"], verbose=False)
+                        draft_model=draft, logits_all=draft is not None, seed=job["seed"], verbose=False)
   forwards = [0]
   evaluate = llm.eval
 
