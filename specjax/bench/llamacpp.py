@@ -19,9 +19,9 @@ import sys
 from specjax.bench.peers import PeerError, WorkerPeer
 
 WORKER = [sys.executable, str(pathlib.Path(__file__).with_name("llamacpp_worker.py"))]
-INSTALL_HINT = ("pip install 'specjax[bench]' (llama-cpp-python, compiled by pip in about 6 minutes; where the "
-                "default native build dies with an illegal instruction, build it portable: "
-                "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'specjax[bench]')")
+INSTALL_HINT = ("CMAKE_ARGS=-DGGML_NATIVE=OFF pip install -e '.[bench]' in the specjax checkout (the "
+                "specjax[bench] extra; pip compiles llama.cpp, about 6 minutes; GGML_NATIVE=OFF builds it portable, "
+                "since a native build can die with an illegal instruction on the Q4_1 file)")
 
 
 def require():
