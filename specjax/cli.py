@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--batch-size", type=_positive_int, default=1)
   b.add_argument("--temperature", type=float, default=0.0)
   b.add_argument("--seed", type=int, default=0)
-  b.add_argument("--peers", default="", help="comma-separated peers: hf (transformers greedy and prompt lookup)")
+  b.add_argument("--peers", default="", help="comma-separated peers: hf (transformers greedy and prompt lookup), llamacpp "
+                 "(llama.cpp float32 and native GGUF, greedy and prompt lookup; the bench extra)")
   b.add_argument("--no-chat", action="store_true", help="do not apply the model's chat template")
   b.add_argument("--no-progress", action="store_true", help="no progress bar")
   b.add_argument("-O", "--drafter-option", action="append", metavar="DRAFTER.KEY=VALUE",

@@ -1,14 +1,67 @@
 """Peers measured beside specjax on the same weights and prompt token ids: Hugging Face transformers
-greedy decoding ("hf") and its prompt lookup ("hf_pld")."""
+greedy decoding ("hf") and its prompt lookup ("hf_pld"), in this process; llama.cpp (specjax.bench.llamacpp),
+each method in a worker process (`WorkerPeer`), so that a crash there is reported, not fatal."""
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
+import signal
+import subprocess
+import tempfile
 import time
 
-PEERS = {"hf": ("hf", "hf_pld")}
+PEERS = {"hf": ("hf", "hf_pld"),
+         "llamacpp": ("llamacpp", "llamacpp_pld", "llamacpp_native", "llamacpp_native_pld")}
+
+
+class PeerError(RuntimeError):
+  """A peer method that failed (its worker crashed, or raised): the bench reports it and goes on."""
+
+
+class WorkerPeer:
+  """One peer method in its own process: argv + [job as JSON]; the worker prints {"ready", "info"} once
+  loaded, then one JSON reply line per JSON request line (protocol: specjax.bench.llamacpp_worker)."""
+
+  def __init__(self, name: str, argv: list[str], job: dict):
+    self.name = name
+    self.stderr = tempfile.TemporaryFile(mode="w+")     # kept for the tail quoted in a crash's error
+    self.proc = subprocess.Popen([*argv, json.dumps(job)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=self.stderr, text=True)
+    self.info = self._reply()["info"]
+
+  def run(self, ids: list[int], max_new_tokens: int) -> dict:
+    try:
+      self.proc.stdin.write(json.dumps({"ids": list(ids), "max_new_tokens": max_new_tokens}) + "\n")
+      self.proc.stdin.flush()
+    except BrokenPipeError:
+      pass                              # died already: _reply says how
+    return self._reply()
+
+  def _reply(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      rc = self.proc.wait()
+      how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+      self.stderr.seek(0)
+      tail = " | ".join(self.stderr.read().strip().splitlines()[-3:])
+      raise PeerError(f"{self.name}: the worker {how}" + (f" (stderr: {tail})" if tail else ""))
+    r = json.loads(line)
+    if "error" in r:
+      raise PeerError(f"{self.name}: {r['error']}")
+    return r
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.stdin.close()           # the worker's request loop ends at end of input
+      try:
+        self.proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+    self.stderr.close()
 
 
 class HFPeer:

@@ -58,15 +58,18 @@ def write_markdown(path: pathlib.Path, results: dict):
            f"`{cfg['prompts_file']}`, max_new_tokens {cfg['max_new_tokens']}, temperature {cfg['temperature']}, "
            f"batch size {cfg['batch_size']}. Machine: {mach.get('processor') or '?'}, {mach['platform']}, {mach['cpu_count']} CPUs, "
            f"JAX {mach['jax']} ({mach['backend']}), load average {mach.get('loadavg_start')} at the start, "
-           f"{mach.get('loadavg_end')} at the end (other processes skew timings).", "",
-           "## Speedup over the autoregressive baseline (tau)", "",
-           "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+           f"{mach.get('loadavg_end')} at the end (other processes skew timings).", ""]
+  errors = results.get("errors") or {}
+  if errors:       # a failed peer: its rows below hold only what it recorded before the failure
+    lines += ["## Errors", ""] + [f"- **{m}**: {msg}" for m, msg in errors.items()] + [""]
+  lines += ["## Speedup over the autoregressive baseline (tau)", "",
+            "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
   for m in methods:
     cells = []
     for g in groups:
       a = agg[m][g]
       cells.append(f"{_fmt(a['speedup'])}x ({_fmt(a['tau'])})" if a["speedup"] is not None else "–")
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append(f"| {m}{' (error)' if m in errors else ''} | " + " | ".join(cells) + " |")
   lines += ["", "## Outputs identical to the baseline (greedy, token for token)", "",
             "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
   for m in methods:

@@ -9,7 +9,9 @@ At the end it writes OUT/results.json, OUT/results.md and OUT/speedup.png.
 
 Methods: "none" (autoregressive, always first: the baseline), the requested drafters, and with
 peers=["hf"] Hugging Face transformers greedy decoding ("hf") and its prompt lookup ("hf_pld") on
-the same weights and the same prompt token ids.
+the same weights and the same prompt token ids; peers=["llamacpp"] llama.cpp on the same GGUF, float32 and
+as shipped, plain and prompt lookup (specjax.bench.llamacpp), each method in a worker process: a peer that
+fails (a crashed worker) gets no more records and an entry in results["errors"], and the run goes on.
 
 Figures per method and category group (mt_bench, translation, summarization, qa, math_reasoning,
 rag, overall), all over the prompts both the method and the baseline have records for:
@@ -35,7 +37,8 @@ import numpy as np
 
 from specjax.bench.aggregate import (BASELINE, NEAR_TIE_GAP, OVERALL, aggregate, divergence_gaps, key,
                                      ordered_groups, prompt_records)
-from specjax.bench.peers import PEERS, HFPeer
+from specjax.bench import llamacpp
+from specjax.bench.peers import PEERS, HFPeer, PeerError
 from specjax.bench.report import loadavg, machine_info, plot_speedup, write_atomic, write_markdown
 from specjax.io import records as records_io
 from specjax.io import settings as settings_io
@@ -145,6 +148,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   for p in peers:
     if p not in PEERS:
       raise ValueError(f"unknown peer {p!r}; choose from {', '.join(PEERS)}")
+  if "llamacpp" in peers:
+    llamacpp.require()
   drafter_options = {k: dict(v) for k, v in (drafter_options or {}).items()}
   for name, opts in drafter_options.items():
     if name not in drafters:
@@ -189,7 +194,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
       if budget_of(m) == "auto":      # only then: records made before the option existed still resume
         s["tree_budget"] = "auto"
     else:
-      s.update(batch_size=1, options={"prompt_lookup": list(lookup)} if m == "hf_pld" else {})
+      s.update(batch_size=1, options={"prompt_lookup": list(lookup)} if m.endswith("_pld") else {})
     return s
 
   rec_path = out / RECORDS
@@ -206,9 +211,30 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
     return [p for p in batch if key(m, p.id) not in records]
 
   work = batches(selected, batch_size)
-  hf = None
-  if any(todo(m, [p]) for m in peer_methods for p in selected):
+  # Peers with work left: method -> run(ids, max_new_tokens) -> {token_ids, new_tokens, target_forwards, wall_s}.
+  runners, workers, errors = {}, {}, {}
+  busy = [m for m in peer_methods if any(todo(m, [p]) for p in selected)]
+  if set(busy) & set(PEERS["hf"]):
     hf = HFPeer(model_name, eos_ids=target.tokenizer.eos_ids)
+    for m in PEERS["hf"]:
+      runners[m] = lambda x, n, pl=lookup if m == "hf_pld" else None: hf.run(
+          x, max_new_tokens=n, temperature=temperature, seed=seed, lookup=pl)
+  if set(busy) & set(PEERS["llamacpp"]):
+    workers = llamacpp.start([m for m in busy if m in PEERS["llamacpp"]], model_name,
+                             eos_ids=target.tokenizer.eos_ids, n_ctx=len(longest) + max_new_tokens + lookup[0] + 1,
+                             lookup=lookup, temperature=temperature, seed=seed, errors=errors)
+    runners.update({m: w.run for m, w in workers.items()})
+
+  def run_peer(m, x, n):
+    """The peer's result, or None once it has failed (the error is kept and shown as it happens)."""
+    if m in errors:
+      return None
+    try:
+      return runners[m](x, n)
+    except PeerError as e:
+      errors[m] = str(e)
+      print(f"specjax bench: {e}; going on without {m}", file=sys.stderr)
+      return None
 
   # Warm-up: one short call per method that still has work, so the first timed call is steady.
   first = ids[str(selected[0].id)]
@@ -220,8 +246,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
       api.generate(target, [first] * len(work[0]), max_new_tokens=warm_n, temperature=temperature, seed=seed,
                    drafter=made[m], tree_budget=budget_of(m))     # auto measures its step costs here
     else:
-      hf.run(first, max_new_tokens=warm_n, temperature=temperature, seed=seed,
-             lookup=lookup if m == "hf_pld" else None)
+      run_peer(m, first, warm_n)
 
   load_start = loadavg()
   writer = records_io.RecordLog(rec_path)
@@ -255,8 +280,9 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                 accepted_hist=g.accepted_hist[i], token_ids=g.token_ids[i], text=g.texts[i], budget=g.budget))
         else:
           for p in todo(m, batch):
-            r = hf.run(ids[str(p.id)], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       lookup=lookup if m == "hf_pld" else None)
+            r = run_peer(m, ids[str(p.id)], max_new_tokens)
+            if r is None:
+              break
             new_recs.append(dict(
                 method=m, id=p.id, category=p.category, group=p.group, prompt_tokens=len(ids[str(p.id)]),
                 new_tokens=r["new_tokens"], target_forwards=r["target_forwards"],
@@ -273,6 +299,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   finally:
     bar.close()
     writer.close()
+    for w in workers.values():
+      w.close()
 
   gaps = divergence_gaps(target, records, selected, methods, ids) if greedy else {}
   groups = ordered_groups(p.group for p in selected) + [OVERALL]
@@ -280,7 +308,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
       "baseline": BASELINE,
       "methods": methods,
       "groups": groups,
-      "machine": {**machine_info(with_torch=bool(peers)), "loadavg_start": load_start, "loadavg_end": loadavg()},
+      "machine": {**machine_info(with_torch="hf" in peers), "loadavg_start": load_start, "loadavg_end": loadavg(),
+                  **({"llamacpp": next(iter(workers.values())).info} if workers else {})},
       "config": {"command": command, "prompts_file": prompts_file, "prompts_total": len(all_prompts),
                  "prompts_selected": len(selected), "limit": limit, "per_category": per_category,
                  "drafters": drafters, "peers": peers, "drafter_options": drafter_options,
@@ -291,6 +320,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                  "tree_budget": tree_budget, "mesh": None if target.mesh is None else dict(target.mesh.shape),
                  "greedy": greedy},
       "near_tie_gap": NEAR_TIE_GAP,
+      "errors": errors,
       "results": aggregate(records, selected, methods, greedy=greedy, gaps=gaps),
       "records": prompt_records(records, selected, methods, greedy=greedy, gaps=gaps),
   }
