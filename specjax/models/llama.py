@@ -91,6 +91,13 @@ def causal_mask(batch: int, t: int) -> jax.Array:
   return jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (batch, t, t))
 
 
+def _proj(eq, x, w):
+  """A weight matmul accumulated in float32, returned in x's dtype: with bfloat16 weights on a CPU with
+  AMX / AVX-512-BF16 this is also XLA's fast path (a tree of 8-16 tokens then costs about what one does,
+  BENCHMARKS.md issue 10); with float32 it is the plain matmul."""
+  return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dtype):
   """One decoder layer. x [B, T, H]; w: this layer's weights (see `weight_shapes`, layer axis removed);
   cos, sin [B, T, D/2]; kv: this layer's cached (k, v) [B, S, KVH, D] or None; new_mask [B, 1, 1, T, T];
@@ -102,7 +109,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dt
   scale = 1.0 / math.sqrt(D)
   neg = jnp.float32(-1e30)
   h = rms_norm(x, w["attn_norm"], cfg.norm_eps)
-  qkv = jnp.einsum("bth,hkcd->btkcd", h, w["wqkv"])                       # one matmul: [B, T, K, G+2, D]
+  qkv = _proj("bth,hkcd->btkcd", h, w["wqkv"])                             # one matmul: [B, T, K, G+2, D]
   if cfg.qkv_bias:
     qkv = qkv + w["bqkv"].astype(qkv.dtype)
   q = apply_rope(qkv[..., :G, :].reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
@@ -121,10 +128,10 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dt
     S = kc.shape[1]
     o = (jnp.einsum("bkgts,bskd->btkgd", p[..., :S], vc)
          + jnp.einsum("bkgtu,bukd->btkgd", p[..., S:], v))
-  x = x + jnp.dot(o.reshape(B, T, N * D), w["wo"])
+  x = x + _proj("bti,io->bto", o.reshape(B, T, N * D), w["wo"])
   h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
-  gate_up = jnp.einsum("bth,hcf->btcf", h, w["w_gate_up"])                   # one matmul: [B, T, 2, F]
-  x = x + jnp.dot(jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], w["w_down"])
+  gate_up = _proj("bth,hcf->btcf", h, w["w_gate_up"])                       # one matmul: [B, T, 2, F]
+  x = x + _proj("btf,fh->bth", jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], w["w_down"])
   return x, k, v
 
 
