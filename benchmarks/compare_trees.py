@@ -1,10 +1,10 @@
 """Side by side: the same step figures for two checkouts of specjax, in one run, interleaved.
 
     python benchmarks/compare_trees.py BASE_DIR NEW_DIR [--rounds 3] [--out bench_out/compare.json]
-                                        [--figures forward,decode] [--contexts 256]
+                                        [--figures forward,decode] [--contexts 256] [--dtype float32]
 
 Each round runs one subprocess per checkout (alternating, so drift in the machine's load hits both)
-that measures, on the default model in float32: the target forward at T = 1, 8, 16 (batch 1, `--contexts`
+that measures, on the default model (`--dtype`, float32 by default): the target forward at T = 1, 8, 16 (batch 1, `--contexts`
 cached tokens; its compile time too), and `specjax.generate` decode tokens/s, 128 new tokens, greedy,
 batch 1 and 4 for the baseline and pld (compile time of the batch-1 baseline program). Medians over rounds.
 """
@@ -23,7 +23,7 @@ PROMPT = "Write a detailed story about a lighthouse keeper who discovers a hidde
 CODE_PROMPT = "Write a Python function that parses a CSV file and returns the rows as dictionaries."
 
 
-def measure(figures, contexts):
+def measure(figures, contexts, dtype):
   """Runs inside the subprocess: prints one JSON dict of figures."""
   import time
   import jax
@@ -31,7 +31,7 @@ def measure(figures, contexts):
   from flax import nnx
   import specjax
   from specjax.cache import KVCache
-  t = specjax.load("default")
+  t = specjax.load("default", dtype=dtype)
   out = {}
   if "forward" in figures:
     gd, params = nnx.split(t.model)
@@ -73,12 +73,13 @@ def main():
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--figures", default="forward,decode")
   ap.add_argument("--contexts", default="256")
+  ap.add_argument("--dtype", default="float32")
   ap.add_argument("--out", default="bench_out/compare.json")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   a = ap.parse_args()
   figures, contexts = a.figures.split(","), [int(c) for c in a.contexts.split(",")]
   if a.child:
-    return measure(figures, contexts)
+    return measure(figures, contexts, a.dtype)
   from common import machine
   runs = {"base": [], "new": []}
   for r in range(a.rounds):
@@ -86,7 +87,7 @@ def main():
       src = os.path.abspath(getattr(a, name))
       env = dict(os.environ, PYTHONPATH=src, SPECJAX_COMPILATION_CACHE="0")
       p = subprocess.run([sys.executable, __file__, a.base, a.new, "--child", "--figures", a.figures,
-                          "--contexts", a.contexts], env=env, capture_output=True, text=True, cwd=src)
+                          "--contexts", a.contexts, "--dtype", a.dtype], env=env, capture_output=True, text=True, cwd=src)
       line = [x for x in p.stdout.splitlines() if x.startswith("FIGURES ")]
       if p.returncode or not line:
         sys.exit(f"{name} failed:\n{p.stderr[-3000:]}")

@@ -10,19 +10,23 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-  """k, v: [L, B, S, KVH, D]; lengths: [B] int32, keys at positions < lengths[b] are live."""
+  """k, v: [L, B, KVH, S, D]; lengths: [B] int32, keys at positions < lengths[b] are live.
+
+  Each KV head's keys are contiguous [S, D], the layout attention's dots read in place; with
+  [.., S, KVH, D] XLA:CPU copied every layer's cache into this layout on every step (BENCHMARKS.md,
+  issue 10). KV heads stay an axis of their own, so a mesh can shard them (parallel/rules.py)."""
   k: jax.Array
   v: jax.Array
   lengths: jax.Array
 
   @classmethod
   def zeros(cls, *, layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
-    shape = (layers, batch, max_len, kv_heads, head_dim)
+    shape = (layers, batch, kv_heads, max_len, head_dim)
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
   def write(self, k_new: jax.Array, v_new: jax.Array, rows: jax.Array | None = None) -> "KVCache":
     """Writes fresh keys/values at [lengths, lengths + n) per row; lengths are not advanced.
@@ -34,9 +38,22 @@ class KVCache:
     if rows is not None:
       pick = jax.vmap(lambda x, r: x[:, r], in_axes=(1, 0), out_axes=1)
       k_new, v_new = pick(k_new, rows), pick(v_new, rows)
-    put = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=1), in_axes=(1, 1, 0), out_axes=1)
-    return KVCache(put(self.k, k_new.astype(self.k.dtype), self.lengths),
-                   put(self.v, v_new.astype(self.v.dtype), self.lengths), self.lengths)
+    k_new, v_new = jnp.swapaxes(k_new, 2, 3), jnp.swapaxes(v_new, 2, 3)       # [L, B, KVH, n, D]
+    return KVCache(put_rows(self.k, k_new, self.lengths, batch_axis=1, axis=3),
+                   put_rows(self.v, v_new, self.lengths, batch_axis=1, axis=3), self.lengths)
 
   def advance(self, n: jax.Array) -> "KVCache":
     return dataclasses.replace(self, lengths=self.lengths + n.astype(jnp.int32))
+
+
+def put_rows(buf: jax.Array, x: jax.Array, start: jax.Array, *, batch_axis: int = 0, axis: int = 1) -> jax.Array:
+  """For each row b of the batch axis: buf[.., b, .., start[b] : start[b] + n, ..] = x[.., b, .., :n, ..]
+  (x shaped like buf but n long on `axis`). One dynamic_update_slice per row, unrolled (the batch size is
+  static), each done in place: the same update vmapped lowers to a scatter, which XLA:CPU runs by
+  copying the whole buffer, 26 ms a step for the default model's cache at batch 16 (BENCHMARKS.md, issue 10)."""
+  x = x.astype(buf.dtype)
+  for b in range(buf.shape[batch_axis]):
+    idx = [jnp.int32(0)] * buf.ndim
+    idx[batch_axis], idx[axis] = jnp.int32(b), start[b].astype(jnp.int32)
+    buf = jax.lax.dynamic_update_slice(buf, jax.lax.slice_in_dim(x, b, b + 1, axis=batch_axis), idx)
+  return buf

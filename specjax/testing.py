@@ -1,6 +1,7 @@
 """Small random targets for tests and examples (no files, no downloads)."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 from tokenizers import Tokenizer as _HFTokenizer, models, pre_tokenizers, decoders
 
 from specjax.io import Target
@@ -16,9 +17,9 @@ def tiny_config(**overrides) -> ModelConfig:
   return ModelConfig(**base)
 
 
-def tiny_target(seed: int = 0, *, scale: float = 1.0, eos_id: int = 1, **overrides) -> Target:
+def tiny_target(seed: int = 0, *, scale: float = 1.0, eos_id: int = 1, dtype=None, **overrides) -> Target:
   """A random tiny Llama with a word-level tokenizer "t0".."t{V-1}". `scale` multiplies the random
-  weights: larger values give peakier, more repetitive distributions."""
+  weights: larger values give peakier, more repetitive distributions. dtype: the weights' (float32)."""
   cfg = tiny_config(**overrides)
   w = _random_weights(weight_shapes(cfg), seed)
   w = {k: (v if k.endswith("norm") else v * scale) for k, v in w.items()}
@@ -26,4 +27,4 @@ def tiny_target(seed: int = 0, *, scale: float = 1.0, eos_id: int = 1, **overrid
   tok = _HFTokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tok.decoder = decoders.WordPiece(prefix="##")
-  return Target(Llama(cfg, w), Tokenizer(tok, eos_ids=[eos_id]), cfg, "tiny")
+  return Target(Llama(cfg, w, dtype=dtype or jnp.float32), Tokenizer(tok, eos_ids=[eos_id]), cfg, "tiny")

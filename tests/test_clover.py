@@ -71,7 +71,7 @@ def test_level_at_a_time_equals_sequential_cell(seed, version, depth, children, 
   B, S = 3, 7
   u = jnp.asarray(rng.normal(size=(B, cfg.hidden)), jnp.float32)
   root = jnp.asarray(rng.integers(0, cfg.vocab, B), jnp.int32)
-  kv = jnp.asarray(rng.normal(size=(2, B, S, cfg.kv_heads, cfg.head_dim)), jnp.float32)
+  kv = jnp.asarray(rng.normal(size=(2, B, cfg.kv_heads, S, cfg.head_dim)), jnp.float32)
   lengths = jnp.asarray(rng.integers(1, S + 1, B), jnp.int32)
   ctx = (kv[0], kv[1], lengths, lengths - 1)
   embed_w = jnp.asarray(t.model.embed[...], jnp.float32)

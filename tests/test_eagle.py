@@ -76,10 +76,15 @@ def _path_logprob(t, p, seq, path_tokens, head_w):
     e = t.model.embed_tokens(jnp.asarray([[y]])).astype(jnp.float32)
     T = kc.shape[0]
     g, k, v = eagle.entries(t.cfg, p, e, f[None, None], jnp.asarray([[n + j]]), eagle.causal(1, 1),
-                            (kc[None], vc[None]), jnp.ones((1, 1, T), bool))
+                            (heads_first(kc[None]), heads_first(vc[None])), jnp.ones((1, 1, T), bool))
     kc, vc = jnp.concatenate([kc, k[0]]), jnp.concatenate([vc, v[0]])
     f = g[0, 0]
   return out
+
+
+def heads_first(x):
+  """[B, S, KVH, D] -> the cache layout [B, KVH, S, D]."""
+  return jnp.swapaxes(jnp.asarray(x), 1, 2)
 
 
 @pytest.mark.parametrize("depth,top_k,nodes", [(4, 3, 12), (3, 4, 40), (5, 2, 7)])
@@ -105,7 +110,7 @@ def test_tree_expansion_equals_the_draft_along_each_path(depth, top_k, nodes):
   root = jnp.asarray([s[-1] for s in seqs], jnp.int32)
   tok, parent, joint = eagle.grow(t.cfg, p, lambda g: jax.nn.log_softmax(jnp.dot(g, head_w), -1),
                                   lambda i: (i, t.model.embed_tokens(i).astype(jnp.float32)), jnp.stack(gs), root,
-                                  jnp.asarray(kc), jnp.asarray(vc), length, depth=depth, top_k=top_k, nodes=nodes)
+                                  heads_first(kc), heads_first(vc), length, depth=depth, top_k=top_k, nodes=nodes)
   tok, parent, joint = map(np.asarray, (tok, parent, joint))
   assert tok.shape[1] == 1 + min(nodes, eagle.pool_size(depth, top_k))
   for b, sq in enumerate(seqs):
@@ -122,7 +127,7 @@ def test_tree_expansion_equals_the_draft_along_each_path(depth, top_k, nodes):
   # EAGLE-2's global rerank: the kept nodes are the `nodes` most likely of the whole drafted pool.
   everything = np.asarray(eagle.grow(t.cfg, p, lambda g: jax.nn.log_softmax(jnp.dot(g, head_w), -1),
                                      lambda i: (i, t.model.embed_tokens(i).astype(jnp.float32)), jnp.stack(gs), root,
-                                     jnp.asarray(kc), jnp.asarray(vc), length, depth=depth, top_k=top_k,
+                                     heads_first(kc), heads_first(vc), length, depth=depth, top_k=top_k,
                                      nodes=10_000)[2])
   assert everything.shape[1] == 1 + eagle.pool_size(depth, top_k)
   n = tok.shape[1] - 1
@@ -149,7 +154,7 @@ class Checked(Eagle):
     B, S = ctx.tokens.shape
     out = m.target(ctx.tokens, jnp.broadcast_to(jnp.arange(S), (B, S)), None, causal_mask(B, S))
     ref = super().init(m, Context(ctx.tokens, ctx.root, ctx.root + 1, ctx.done), Prefill(out.hidden[:, :-1], {}))
-    live = (jnp.arange(S)[None, :] < ctx.root[:, None])[..., None, None]
+    live = (jnp.arange(S)[None, :] < ctx.root[:, None])[:, None, :, None]       # caches [B, KVH, S, D]
     err = jnp.maximum(jnp.max(jnp.where(live, jnp.abs(new["k"] - ref["k"]), 0.0)),
                       jnp.max(jnp.where(live, jnp.abs(new["v"] - ref["v"]), 0.0)))
     err = jnp.maximum(err, jnp.max(jnp.abs(new["g"] - ref["g"])))
@@ -316,17 +321,17 @@ def test_training_time_test_step_i_reads_the_drafts_own_step_i_minus_1_output():
   _, k0, v0 = eagle.entries(t.cfg, p, embed_w[nxt], f0, jnp.broadcast_to(jnp.arange(L), (B, L)), eagle.causal(B, L))
   for b in range(B):
     for pos in range(L - steps + 1):
-      kc, vc = k0[b:b + 1, :pos + 1], v0[b:b + 1, :pos + 1]
+      kc, vc = heads_first(k0[b:b + 1, :pos + 1]), heads_first(v0[b:b + 1, :pos + 1])
       f = outs[0][b:b + 1, pos:pos + 1]
       own, teacher = [], []
       for i in range(1, steps):
         e = embed_w[nxt[b:b + 1, pos + i:pos + i + 1]]
-        args = (jnp.asarray([[pos + i]]), eagle.causal(1, 1), (kc, vc), jnp.ones((1, 1, kc.shape[1]), bool))
+        args = (jnp.asarray([[pos + i]]), eagle.causal(1, 1), (kc, vc), jnp.ones((1, 1, kc.shape[2]), bool))
         g, k, v = eagle.entries(t.cfg, p, e, f, *args)
         # Had step i read the target's feature at that position instead, it would differ.
         teacher.append(eagle.entries(t.cfg, p, e, f0[b:b + 1, pos + i:pos + i + 1], *args)[0])
         own.append(g)
-        kc, vc = jnp.concatenate([kc, k], 1), jnp.concatenate([vc, v], 1)
+        kc, vc = jnp.concatenate([kc, heads_first(k)], 2), jnp.concatenate([vc, heads_first(v)], 2)
         f = g
       for i in range(1, steps):
         np.testing.assert_allclose(outs[i][b, pos], own[i - 1][0, 0], rtol=2e-4, atol=2e-4)

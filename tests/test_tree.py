@@ -108,3 +108,26 @@ def test_tree_attention_equals_sequential_paths(data):
     ref = np.asarray(_seq_logits(jnp.asarray(seqs)))
     for t in range(T):
       np.testing.assert_allclose(got[b, t], ref[t, ends[t]], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch_axis,axis", [(0, 1), (1, 3), (0, 2)])
+def test_put_rows_writes_each_row_at_its_own_offset(batch_axis, axis):
+  from specjax.cache import put_rows
+  rng = np.random.default_rng(axis)
+  shape = [2] * (max(batch_axis, axis) + 2)
+  shape[batch_axis], shape[axis] = 3, 9
+  B, S, n = 3, 9, 3
+  buf = rng.normal(size=shape).astype(np.float32)
+  xs = list(shape)
+  xs[axis] = n
+  x = rng.normal(size=xs).astype(np.float32)
+  start = rng.integers(0, S - n + 1, B)
+  got = np.asarray(jax.jit(lambda b, v, s: put_rows(b, v, s, batch_axis=batch_axis, axis=axis))(buf, x, start))
+  want = buf.copy()
+  for b in range(B):
+    dst = [slice(None)] * buf.ndim
+    src = [slice(None)] * buf.ndim
+    dst[batch_axis] = src[batch_axis] = b
+    dst[axis] = slice(start[b], start[b] + n)
+    want[tuple(dst)] = x[tuple(src)]
+  np.testing.assert_array_equal(got, want)

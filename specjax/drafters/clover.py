@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import apply_rope, decoder_layer, rms_norm
@@ -102,7 +103,7 @@ def gate(p, g: str, s, e, heads: int, eps: float):
 
 def augment(cfg, p, x, positions, mask, kv=None, lengths=None, cos_sin=None):
   """The augmenting block over x [B, T, H] (positions [B, T], mask [B, T, T] over the new entries;
-  kv: cached (k, v) [A, B, S, KVH, D] with `lengths` [B] live entries, or None).
+  kv: cached (k, v) [A, B, KVH, S, D] with `lengths` [B] live entries, or None).
   Returns (u [B, T, H] before the final norm, k, v [A, B, T, KVH, D] fresh keys/values)."""
   from specjax.models.llama import rope_frequencies
   inv = jnp.asarray(rope_frequencies(cfg))
@@ -110,12 +111,12 @@ def augment(cfg, p, x, positions, mask, kv=None, lengths=None, cos_sin=None):
   cos, sin = jnp.cos(ang), jnp.sin(ang)
   live = None
   if kv is not None:
-    live = (jnp.arange(kv[0].shape[2])[None, :] < lengths[:, None])[:, None, None, None, :]
+    live = (jnp.arange(kv[0].shape[3])[None, :] < lengths[:, None])[:, None, None, None, :]
   ks, vs = [], []
   A = p["aug/wqkv"].shape[0]
   for i in range(A):
     x, k, v = decoder_layer(cfg, flat.layer_weights(p, "aug", i), x, cos, sin, None if kv is None else (kv[0][i], kv[1][i]),
-                            mask[:, None, None], live, x.dtype)
+                            mask[:, None, None], live)
     ks.append(k)
     vs.append(v)
   return x, jnp.stack(ks), jnp.stack(vs)
@@ -123,7 +124,7 @@ def augment(cfg, p, x, positions, mask, kv=None, lengths=None, cos_sin=None):
 
 def cross_attend(cfg, p, a, qpos, k, v, lengths):
   """Clover-1's attention decoder core: a [B, M, H] normed query inputs at rope positions qpos [B, M];
-  k, v [B, S, KVH, D] the augmenting layer's keys/values, key s live for query m when s < lengths[b, m].
+  k, v [B, KVH, S, D] the augmenting layer's keys/values, key s live for query m when s < lengths[b, m].
   Returns [B, M, H]."""
   from specjax.models.llama import rope_frequencies
   B, M, _ = a.shape
@@ -131,10 +132,10 @@ def cross_attend(cfg, p, a, qpos, k, v, lengths):
   q = jnp.dot(a, p["dec/wq"]).reshape(B, M, N, D)
   ang = qpos.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))           # [B, M, D/2]
   q = apply_rope(q, jnp.cos(ang), jnp.sin(ang)).reshape(B, M, K, N // K, D)
-  s = jnp.einsum("bmkgd,bskd->bkgms", q, k, preferred_element_type=jnp.float32) / np.sqrt(D)
-  live = (jnp.arange(k.shape[1])[None, None, :] < lengths[..., None])[:, None, None]          # [B, 1, 1, M, S]
+  s = jnp.einsum("bmkgd,bksd->bkgms", q, k, preferred_element_type=jnp.float32) / np.sqrt(D)
+  live = (jnp.arange(k.shape[2])[None, None, :] < lengths[..., None])[:, None, None]          # [B, 1, 1, M, S]
   w = jax.nn.softmax(jnp.where(live, s, -1e30), -1).astype(v.dtype)
-  o = jnp.einsum("bkgms,bskd->bmkgd", w, v).reshape(B, M, N * D)
+  o = jnp.einsum("bkgms,bksd->bmkgd", w, v).reshape(B, M, N * D)
   return jnp.dot(o, p["dec/wo"])
 
 
@@ -286,8 +287,9 @@ class Clover(flat.FlatDrafter):
     x = self._heads(m).merge(p, prefill.hidden.astype(jnp.float32), m.target.embed_tokens(nxt).astype(jnp.float32))
     u, k, v = augment(cfg, p, x, pos, jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool)), (B, n, n)))
     A = k.shape[0]
-    kc = jnp.zeros((A, B, ctx.tokens.shape[1], cfg.kv_heads, cfg.head_dim), jnp.float32).at[:, :, :n].set(k)
-    vc = jnp.zeros_like(kc).at[:, :, :n].set(v)
+    kc = jnp.zeros((A, B, cfg.kv_heads, ctx.tokens.shape[1], cfg.head_dim), jnp.float32).at[:, :, :, :n].set(
+        jnp.swapaxes(k, 2, 3))
+    vc = jnp.zeros_like(kc).at[:, :, :, :n].set(jnp.swapaxes(v, 2, 3))
     u_last = jnp.take_along_axis(u, last[:, None, None], 1)[:, 0]
     return dict(k=kc, v=vc, u=rms_norm(u_last, p["aug_norm"], cfg.norm_eps), w=self.head_weight(m))
 
@@ -323,7 +325,7 @@ class Clover(flat.FlatDrafter):
     x = self._heads(m).merge(p, h, m.target.embed_tokens(nxt).astype(jnp.float32))
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((D1, D1), bool)), (B, D1, D1))
     u, k, v = augment(cfg, p, x, pos, mask, (state["k"], state["v"]), old)
-    put = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=1), in_axes=(1, 1, 0), out_axes=1)
+    put = lambda c, x, s: put_rows(c, jnp.swapaxes(x, 2, 3), s, batch_axis=1, axis=3)          # [A, B, KVH, S, D]
     last = jnp.clip(step.committed - 1, 0, D1 - 1)
     u_last = rms_norm(jnp.take_along_axis(u, last[:, None, None], 1)[:, 0], p["aug_norm"], cfg.norm_eps)
     moved = step.committed > 0
@@ -357,17 +359,17 @@ class Clover1(Clover):
 def sequence_features(heads: Heads, p, embed_w, h, nxt, length):
   """Teacher-forced augmenting block over whole sequences. h [B, L, H] target last residuals (prompt
   and answer), nxt [B, L] the token after each position, length [B]. Returns (u [B, L, H] normed
-  features, k, v [B, L, KVH, D] the last augmenting layer's keys/values)."""
+  features, k, v [B, KVH, L, D] the last augmenting layer's keys/values)."""
   cfg = heads.cfg
   B, L, _ = h.shape
   x = heads.merge(p, h, embed_w[nxt])
   pos = jnp.broadcast_to(jnp.arange(L), (B, L))
   u, k, v = augment(cfg, p, x, pos, jnp.broadcast_to(jnp.tril(jnp.ones((L, L), bool)), (B, L, L)))
-  return rms_norm(u, p["aug_norm"], cfg.norm_eps), k[-1], v[-1]
+  return rms_norm(u, p["aug_norm"], cfg.norm_eps), flat.heads_first(k[-1]), flat.heads_first(v[-1])
 
 
 def head_outputs(heads: Heads, p, embed_w, u, k, v, sel, ys):
-  """Head outputs along the TRUE continuation (teacher forcing). u [B, L, H], k, v [B, L, KVH, D]
+  """Head outputs along the TRUE continuation (teacher forcing). u [B, L, H], k, v [B, KVH, L, D]
   (see sequence_features); sel [B, P] positions t; ys [B, P, K] tokens x_{t+1} .. x_{t+K}.
   Returns [B, P, K, H]: head i's output at t (it predicts x_{t+2+i})."""
   us = jnp.take_along_axis(u, sel[..., None], 1)                                  # [B, P, H]

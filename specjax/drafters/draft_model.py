@@ -125,7 +125,7 @@ class _DraftNetwork(Drafter):
     B, S = ctx.tokens.shape
     n = prefill.hidden.shape[1]                   # the prefilled prompt positions (all but the last token)
     cache = KVCache.zeros(layers=self._stop(m), batch=B, max_len=S, kv_heads=mod.cfg.kv_heads,
-                          head_dim=mod.cfg.head_dim, dtype=mod.dtype)
+                          head_dim=mod.cfg.head_dim)
     _, k, v = self._run(m, ctx.tokens[:, :n], jnp.broadcast_to(jnp.arange(n), (B, n)), None, causal_mask(B, n))
     return dict(cache=cache.write(k, v), **self._head_state(m))
 

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
@@ -129,13 +130,13 @@ def pool_size(depth: int, top_k: int) -> int:
 def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: int, nodes: int):
   """EAGLE-2's dynamic tree for each row, inside the program.
 
-  g [B, H] the draft's output at the last committed entry; root [B] root tokens; kc, vc [B, S, KVH, D]
+  g [B, H] the draft's output at the last committed entry; root [B] root tokens; kc, vc [B, KVH, S, D]
   the draft cache with `length` [B] live entries (= the root's position); logp_fn: g [..., H] ->
   log-probabilities [..., N] over the draft vocabulary; embed: draft index -> (target id, embedding).
   Returns (tokens, parent, joint) [B, 1+n]: the tree (node 0 the root) and each node's cumulative
   log-probability (0 at the root)."""
   B, H = g.shape
-  S = kc.shape[1]
+  S = kc.shape[2]
   lp, idx = jax.lax.top_k(logp_fn(g), top_k)                                      # level 1: [B, k]
   tok, e = embed(idx)
   toks, joints, parents, levels = [tok], [lp], [jnp.zeros((B, top_k), jnp.int32)], [np.zeros(top_k)]
@@ -143,17 +144,17 @@ def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: 
   f_par = jnp.broadcast_to(g[:, None], (B, top_k, H))                              # their parents' drafted feature
   base = lp
   anc = jnp.zeros((B, top_k, 0), bool)              # [B, w, E]: which earlier tree entries each frontier node sees
-  ek = jnp.zeros((B, 0) + kc.shape[2:], kc.dtype)
+  ek = jnp.zeros(kc.shape[:2] + (0,) + kc.shape[3:], kc.dtype)
   ev = jnp.zeros_like(ek)
   cache_live = jnp.arange(S)[None, :] < length[:, None]                            # [B, S]
   count = 1 + top_k
   for d in range(1, depth):
-    w, E = f_par.shape[1], ek.shape[1]
+    w, E = f_par.shape[1], ek.shape[2]
     live = jnp.concatenate([jnp.broadcast_to(cache_live[:, None], (B, w, S)), anc], 2)
     eye = jnp.broadcast_to(jnp.eye(w, dtype=bool), (B, w, w))
     out, k, v = entries(cfg, p, e, f_par, jnp.broadcast_to(length[:, None] + d - 1, (B, w)), eye,
-                        (jnp.concatenate([kc, ek], 1), jnp.concatenate([vc, ev], 1)), live)
-    ek, ev = jnp.concatenate([ek, k], 1), jnp.concatenate([ev, v], 1)
+                        (jnp.concatenate([kc, ek], 2), jnp.concatenate([vc, ev], 2)), live)
+    ek, ev = jnp.concatenate([ek, flat.heads_first(k)], 2), jnp.concatenate([ev, flat.heads_first(v)], 2)
     idx, joint = tree_lib.top_children(logp_fn(out), base, top_k)                 # [B, w, k]
     joint = joint.reshape(B, w * top_k)
     tok, e_all = embed(idx.reshape(B, w * top_k))
@@ -231,8 +232,8 @@ class Eagle(flat.FlatDrafter):
     B, n = nxt.shape
     f = self._features(m, p, prefill.hidden, prefill.layer_hidden)
     g, k, v = entries(cfg, p, self._embed(m, nxt), f, pos, causal(B, n))
-    kc = jnp.zeros((B, ctx.tokens.shape[1]) + k.shape[2:], jnp.float32).at[:, :n].set(k)
-    vc = jnp.zeros_like(kc).at[:, :n].set(v)
+    kc = jnp.zeros((B, k.shape[2], ctx.tokens.shape[1], k.shape[3]), jnp.float32).at[:, :, :n].set(flat.heads_first(k))
+    vc = jnp.zeros_like(kc).at[:, :, :n].set(flat.heads_first(v))
     state = dict(k=kc, v=vc, g=jnp.take_along_axis(g, last[:, None, None], 1)[:, 0])
     if self.draft_vocab:             # the reduced head's columns, gathered once outside the loop
       state["w"] = self.head_weight(m)
@@ -274,7 +275,8 @@ class Eagle(flat.FlatDrafter):
     # Entries past the committed count land beyond the new length: never live, overwritten next step.
     last = jnp.clip(step.committed - 1, 0, D1 - 1)
     g_last = jnp.take_along_axis(g, last[:, None, None], 1)[:, 0]
-    return dict(state, k=flat.put_rows(state["k"], k, old), v=flat.put_rows(state["v"], v, old),
+    return dict(state, k=put_rows(state["k"], flat.heads_first(k), old, axis=2),
+                v=put_rows(state["v"], flat.heads_first(v), old, axis=2),
                 g=jnp.where((step.committed > 0)[:, None], g_last, state["g"]))
 
   # ---------------------------------------------------------------- construction
@@ -319,9 +321,10 @@ class Eagle3(Eagle):
 
 def sequence_outputs(cfg, p, embed_w, f, nxt):
   """Teacher-forced draft over whole sequences: f [B, L, H] input features (noised in training),
-  nxt [B, L] the token after each position. Returns (g [B, L, H], k, v [B, L, KVH, D])."""
+  nxt [B, L] the token after each position. Returns (g [B, L, H], k, v [B, KVH, L, D]: a draft cache)."""
   B, L, _ = f.shape
-  return entries(cfg, p, embed_w[nxt], f, jnp.broadcast_to(jnp.arange(L), (B, L)), causal(B, L))
+  g, k, v = entries(cfg, p, embed_w[nxt], f, jnp.broadcast_to(jnp.arange(L), (B, L)), causal(B, L))
+  return g, flat.heads_first(k), flat.heads_first(v)
 
 
 def loss_fn(cfg, p, consts, batch, *, feature_weight: float = 1.0, token_weight: float = 0.1):
@@ -363,9 +366,9 @@ def unroll(cfg, p, embed_w, f0, nxt, steps: int):
     else:
       live = jnp.broadcast_to(jnp.concatenate([jnp.tril(jnp.ones((L, L), bool))] + [eye] * (i - 1), 1), (B, L, i * L))
       g, k, v = entries(cfg, p, e, f, pos, jnp.broadcast_to(eye, (B, L, L)),
-                        (jnp.concatenate(ks, 1), jnp.concatenate(vs, 1)), live)
-    ks.append(k)
-    vs.append(v)
+                        (jnp.concatenate(ks, 2), jnp.concatenate(vs, 2)), live)
+    ks.append(flat.heads_first(k))
+    vs.append(flat.heads_first(v))
     outs.append(g)
     f = g
   return outs

@@ -45,11 +45,11 @@ def layer_weights(p: dict, prefix: str, i: int) -> dict:
 
 def run_layer(cfg, w: dict, x, positions, mask, kv=None, live=None):
   """One decoder layer like the target's over x [B, T, H] at rope positions [B, T]. mask [B, T, T]
-  among the T new entries; kv: earlier entries' (k, v) [B, S, KVH, D] and live [B, T, S] which of
+  among the T new entries; kv: earlier entries' (k, v) [B, KVH, S, D] and live [B, T, S] which of
   them each new entry sees (per query: tree entries see their own ancestors). Returns (x, k, v)."""
   ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))
   return decoder_layer(cfg, w, x, jnp.cos(ang), jnp.sin(ang), kv, mask[:, None, None],
-                       None if live is None else live[:, None, None], x.dtype)
+                       None if live is None else live[:, None, None])
 
 
 def prefill_entries(ctx, prefill):
@@ -60,9 +60,9 @@ def prefill_entries(ctx, prefill):
   return nxt, jnp.broadcast_to(jnp.arange(n), (B, n)), jnp.clip(ctx.prompt_len - 2, 0, n - 1)
 
 
-def put_rows(buf, x, start):
-  """buf [B, S, ...], x [B, n, ...], start [B]: buf[b, start[b]:start[b]+n] = x[b]."""
-  return jax.vmap(lambda c, v, s: jax.lax.dynamic_update_slice_in_dim(c, v, s, axis=0))(buf, x.astype(buf.dtype), start)
+def heads_first(x):
+  """Fresh keys or values [B, T, KVH, D] -> the cache layout [B, KVH, T, D] (specjax.cache)."""
+  return jnp.swapaxes(x, 1, 2)
 
 
 class FlatNet(nnx.Module):

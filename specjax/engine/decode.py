@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from specjax.cache import KVCache
+from specjax.cache import KVCache, put_rows
 from specjax.engine import accept as accept_lib
 from specjax.models.llama import causal_mask
 from specjax.protocol import Context, Drafter, Models, Prefill, Step
@@ -55,11 +55,6 @@ def _accept(spec: Spec, logits, tree, key):
     return accept_lib.greedy(logits, tree)
   rule = accept_lib.sample if spec.acceptance == "sample" else accept_lib.typical
   return rule(logits, tree, key, temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
-
-
-def _put_rows(buf, x, start):
-  """buf [B, S], x [B, n], start [B]: buf[b, start[b]:start[b]+n] = x[b]."""
-  return jax.vmap(lambda b, v, s: jax.lax.dynamic_update_slice(b, v, (s,)))(buf, x, start)
 
 
 def _constrain(cache: KVCache, sharding) -> KVCache:
@@ -134,15 +129,14 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
   eos = jnp.asarray(spec.eos_ids, jnp.int32)
 
   # Prefill every prompt token but the last, which becomes the first tree's root.
-  cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=S, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                        dtype=model.dtype)
+  cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=S, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim)
   if P > 1:
     pre = model(prompt[:, :-1], jnp.broadcast_to(jnp.arange(P - 1), (B, P - 1)), None, causal_mask(B, P - 1),
                 capture=capture)
     cache = cache.write(pre.k, pre.v)
     prefill = Prefill(pre.hidden, pre.layer_hidden)
   else:
-    z = jnp.zeros((B, 1, cfg.hidden), model.dtype)
+    z = jnp.zeros((B, 1, cfg.hidden), jnp.float32)
     prefill = Prefill(z, {i: z for i in capture})
   cache = _constrain(dataclasses.replace(cache, lengths=prompt_len - 1), spec.cache_sharding)
   if spec.time_prefill:    # one host callback per call, outside the loop; it waits only for its operand
@@ -174,7 +168,7 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
 
     cache = _constrain(cache.write(out.k, out.v, rows=acc.path).advance(count), spec.cache_sharding)
     new_tokens = c.new + count
-    ctx = Context(_put_rows(ctx.tokens, new, ctx.root + 1), ctx.root + count, ctx.prompt_len,
+    ctx = Context(put_rows(ctx.tokens, new, ctx.root + 1), ctx.root + count, ctx.prompt_len,
                   ctx.done | hit_eos | (new_tokens >= max_new))
     live = ~c.ctx.done
     step = Step(tree, out.logits, out.hidden, out.layer_hidden, acc, count)

@@ -92,17 +92,31 @@ def causal_mask(batch: int, t: int) -> jax.Array:
 
 
 def _proj(eq, x, w):
-  """A weight matmul accumulated in float32, returned in x's dtype: with bfloat16 weights on a CPU with
-  AMX / AVX-512-BF16 this is also XLA's fast path (a tree of 8-16 tokens then costs about what one does,
-  BENCHMARKS.md issue 10); with float32 it is the plain matmul."""
-  return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+  """A weight matmul: activations x [B, T, ...] (float32) times w stored in float32 or bfloat16,
+  accumulated and returned in float32.
+
+  bfloat16 weights: x is split into two bfloat16 parts, x = hi + lo (hi = x rounded, lo = the rest
+  rounded), stacked on the token axis and multiplied in ONE matmul (the weights are read once). That
+  carries x to about 16 bits instead of 8: a one-token and a multi-token forward, whose float32 inputs
+  differ only by summation order, then round to the same matmul inputs nearly always. Rounding x to
+  bfloat16 alone turned those tiny differences into 0.4% jumps that 30 layers amplified into changed
+  tokens (top-2 gaps up to 0.02; BENCHMARKS.md, issue 10). It is also XLA:CPU's fast path on AMX /
+  AVX-512-BF16 CPUs, which runs a one-row bfloat16 dot on a slow generic kernel: here T = 1 is two rows."""
+  if w.dtype != jnp.bfloat16:
+    return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32)
+  hi = x.astype(jnp.bfloat16)
+  lo = (x - hi.astype(x.dtype)).astype(jnp.bfloat16)
+  T = x.shape[1]
+  y = jnp.einsum(eq, jnp.concatenate([hi, lo], axis=1), w, preferred_element_type=jnp.float32)
+  return y[:, :T] + y[:, T:]
 
 
-def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dtype):
-  """One decoder layer. x [B, T, H]; w: this layer's weights (see `weight_shapes`, layer axis removed);
-  cos, sin [B, T, D/2]; kv: this layer's cached (k, v) [B, S, KVH, D] or None; new_mask [B, 1, 1, T, T];
-  live [B, 1, 1, 1, S] (which cached keys are valid) or None. Returns (x, k, v): the new residual and
-  the T fresh keys/values [B, T, KVH, D]."""
+def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live):
+  """One decoder layer. x [B, T, H] float32 (the residual stream; see `_proj`); w: this layer's weights
+  (see `weight_shapes`, layer axis removed); cos, sin [B, T, D/2]; kv: this layer's cached (k, v)
+  [B, KVH, S, D] or None; new_mask [B, 1, 1, T, T]; live [B, 1, 1, 1 or T, S] (which cached keys are
+  valid, for all or for each new token) or None. Returns (x, k, v): the new residual and the T fresh
+  keys/values [B, T, KVH, D]."""
   B, T, _ = x.shape
   N, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
   G = N // K
@@ -115,19 +129,23 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live, dt
   q = apply_rope(qkv[..., :G, :].reshape(B, T, N, D), cos, sin).reshape(B, T, K, G, D)
   k = apply_rope(qkv[..., G, :], cos, sin)
   v = qkv[..., G + 1, :]
-  s_new = jnp.einsum("btkgd,bukd->bkgtu", q, k, preferred_element_type=jnp.float32) * scale
-  s_new = jnp.where(new_mask, s_new, neg)
+  # Each KV head's G*T queries form one [G*T, D] matrix (rows g-major): a dot batched over (b, k) with
+  # an explicit M = G*T runs 2-2.4x faster on XLA:CPU at batch >= 4 than the same einsum with g and t
+  # left apart (benchmarks/attention_variants.py).
+  qm = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(B, K, G * T, D)
+  rows = lambda m: jnp.broadcast_to(m, (B, 1, G, T, m.shape[-1])).reshape(B, 1, G * T, m.shape[-1])
+  bdot = lambda a, b, ca, cb: jax.lax.dot_general(a, b, (((ca,), (cb,)), ((0, 1), (0, 1))))
+  k_new, v_new = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)                 # [B, K, T, D]
+  s_new = jnp.where(rows(new_mask), bdot(qm, k_new, 3, 3) * scale, neg)         # [B, K, G*T, T]
   if kv is None:
-    p = jax.nn.softmax(s_new, axis=-1)
-    o = jnp.einsum("bkgtu,bukd->btkgd", p.astype(dtype), v)
-  else:
+    o = bdot(jax.nn.softmax(s_new, axis=-1), v_new, 3, 2)
+  else:   # one softmax over [cache | new] without concatenating them
     kc, vc = kv
-    s_old = jnp.einsum("btkgd,bskd->bkgts", q, kc, preferred_element_type=jnp.float32) * scale
-    s_old = jnp.where(live, s_old, neg)
-    p = jax.nn.softmax(jnp.concatenate([s_old, s_new], axis=-1), axis=-1).astype(dtype)
-    S = kc.shape[1]
-    o = (jnp.einsum("bkgts,bskd->btkgd", p[..., :S], vc)
-         + jnp.einsum("bkgtu,bukd->btkgd", p[..., S:], v))
+    s_old = jnp.where(rows(live), bdot(qm, kc, 3, 3) * scale, neg)              # [B, K, G*T, S]
+    mx = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+    e_old, e_new = jnp.exp(s_old - mx), jnp.exp(s_new - mx)
+    o = (bdot(e_old, vc, 3, 2) + bdot(e_new, v_new, 3, 2)) / (e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True))
+  o = jnp.transpose(o.reshape(B, K, G, T, D), (0, 3, 1, 2, 4))                  # [B, T, K, G, D]
   x = x + _proj("bti,io->bto", o.reshape(B, T, N * D), w["wo"])
   h = rms_norm(x, w["mlp_norm"], cfg.norm_eps)
   gate_up = _proj("bth,hcf->btcf", h, w["w_gate_up"])                       # one matmul: [B, T, 2, F]
@@ -184,8 +202,8 @@ class Llama(nnx.Module):
     return jnp.stack([p[...] for p in a]) if name in LAYER_WEIGHTS else a[...]
 
   def embed_tokens(self, tokens):
-    """tokens [B, T] -> [B, T, H] in the model dtype."""
-    return self.embed[...][tokens].astype(self.dtype)
+    """tokens [B, T] -> [B, T, H] float32 (activations are float32 whatever the weights' dtype)."""
+    return self.embed[...][tokens].astype(jnp.float32)
 
   def rope(self, positions):
     """positions [B, T] -> (cos, sin) [B, T, D/2]."""
@@ -211,7 +229,7 @@ class Llama(nnx.Module):
     for i in range(start, stop):
       wl = {n: getattr(self, n)[i][...] for n in names}
       kvl = None if cache is None else (cache.k[i], cache.v[i])
-      x, k, v = decoder_layer(cfg, wl, x, cos, sin, kvl, new_mask, live, self.dtype)
+      x, k, v = decoder_layer(cfg, wl, x, cos, sin, kvl, new_mask, live)
       ks.append(k)
       vs.append(v)
       if i in capture:
@@ -231,8 +249,12 @@ class Llama(nnx.Module):
 
   def head(self, hn, weight=None):
     """Normed state [..., H] -> float32 logits [..., V] (or [..., N] with a `head_weight(rows)`)."""
-    w = self.head_weight() if weight is None else weight
-    return jnp.dot(hn.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    x = hn.reshape(1, -1, hn.shape[-1])
+    if weight is None and self.cfg.tie_embeddings:   # read the embedding in place: its transpose is a copy
+      y = _proj("bth,vh->btv", x, self.embed[...])
+    else:
+      y = _proj("bth,hv->btv", x, self.head_weight() if weight is None else weight)
+    return y.reshape(hn.shape[:-1] + y.shape[-1:])
 
   def logits(self, h):
     """Last residual [..., H] -> float32 logits [..., V]."""

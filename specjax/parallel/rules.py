@@ -29,12 +29,12 @@ WEIGHT_AXES = {
     "mlp_norm": (None, None),
     "final_norm": (None,),
 }
-CACHE_AXES = (None, "batch", None, "kv_heads", None)   # KVCache.k, .v [L, B, S, KVH, D]
+CACHE_AXES = (None, "batch", "kv_heads", None, None)   # KVCache.k, .v [L, B, KVH, S, D]
 # Drafter states (the loop carry's drafter entry, a dict), by drafter and entry; a prefix of the axes (the rest
 # replicated). Rows over "data" like the target's cache; the drafters' own caches keep their KV heads whole,
 # as their weights are replicated. Entries (and drafters) not declared are left to XLA's propagation.
-_FEATURE_STATE = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}       # k, v [B, S, KVH, D]; g [B, H]
-_CLOVER_STATE = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, S, KVH, D]
+_FEATURE_STATE = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}       # k, v [B, KVH, S, D]; g [B, H]
+_CLOVER_STATE = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
 DRAFTER_STATE_AXES = {
     "medusa": {"h": ("batch",), "w": ()},                                       # h [B, H]; w [H, N] head columns
     "lookahead": {"window": ("batch",), "pool": ("batch",), "stamp": ("batch",), "count": ("batch",)},
