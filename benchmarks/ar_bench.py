@@ -26,9 +26,8 @@ PROMPT = "Write a detailed story about a lighthouse keeper who discovers a hidde
 def ours(dtype: str, batch: int, new: int) -> dict:
   t = specjax.load("default", dtype=dtype)
   prompts = [PROMPT] * batch
-  specjax.generate(t, prompts, max_new_tokens=8)                       # compile + warm
-  g = specjax.generate(t, prompts, max_new_tokens=new)
-  g = specjax.generate(t, prompts, max_new_tokens=new)
+  specjax.generate(t, prompts, max_new_tokens=new)                     # compile + warm the timed program
+  g = max((specjax.generate(t, prompts, max_new_tokens=new) for _ in range(2)), key=lambda g: g.tokens_per_s)
   return dict(tokens_per_s=g.tokens_per_s, new_tokens=sum(g.new_tokens), wall_s=g.wall_s,
               ms_per_step=1000 * g.wall_s / max(g.target_forwards))
 
@@ -42,11 +41,13 @@ def hf(new: int) -> dict:
   ids = specjax.api.encode_prompts(specjax.load("default"), [PROMPT], True)[0]
   x = torch.tensor([ids])
   with torch.no_grad():
-    m.generate(x, max_new_tokens=8, do_sample=False)
-    t = time.perf_counter()
-    out = m.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    wall = time.perf_counter() - t
-  n = out.shape[1] - x.shape[1]
+    m.generate(x, max_new_tokens=new, do_sample=False)
+    runs = []
+    for _ in range(2):               # best of two; like specjax, it stops at EOS
+      t = time.perf_counter()
+      out = m.generate(x, max_new_tokens=new, do_sample=False)
+      runs.append((time.perf_counter() - t, out.shape[1] - x.shape[1]))
+  wall, n = min(runs, key=lambda r: r[0] / r[1])
   return dict(tokens_per_s=n / wall, new_tokens=n, wall_s=wall)
 
 

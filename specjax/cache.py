@@ -10,23 +10,28 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-  """k, v: [L, B, KVH, S, D]; lengths: [B] int32, keys at positions < lengths[b] are live.
+  """k, v: one array per layer, each [B, KVH, S, D]; lengths: [B] int32, keys at positions < lengths[b]
+  are live.
 
   Each KV head's keys are contiguous [S, D], the layout attention's dots read in place; with
-  [.., S, KVH, D] XLA:CPU copied every layer's cache into this layout on every step (BENCHMARKS.md,
-  issue 10). KV heads stay an axis of their own, so a mesh can shard them (parallel/rules.py)."""
-  k: jax.Array
-  v: jax.Array
+  [.., S, KVH, D] XLA:CPU copied every layer's cache into this layout on every step. One array per
+  layer rather than an [L, ...] stack for the reason the weights are (models/llama.py): XLA:CPU copies
+  a layer's slice of a stack into a buffer of its own before a dot reads it, every layer, every step
+  (BENCHMARKS.md, issue 10). KV heads stay an axis of their own, so a mesh can shard them
+  (parallel/rules.py)."""
+  k: tuple
+  v: tuple
   lengths: jax.Array
 
   @classmethod
   def zeros(cls, *, layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32):
-    shape = (layers, batch, kv_heads, max_len, head_dim)
-    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+    shape = (batch, kv_heads, max_len, head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(layers))
+    return cls(zeros(), zeros(), jnp.zeros((batch,), jnp.int32))
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[3]
+    return self.k[0].shape[2]
 
   def write(self, k_new: jax.Array, v_new: jax.Array, rows: jax.Array | None = None) -> "KVCache":
     """Writes fresh keys/values at [lengths, lengths + n) per row; lengths are not advanced.
@@ -39,8 +44,8 @@ class KVCache:
       pick = jax.vmap(lambda x, r: x[:, r], in_axes=(1, 0), out_axes=1)
       k_new, v_new = pick(k_new, rows), pick(v_new, rows)
     k_new, v_new = jnp.swapaxes(k_new, 2, 3), jnp.swapaxes(v_new, 2, 3)       # [L, B, KVH, n, D]
-    return KVCache(put_rows(self.k, k_new, self.lengths, batch_axis=1, axis=3),
-                   put_rows(self.v, v_new, self.lengths, batch_axis=1, axis=3), self.lengths)
+    put = lambda cs, xs: tuple(put_rows(c, x, self.lengths, axis=2) for c, x in zip(cs, xs))
+    return KVCache(put(self.k, k_new), put(self.v, v_new), self.lengths)
 
   def advance(self, n: jax.Array) -> "KVCache":
     return dataclasses.replace(self, lengths=self.lengths + n.astype(jnp.int32))

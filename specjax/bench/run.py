@@ -44,7 +44,6 @@ from specjax.io import records as records_io
 from specjax.io import settings as settings_io
 from specjax.io.prompts import Prompt, read_prompts
 
-WARMUP_TOKENS = 8
 RECORDS = "records.jsonl"
 
 
@@ -236,9 +235,10 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
       print(f"specjax bench: {e}; going on without {m}", file=sys.stderr)
       return None
 
-  # Warm-up: one short call per method that still has work, so the first timed call is steady.
+  # Warm-up: one full-length call per method that still has work, so the program (and buffer) the
+  # timed calls run is the one warmed, not a shorter one.
   first = ids[str(selected[0].id)]
-  warm_n = min(WARMUP_TOKENS, max_new_tokens)
+  warm_n = max_new_tokens
   for m in methods:
     if not any(todo(m, b) for b in work):
       continue
@@ -255,10 +255,12 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   bar = tqdm(total=len(selected), initial=done_before, unit="prompt", desc="bench", file=sys.stderr,
              disable=not progress, dynamic_ncols=True)
   try:
-    for batch in work:
+    for b_index, batch in enumerate(work):
       if not any(todo(m, batch) for m in methods):
         continue
-      for m in methods:
+      # Methods interleaved per batch, their order rotated each batch: none is always first after a switch.
+      r = b_index % len(methods)
+      for m in methods[r:] + methods[:r]:
         if not todo(m, batch):
           continue
         bar.set_postfix_str(m, refresh=True)

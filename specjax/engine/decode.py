@@ -63,7 +63,7 @@ def _constrain(cache: KVCache, sharding) -> KVCache:
   if sharding is None:
     return cache
   pin = lambda x: jax.lax.with_sharding_constraint(x, sharding)
-  return dataclasses.replace(cache, k=pin(cache.k), v=pin(cache.v))
+  return dataclasses.replace(cache, k=tuple(map(pin, cache.k)), v=tuple(map(pin, cache.v)))
 
 
 DRAFT_STREAM = 0x5EED   # fold_in constant of the drafters' random stream
@@ -140,7 +140,7 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
     prefill = Prefill(z, {i: z for i in capture})
   cache = _constrain(dataclasses.replace(cache, lengths=prompt_len - 1), spec.cache_sharding)
   if spec.time_prefill:    # one host callback per call, outside the loop; it waits only for its operand
-    jax.debug.callback(_stamp_prefill, cache.k[0, 0, 0, 0, 0])
+    jax.debug.callback(_stamp_prefill, cache.k[0][0, 0, 0, 0])
   tokens = jnp.zeros((B, S), jnp.int32).at[:, :P].set(prompt)
   ctx = Context(tokens, prompt_len - 1, prompt_len, jnp.zeros(B, bool))
   zeros = jnp.zeros(B, jnp.int32)

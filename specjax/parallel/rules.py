@@ -29,7 +29,7 @@ WEIGHT_AXES = {
     "mlp_norm": (None, None),
     "final_norm": (None,),
 }
-CACHE_AXES = (None, "batch", "kv_heads", None, None)   # KVCache.k, .v [L, B, KVH, S, D]
+CACHE_AXES = ("batch", "kv_heads", None, None)   # each layer's KVCache.k[i], .v[i] [B, KVH, S, D]
 # Drafter states (the loop carry's drafter entry, a dict), by drafter and entry; a prefix of the axes (the rest
 # replicated). Rows over "data" like the target's cache; the drafters' own caches keep their KV heads whole,
 # as their weights are replicated. Entries (and drafters) not declared are left to XLA's propagation.
