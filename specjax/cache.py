@@ -53,12 +53,23 @@ class KVCache:
 
 def put_rows(buf: jax.Array, x: jax.Array, start: jax.Array, *, batch_axis: int = 0, axis: int = 1) -> jax.Array:
   """For each row b of the batch axis: buf[.., b, .., start[b] : start[b] + n, ..] = x[.., b, .., :n, ..]
-  (x shaped like buf but n long on `axis`). One dynamic_update_slice per row, unrolled (the batch size is
-  static), each done in place: the same update vmapped lowers to a scatter, which XLA:CPU runs by
-  copying the whole buffer, 26 ms a step for the default model's cache at batch 16 (BENCHMARKS.md, issue 10)."""
+  (x shaped like buf but n long on `axis`). One dynamic_update_slice per row, each done in place: the
+  same update vmapped lowers to a scatter, which XLA:CPU runs by copying the whole buffer, 26 ms a step
+  for the default model's cache at batch 16 (BENCHMARKS.md, issue 10). Up to _UNROLL_ROWS rows the
+  updates are unrolled; more rows (statistical tests run thousands) loop, so the program stays small."""
   x = x.astype(buf.dtype)
-  for b in range(buf.shape[batch_axis]):
+
+  def one(b, buf):
     idx = [jnp.int32(0)] * buf.ndim
-    idx[batch_axis], idx[axis] = jnp.int32(b), start[b].astype(jnp.int32)
-    buf = jax.lax.dynamic_update_slice(buf, jax.lax.slice_in_dim(x, b, b + 1, axis=batch_axis), idx)
+    idx[batch_axis], idx[axis] = jnp.asarray(b, jnp.int32), start[b].astype(jnp.int32)
+    return jax.lax.dynamic_update_slice(buf, jax.lax.dynamic_slice_in_dim(x, b, 1, axis=batch_axis), idx)
+
+  rows = buf.shape[batch_axis]
+  if rows > _UNROLL_ROWS:
+    return jax.lax.fori_loop(0, rows, one, buf)
+  for b in range(rows):
+    buf = one(b, buf)
   return buf
+
+
+_UNROLL_ROWS = 64

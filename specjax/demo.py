@@ -1,6 +1,6 @@
 """`make demo`: speculative generation on the default model, with speed beside the baseline.
 
-    python -m specjax.demo [--drafters pld,medusa] [--max-new-tokens 128] [PROMPT]
+    python -m specjax.demo [--drafters pld,medusa] [--max-new-tokens 128] [--dtype bfloat16] [PROMPT]
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ def main(argv=None):
   ap.add_argument("prompt", nargs="?", default=PROMPT)
   ap.add_argument("--drafters", default="pld,medusa", help="comma-separated; medusa uses the shipped checkpoint")
   ap.add_argument("--max-new-tokens", type=int, default=128)
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                  help="weights' dtype; bfloat16 makes trees cheap on CPUs with AMX (README)")
   a = ap.parse_args(argv)
-  print("loading SmolLM2-135M-Instruct (float32) ...", flush=True)
-  target = specjax.load("default")
+  print(f"loading SmolLM2-135M-Instruct ({a.dtype}) ...", flush=True)
+  target = specjax.load("default", dtype=a.dtype)
   base = specjax.generate(target, [a.prompt], max_new_tokens=a.max_new_tokens, time_prefill=True)
   runs = {d: specjax.generate(target, [a.prompt], max_new_tokens=a.max_new_tokens, drafter=d, time_prefill=True)
           for d in a.drafters.split(",") if d}

@@ -110,13 +110,14 @@ def test_tree_attention_equals_sequential_paths(data):
       np.testing.assert_allclose(got[b, t], ref[t, ends[t]], atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("batch_axis,axis", [(0, 1), (1, 3), (0, 2)])
-def test_put_rows_writes_each_row_at_its_own_offset(batch_axis, axis):
+@pytest.mark.parametrize("batch_axis,axis,B", [(0, 1, 3), (1, 3, 3), (0, 2, 3), (0, 1, 70), (1, 2, 70)])
+def test_put_rows_writes_each_row_at_its_own_offset(batch_axis, axis, B):
+  """Unrolled (few rows) and looped (more than 64 rows) alike."""
   from specjax.cache import put_rows
   rng = np.random.default_rng(axis)
   shape = [2] * (max(batch_axis, axis) + 2)
-  shape[batch_axis], shape[axis] = 3, 9
-  B, S, n = 3, 9, 3
+  shape[batch_axis], shape[axis] = B, 9
+  S, n = 9, 3
   buf = rng.normal(size=shape).astype(np.float32)
   xs = list(shape)
   xs[axis] = n
