@@ -92,8 +92,7 @@ def main():
     for _ in range(2):
       g = specjax.generate(t, prompts, **kw)
       runs.append(1e3 * (g.wall_s - g.prefill_s) / max(g.target_forwards))
-    P = -(-a.prompt_len // 64) * 64
-    S = -(-(P + a.new_tokens + 2) // 64) * 64           # api.prepare's buffer for drafter none
+    S = specjax.api.prepare(t, prompts, max_new_tokens=a.new_tokens, drafter="none")[0].max_len   # generate's buffer
     raw = forward_ms(fwd, params, cfg, B=B, T=1, context=a.prompt_len + a.new_tokens // 2, buffer=S)
     res["loop"][B] = dict(step_ms=min(runs), raw_forward_ms=raw, overhead=min(runs) / raw - 1, buffer=S,
                           tokens_per_s=B * 1e3 / min(runs))

@@ -419,3 +419,26 @@ def test_bad_sampling_arguments(small):
 def test_unknown_drafter(small):
   with pytest.raises(ValueError, match="unknown drafter 'magic'; choose from none, pld, lookahead"):
     generate(small, _words(3), chat=False, max_new_tokens=4, drafter="magic")
+
+
+def _same_as_gguf_package(path):
+  """specjax's GGUF parser reads every metadata value and tensor exactly as the gguf package does."""
+  import gguf
+  from specjax.io.gguf_loader import GGUFFile
+  ref, ours = gguf.GGUFReader(str(path)), GGUFFile(path)
+  ref_fields = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+  assert ours.fields == ref_fields
+  assert list(ours.tensors) == [t.name for t in ref.tensors]
+  for t in ref.tensors:
+    o = ours.tensors[t.name]
+    assert (o.type, o.shape, o.data.dtype) == (t.tensor_type, tuple(int(d) for d in reversed(t.shape)), t.data.dtype)
+    np.testing.assert_array_equal(o.data, t.data)
+
+
+def test_gguf_parser_matches_gguf_package(tmp_path):
+  import gguf
+  from gguf.quants import quantize
+  t = _gguf_tensors(np.random.default_rng(0))
+  q = quantize(t["blk.0.ffn_down.weight"], gguf.GGMLQuantizationType.Q8_0)
+  _same_as_gguf_package(write_gguf(tmp_path / "q8.gguf", raw={"blk.0.ffn_down.weight": (gguf.GGMLQuantizationType.Q8_0, q)}))
+  _same_as_gguf_package(sio.default_model_path())      # Q4_1 and F32 tensors, the chat templates, 49k tokens

@@ -33,6 +33,7 @@ transformers = pytest.importorskip("transformers")
 
 import specjax.io as sio
 from specjax.cache import KVCache
+from specjax.models import llama
 from specjax.models.llama import Llama, causal_mask, forward
 
 REL_TOL = 5e-5
@@ -445,3 +446,15 @@ def test_gguf_from_tiny_model(tiny_pair, tmp_path):
   target = sio.load(p)
   assert target.cfg.arch == kind and target.cfg.qkv_bias == (kind == "qwen2")
   assert_close(our_logits(target.model, ids), ref, f"specjax reading the {kind} GGUF")
+
+
+@CACHE_KINDS
+def test_tiny_prefill_in_query_blocks(tiny_pair, monkeypatch):
+  """A no-cache forward longer than PREFILL_BLOCK (a long prompt's prefill) runs its attention in query
+  blocks, each against the keys up to its end, the last block partial: logits still equal HF's."""
+  _, hf, target = tiny_pair
+  monkeypatch.setattr(llama, "PREFILL_BLOCK", 4)
+  ids = _ids(18, seed=4)
+  gd, params = nnx.split(target.model)
+  fresh = jax.jit(lambda p, t: nnx.merge(gd, p)(t, jnp.arange(18)[None], None, causal_mask(1, 18)).logits)
+  assert_close(fresh(params, jnp.asarray([ids], jnp.int32))[0], hf_logits(hf, ids), "prefill in query blocks of 4")

@@ -292,11 +292,10 @@ GGUF_TEXTS = ["numbers 12345 and 3.14159 and 7777777", "IT'S DON'T it's I'M we'l
 
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "default", "smollm"])
 def test_gguf_pre_tokenizers_match_transformers(tmp_path, small_bpe, pre):
-  import gguf
   from transformers import AutoTokenizer
   from specjax.io import gguf_loader
   p = write_tokenizer_gguf(tmp_path / f"{pre}.gguf", pre, *small_bpe)
-  ours = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(gguf.GGUFReader(str(p))))
+  ours = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(gguf_loader.GGUFFile(p)))
   hf = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=p.name)
   for text in GGUF_TEXTS:
     ids = ours.encode(text)

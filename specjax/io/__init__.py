@@ -94,11 +94,10 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template
     tok = Tokenizer.from_hf_dir(p, chat_template)
     weights = hf_loader.read_weights(p, cfg, np_dt)
   elif p.suffix == ".gguf":
-    import gguf
     from specjax.io import gguf_loader
     try:
-      reader = gguf.GGUFReader(str(p))
-    except Exception as e:   # the gguf package raises assorted errors on non-GGUF bytes
+      reader = gguf_loader.GGUFFile(p)
+    except Exception as e:   # struct, numpy, enum and unicode errors on bytes that are not a GGUF file
       raise ValueError(f"{p}: not a readable GGUF file ({e})") from None
     cfg = gguf_loader.read_config(reader, p)
     tok = Tokenizer.from_gguf_spec(gguf_loader.read_tokenizer_spec(reader, p), chat_template)

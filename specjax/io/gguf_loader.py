@@ -1,18 +1,108 @@
 """Reads a Llama-family GGUF file: config, weights (dequantised tensor by tensor), tokenizer, template."""
 from __future__ import annotations
 
+import dataclasses
+import struct
+
 import numpy as np
 
 from specjax.models.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
 
 SUPPORTED_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
+# GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
 
-def _field(reader, key, default=None):
-  f = reader.fields.get(key)
-  if f is None:
-    return default
-  return f.contents()
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """name; type: gguf.GGMLQuantizationType; shape: numpy order (the file lists dims innermost first);
+  data: read-only view of the mapped file, float32/float16 [shape] or uint8 [rows, bytes per row]."""
+  name: str
+  type: object
+  shape: tuple[int, ...]
+  data: np.ndarray
+
+
+class GGUFFile:
+  """A GGUF file's metadata {key: int | float | bool | str | list} and tensors {name: Tensor}, the
+  tensor data left in the memory-mapped file until dequantised.
+
+  Parsed here rather than with gguf.GGUFReader, which makes a numpy view per metadata element: 3.6 s
+  for the default model's 49,152 tokens and 48,900 merges, most of `specjax.load` (BENCHMARKS.md,
+  start-up). Little-endian GGUF versions 2 and 3; anything else raises ValueError."""
+
+  def __init__(self, path):
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import quant_shape_to_byte_shape
+    self._buf = buf = np.memmap(path, np.uint8, mode="r")
+    if bytes(buf[:4]) != b"GGUF":
+      raise ValueError("no GGUF magic number")
+    self._pos = 4
+    version, n_tensors, n_kv = self._unpack("<IQQ")
+    if version not in (2, 3):
+      raise ValueError(f"GGUF version {version} is not supported (2 and 3 are; big-endian files are not)")
+    self.fields = {}
+    for _ in range(n_kv):
+      key = self._string()
+      self.fields[key] = self._value(self._unpack("<I")[0])
+    infos = []
+    for _ in range(n_tensors):
+      name = self._string()
+      n_dims = self._unpack("<I")[0]
+      dims = self._unpack(f"<{n_dims}Q")
+      raw_type, offset = self._unpack("<IQ")
+      infos.append((name, tuple(reversed(dims)), GGMLQuantizationType(raw_type), offset))
+    align = int(self.fields.get("general.alignment", 32))
+    start = -(-self._pos // align) * align
+    self.tensors = {}
+    for name, shape, qtype, offset in infos:
+      if name in self.tensors:
+        raise ValueError(f"tensor {name} appears twice")
+      block, size = GGML_QUANT_SIZES[qtype]
+      n = int(np.prod(shape, dtype=np.int64))
+      if qtype.name in ("F32", "F16"):
+        dt, view = (np.float32 if qtype.name == "F32" else np.float16), shape
+      else:
+        dt, view = np.uint8, quant_shape_to_byte_shape(shape, qtype)
+      nbytes = n * size // block
+      a, b = start + offset, start + offset + nbytes
+      if b > len(buf):
+        raise ValueError(f"tensor {name} ends at byte {b}, past the end of the file ({len(buf)} bytes)")
+      self.tensors[name] = Tensor(name, qtype, shape, buf[a:b].view(dt).reshape(view))
+
+  def _unpack(self, fmt):
+    out = struct.unpack_from(fmt, self._buf, self._pos)
+    self._pos += struct.calcsize(fmt)
+    return out
+
+  def _string(self) -> str:
+    n = self._unpack("<Q")[0]
+    if self._pos + n > len(self._buf):
+      raise ValueError("a string runs past the end of the file")
+    s = bytes(self._buf[self._pos:self._pos + n]).decode("utf-8")
+    self._pos += n
+    return s
+
+  def _value(self, vtype):
+    if vtype in _SCALARS:
+      return self._unpack("<" + _SCALARS[vtype])[0]
+    if vtype == _STRING:
+      return self._string()
+    if vtype == _ARRAY:
+      etype, n = self._unpack("<IQ")
+      if etype in _SCALARS:      # numbers in one read
+        fmt = "<" + _SCALARS[etype]
+        if self._pos + n * struct.calcsize(fmt) > len(self._buf):
+          raise ValueError("an array runs past the end of the file")
+        return list(self._unpack(f"<{n}{_SCALARS[etype]}"))
+      return [self._value(etype) for _ in range(n)]
+    raise ValueError(f"unknown metadata value type {vtype}")
+
+
+def _field(reader: GGUFFile, key, default=None):
+  return reader.fields.get(key, default)
 
 
 def read_config(reader, path) -> ModelConfig:
@@ -29,12 +119,12 @@ def read_config(reader, path) -> ModelConfig:
 
   hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
   head_dim = int(g("attention.key_length", hidden // heads))
-  names = {t.name for t in reader.tensors}
+  names = set(reader.tensors)
   vocab = g("vocab_size")
   if vocab is None:
     if "tokenizer.ggml.tokens" not in reader.fields:
       raise ValueError(f"{path}: missing metadata {arch}.vocab_size (and no tokenizer.ggml.tokens)")
-    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    vocab = len(reader.fields["tokenizer.ggml.tokens"])
   scaling = None
   if g("rope.scaling.type") == "llama3" or "rope_freqs.weight" in names:
     raise ValueError(f"{path}: GGUF rope_freqs (llama3 scaling) is not supported; load the Hugging Face directory instead")
@@ -55,16 +145,15 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def read_weights(reader, cfg: ModelConfig, path, dtype=np.float32) -> dict[str, np.ndarray]:
   """Dequantises one tensor at a time into preallocated stacked arrays (no second full copy)."""
-  from gguf import GGMLQuantizationType
   from gguf.quants import dequantize
 
   from specjax.io import packing
   from specjax.models.llama import weight_shapes
 
-  tensors = {t.name: t for t in reader.tensors}
-  for t in reader.tensors:
-    if t.tensor_type.name not in SUPPORTED_QUANTS:
-      raise ValueError(f"{path}: tensor {t.name} has unsupported quantisation type {t.tensor_type.name}; "
+  tensors = reader.tensors
+  for t in tensors.values():
+    if t.type.name not in SUPPORTED_QUANTS:
+      raise ValueError(f"{path}: tensor {t.name} has unsupported quantisation type {t.type.name}; "
                        f"supported: {', '.join(SUPPORTED_QUANTS)}")
 
   def get(name, shape):
@@ -72,10 +161,10 @@ def read_weights(reader, cfg: ModelConfig, path, dtype=np.float32) -> dict[str, 
     if name not in tensors:
       raise ValueError(f"{path}: missing tensor {name}")
     t = tensors[name]
-    got = tuple(int(d) for d in reversed(t.shape))
+    got = t.shape
     if got != tuple(shape):
       raise ValueError(f"{path}: tensor {name} has shape {got}, expected {tuple(shape)} from the metadata")
-    a = dequantize(t.data, GGMLQuantizationType(t.tensor_type))
+    a = dequantize(t.data, t.type)
     return np.asarray(a, np.float32).reshape(got)
 
   shapes = weight_shapes(cfg)
