@@ -36,7 +36,9 @@ class GGUFFile:
   def __init__(self, path):
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf.quants import quant_shape_to_byte_shape
-    self._buf = buf = np.memmap(path, np.uint8, mode="r")
+    # plain ndarray and memoryview views of the mapping: slicing a np.memmap runs Python code per slice
+    self._buf = buf = np.memmap(path, np.uint8, mode="r").view(np.ndarray)
+    self._mv = memoryview(buf)
     if bytes(buf[:4]) != b"GGUF":
       raise ValueError("no GGUF magic number")
     self._pos = 4
@@ -73,7 +75,7 @@ class GGUFFile:
       self.tensors[name] = Tensor(name, qtype, shape, buf[a:b].view(dt).reshape(view))
 
   def _unpack(self, fmt):
-    out = struct.unpack_from(fmt, self._buf, self._pos)
+    out = struct.unpack_from(fmt, self._mv, self._pos)
     self._pos += struct.calcsize(fmt)
     return out
 
@@ -81,7 +83,7 @@ class GGUFFile:
     n = self._unpack("<Q")[0]
     if self._pos + n > len(self._buf):
       raise ValueError("a string runs past the end of the file")
-    s = bytes(self._buf[self._pos:self._pos + n]).decode("utf-8")
+    s = str(self._mv[self._pos:self._pos + n], "utf-8")
     self._pos += n
     return s
 
