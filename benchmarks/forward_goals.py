@@ -103,7 +103,7 @@ def main():
       "forward/chain ctx2048 (<=1.3)": f.get("T=1,ctx=2048", float("nan")) / res["chain"][1],
       "t8/t1 (<=1.2)": f.get("T=8,ctx=256", float("nan")) / f["T=1,ctx=256"],
       "t16/t1 (<=1.35)": f.get("T=16,ctx=256", float("nan")) / f["T=1,ctx=256"],
-      "batch16/batch1 (<=2)": res["batch"].get(16, float("nan")) / res["batch"][1],
+      "batch16/batch1 (<=2)": res["batch"].get(16, float("nan")) / res["batch"].get(1, float("nan")),
       "loop overhead max (<0.05)": max(v["overhead"] for v in res["loop"].values()),
   }
   for k, v in res["goals"].items():
