@@ -451,10 +451,14 @@ def test_gguf_from_tiny_model(tiny_pair, tmp_path):
 @CACHE_KINDS
 def test_tiny_prefill_in_query_blocks(tiny_pair, monkeypatch):
   """A no-cache forward longer than PREFILL_BLOCK (a long prompt's prefill) runs its attention in query
-  blocks, each against the keys up to its end, the last block partial: logits still equal HF's."""
+  blocks, each against the keys up to its end, the last block partial: logits still equal HF's, per row of
+  a batch of two different sequences."""
   _, hf, target = tiny_pair
   monkeypatch.setattr(llama, "PREFILL_BLOCK", 4)
-  ids = _ids(18, seed=4)
+  rows = [_ids(18, seed=4), _ids(18, seed=5)]
   gd, params = nnx.split(target.model)
-  fresh = jax.jit(lambda p, t: nnx.merge(gd, p)(t, jnp.arange(18)[None], None, causal_mask(1, 18)).logits)
-  assert_close(fresh(params, jnp.asarray([ids], jnp.int32))[0], hf_logits(hf, ids), "prefill in query blocks of 4")
+  pos, mask = jnp.broadcast_to(jnp.arange(18), (2, 18)), causal_mask(2, 18)
+  fresh = jax.jit(lambda p, t: nnx.merge(gd, p)(t, pos, None, mask).logits)     # traced with the small blocks
+  out = fresh(params, jnp.asarray(rows, jnp.int32))
+  for i, ids in enumerate(rows):
+    assert_close(out[i], hf_logits(hf, ids), f"prefill in query blocks of 4, row {i}")
