@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from specjax import budget as budget_lib
+from specjax import numerics
 from specjax.drafters import registry
 from specjax.engine import accept as accept_lib
 from specjax.engine import decode
@@ -30,7 +31,8 @@ class Generation:
   rows' new tokens / wall_s); with time_prefill=True, prefill_s: the part of wall_s spent before the
   first decode step (the prompts' forward: time to first token less one step) and decode_tokens_per_s:
   new tokens / (wall_s - prefill_s), else None; budget: the tree budget run ("nodes=4"; "none" when auto chose no
-  speculation, then drafter is "none"), with budget_ms the measured step costs auto compared."""
+  speculation, then drafter is "none"), with budget_ms the measured step costs auto compared; precision:
+  the numerics policy, "exact" or "fast" (specjax/numerics.py)."""
   texts: list[str]
   token_ids: list[list[int]]
   new_tokens: list[int]
@@ -47,6 +49,7 @@ class Generation:
   budget_ms: dict = dataclasses.field(default_factory=dict)
   prefill_s: float | None = None
   decode_tokens_per_s: float | None = None
+  precision: str = "exact"     # the numerics policy it ran under (specjax/numerics.py)
 
 
 def _round_up(n, m):
@@ -171,7 +174,7 @@ def check_fits(target: Target, prompt_tokens: int, max_new_tokens: int, drafter)
 
 
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,
-            top_k=None, top_p=None, acceptance=None, **drafter_options):
+            top_k=None, top_p=None, acceptance=None, precision="exact", **drafter_options):
   """Validates everything and returns (spec, device inputs) for the compiled `decode.run`."""
   if not _is_int(max_new_tokens) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -185,7 +188,7 @@ def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int,
   # The static configuration never holds weights: they travel as a program argument (`drafter_params`).
   spec = decode.Spec(drafter=dataclasses.replace(d, params=None), max_len=S,
                      eos_ids=tuple(target.tokenizer.eos_ids), acceptance=acceptance, temperature=float(temperature),
-                     top_k=top_k, top_p=top_p)
+                     top_k=top_k, top_p=top_p, precision=numerics.check(precision))
   prompt = np.zeros((len(prompt_ids), P), np.int32)
   for i, p in enumerate(prompt_ids):
     prompt[i, :len(p)] = p
@@ -206,14 +209,31 @@ def _executable(graphdef, spec, params, dparams, inputs, key, lay=None):
     if len(_EXECUTABLES) >= 16:
       _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
     _compilation_cache()
-    run = functools.partial(decode.run, graphdef, spec=spec)
-    if lay is None:
-      program = jax.jit(run)
-    else:
-      program = jax.jit(run, in_shardings=sharded.in_shardings(lay, params, dparams),
-                        out_shardings=sharded.out_shardings(lay))
-    _EXECUTABLES[sig] = program.lower(params, dparams, *inputs, key).compile()
+    _EXECUTABLES[sig] = _lower(graphdef, spec, params, dparams, inputs, key, lay).compile()
   return _EXECUTABLES[sig]
+
+
+def _lower(graphdef, spec, params, dparams, inputs, key, lay=None) -> jax.stages.Lowered:
+  """The decode program traced and lowered under the spec's numerics policy."""
+  run = functools.partial(decode.run, graphdef, spec=spec)
+  if lay is None:
+    program = jax.jit(run)
+  else:
+    program = jax.jit(run, in_shardings=sharded.in_shardings(lay, params, dparams),
+                      out_shardings=sharded.out_shardings(lay))
+  with numerics.scope(spec.precision):
+    return program.lower(params, dparams, *inputs, key)
+
+
+def lower(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int = 8, drafter="none",
+          precision: str | None = None, **options) -> jax.stages.Lowered:
+  """The one-device decode program for these prompts (token ids) and settings, lowered but not compiled:
+  `.as_text()` shows every dot's numerics (tests/test_numerics.py). options: sampling and drafter options."""
+  precision = target.precision if precision is None else precision
+  spec, dparams, inputs = prepare(target, prompt_ids, max_new_tokens=max_new_tokens, drafter=drafter,
+                                  precision=precision, **options)
+  graphdef, params = nnx.split(target.model)
+  return _lower(graphdef, spec, params, dparams, inputs, jax.random.key(0))
 
 
 @functools.cache
@@ -241,7 +261,8 @@ def check_tree_budget(tree_budget):
 def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = True,
              drafter="none", acceptance: str | None = None, allow_special: bool = False, mesh=None,
-             tree_budget: str | None = None, time_prefill: bool = False, **drafter_options) -> Generation:
+             tree_budget: str | None = None, time_prefill: bool = False, precision: str | None = None,
+             **drafter_options) -> Generation:
   """Generates for a batch of prompts (strings, or lists of token ids) in one compiled program.
 
   drafter: "none" (autoregressive), "pld", "lookahead", "medusa" (the shipped checkpoint),
@@ -256,8 +277,10 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   time_prefill: also report the prefill's time (Generation.prefill_s) and decoding's own tokens/s. The
   program then calls back to the host once, which keeps it out of JAX's persistent compilation cache
   (a new process compiles it again).
+  precision: "exact" or "fast" (specjax/numerics.py); default: the one the target was loaded with.
   """
   seed = check_seed(seed)
+  precision = numerics.check(target.precision if precision is None else precision)
   tree_budget = check_tree_budget(tree_budget)
   if not isinstance(time_prefill, bool):
     raise ValueError(f"time_prefill must be True or False, got {time_prefill!r}")
@@ -266,7 +289,7 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   rows = len(ids)
   if mesh is not None:       # the batch splits evenly over "data": pad with copies of the first prompt
     ids = ids + [ids[0]] * (-rows % mesh.shape["data"])
-  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance)
+  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, acceptance=acceptance, precision=precision)
   spec, dparams, inputs = prepare(target, ids, max_new_tokens=max_new_tokens, drafter=drafter, **sampling,
                                   **drafter_options)
   lay = None if mesh is None else sharded.layout(mesh, target.cfg)
@@ -298,7 +321,8 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
                     wall_s=wall, compile_s=compile_s, tokens_per_s=sum(new) / max(wall, 1e-9), prefill_s=prefill_s,
                     decode_tokens_per_s=None if prefill_s is None else sum(new) / max(wall - prefill_s, 1e-9),
                     drafter=spec.drafter.name, acceptance=spec.acceptance,
-                    lossless=accept_lib.LOSSLESS[spec.acceptance], budget=budget, budget_ms=budget_ms)
+                    lossless=accept_lib.LOSSLESS[spec.acceptance], budget=budget, budget_ms=budget_ms,
+                    precision=precision)
 
 
 def _run(target: Target, spec, dparams, inputs, key, lay):
@@ -411,6 +435,25 @@ def next_token_gap(target: Target, ids: list[int]) -> float:
   seq = np.zeros((1, _round_up(n, _BUCKET)), np.int32)
   seq[0, :n] = ids
   graphdef, params = nnx.split(target.model)
-  logits = np.asarray(_last_logits_fn(graphdef)(params, jnp.asarray(seq), n))
+  with numerics.scope(target.precision):      # as the baseline computed it
+    logits = np.asarray(_last_logits_fn(graphdef)(params, jnp.asarray(seq), n))
   top2 = np.sort(logits)[-2:]
   return float(top2[1] - top2[0])
+
+
+def first_diff(a: list[int], b: list[int]) -> int | None:
+  """Index of the first differing token, or None when equal."""
+  for i, (x, y) in enumerate(zip(a, b)):
+    if x != y:
+      return i
+  return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def divergence(target: Target, prompt_ids: list[int], base: list[int], got: list[int]) -> dict | None:
+  """None when a greedy output `got` equals the autoregressive `base` (token ids after prompt_ids); else
+  {"position": first differing index, "gap": the target's top-1 minus top-2 logit there, after
+  prompt + base[:position]}. A gap within float rounding is a near-tie; a larger one is a bug."""
+  d = first_diff(got, base)
+  if d is None:
+    return None
+  return {"position": d, "gap": next_token_gap(target, list(prompt_ids) + list(base[:d]))}

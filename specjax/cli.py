@@ -93,6 +93,8 @@ def _load(a, local: bool = False):
   """load_target with --chat-template and --mesh only when given (monkeypatched loaders take (model, dtype)).
   local: the mesh over this process's own devices (a multi-host batch job's processes work apart)."""
   extra = {"chat_template": a.chat_template} if a.chat_template is not None else {}
+  if getattr(a, "precision", "exact") != "exact":
+    extra["precision"] = a.precision
   if getattr(a, "mesh_axes", None):
     import jax
 
@@ -178,6 +180,9 @@ def _parse_options(items, *, qualified: bool) -> dict:
 def _add_model_args(p):
   p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a .gguf file or a HF directory")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (default float32)")
+  p.add_argument("--precision", default="exact", choices=["exact", "fast"],
+                 help="matmul numerics: exact (default; true float32, identical to autoregressive decoding) or fast "
+                      "(the backend's default: TF32 on GPUs, one bfloat16 pass on TPUs; may differ at near-ties)")
   p.add_argument("--chat-template", metavar="NAME", default=None,
                  help="which of the model's named chat templates to use (default: 'default')")
 
@@ -203,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="encode special-token text in prompts (e.g. <|im_end|>) as special tokens; by default it is "
                  "plain text, so a prompt cannot forge chat turns")
   g.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
+  g.add_argument("--check", action="store_true",
+                 help="greedy only: also decode autoregressively and report, per prompt, whether the output is "
+                      "identical, else the first differing token and the target's top-2 logit gap there")
   g.add_argument("--time-prefill", action="store_true",
                  help="also report the prefill's time and decoding's own tokens/s (the program is then not kept in "
                  "the persistent compilation cache: each new process compiles it)")
@@ -336,6 +344,8 @@ def cmd_generate(a) -> int:
     budget.candidates(drafter)
   api.check_sampling(a.temperature, a.top_k, a.top_p, a.acceptance)
   api.check_seed(a.seed)
+  if a.check and a.temperature != 0:
+    raise ValueError("--check compares greedy outputs: use it with temperature 0")
   _start_parallel(a)
 
   target = _load(a)
@@ -354,8 +364,11 @@ def cmd_generate(a) -> int:
     g = api.generate(target, ids[start:start + batch_size], max_new_tokens=a.max_new_tokens,
                      temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, chat=chat,
                      drafter=drafter, acceptance=a.acceptance, tree_budget=a.tree_budget, time_prefill=a.time_prefill)
+    checks = _check(a, target, ids[start:start + batch_size], g) if a.check else None
     for i, p in enumerate(batch):
       row = answer_record(g, i, p.id)
+      if checks is not None:
+        row["check"] = checks[i]
       if quiet:
         continue
       if a.json:
@@ -370,7 +383,26 @@ def cmd_generate(a) -> int:
               f"{row['tokens_per_s']:.1f} tokens/s{decoding}, drafter {g.drafter} ({g.budget}), acceptance "
               f"{g.acceptance}{'' if g.lossless else ' (lossy)'}; batch of {len(batch)}: {g.wall_s:.2f} s{prefill}, "
               f"compile {g.compile_s:.1f} s]", file=sys.stderr, flush=True)
+        if checks is not None:
+          c = checks[i]
+          print("[check: identical to autoregressive decoding]" if c["identical"] else
+                f"[check: differs from autoregressive decoding at new token {c['position']}; the target's top-2 "
+                f"logit gap there: {c['gap']:.3g}]", file=sys.stderr, flush=True)
   return 0
+
+
+def _check(a, target, ids, g) -> list[dict]:
+  """--check: per row, {"identical": bool} plus, where the output differs from autoregressive decoding of the
+  same target and precision, the first differing position and the target's top-2 logit gap there."""
+  from specjax import api
+  if g.drafter == "none":
+    return [{"identical": True} for _ in ids]
+  base = api.generate(target, ids, max_new_tokens=a.max_new_tokens, chat=False)
+  out = []
+  for p, mine, ref in zip(ids, g.token_ids, base.token_ids):
+    d = api.divergence(target, p, ref, mine)
+    out.append({"identical": True} if d is None else {"identical": False, **d})
+  return out
 
 
 # ----------------------------------------------------------------------------- info

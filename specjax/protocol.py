@@ -27,7 +27,12 @@ import numpy as np
 class DraftTree:
   """tokens, parent, depth: [B, T] int32; mask: [B, T, T] bool, mask[b, i, j] = node i sees node j
   (ancestor-or-self for candidates). draft_probs: [B, T, V] distribution each node was sampled from,
-  or None for deterministic candidates. max_depth: static upper bound of candidate depth."""
+  or None for deterministic candidates. max_depth: static upper bound of candidate depth.
+
+  What lossless sampling (engine/accept.sample) needs: sampled siblings are independent draws from the
+  q they report (drawing them without replacement while reporting q biases the output; tested in
+  tests/test_sampling.py); a deterministic candidate (top-k, n-gram) counts as q = one-hot, so with
+  draft_probs set every node must carry its q, one-hot for a deterministic node."""
   tokens: jax.Array
   parent: jax.Array
   depth: jax.Array

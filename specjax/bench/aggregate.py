@@ -3,6 +3,7 @@ baseline have records for (see specjax.bench.run for the figures), and greedy di
 target's top-2 logit gap."""
 from __future__ import annotations
 
+from specjax import api
 from specjax.io.prompts import Prompt
 
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -23,27 +24,18 @@ def ordered_groups(groups) -> list[str]:
   return [g for g in GROUPS if g in present] + sorted(present - set(GROUPS))
 
 
-def first_diff(a: list[int], b: list[int]) -> int | None:
-  """Index of the first differing token, or None when equal."""
-  for i, (x, y) in enumerate(zip(a, b)):
-    if x != y:
-      return i
-  return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def divergence_gaps(target, records: dict, prompts: list[Prompt], methods: list[str], ids: dict) -> dict:
   """(method, prompt) -> top-2 logit gap of the target at the first token where the method's greedy
   output leaves the baseline's, for every output that differs."""
-  from specjax import api
   gaps = {}
   for m in methods:
     for p in prompts:
       r, b = records.get(key(m, p.id)), records.get(key(BASELINE, p.id))
       if m == BASELINE or r is None or b is None:
         continue
-      d = first_diff(r["token_ids"], b["token_ids"])
+      d = api.divergence(target, ids[str(p.id)], b["token_ids"], r["token_ids"])
       if d is not None:
-        gaps[key(m, p.id)] = api.next_token_gap(target, ids[str(p.id)] + b["token_ids"][:d])
+        gaps[key(m, p.id)] = d["gap"]
   return gaps
 
 
@@ -72,7 +64,8 @@ def aggregate(records: dict, prompts: list[Prompt], methods: list[str], *, greed
       ident = None
       if greedy:
         ident = {"identical": sum(a["token_ids"] == b["token_ids"] for a, b in pairs), "total": len(pairs),
-                 "near_tie": sum(1 for p in ps if (gaps or {}).get(key(m, p.id), float("inf")) <= NEAR_TIE_GAP)}
+                 "near_tie": sum(1 for p in ps if (gaps or {}).get(key(m, p.id), float("inf")) <= NEAR_TIE_GAP),
+                 "max_gap": max((gaps[key(m, p.id)] for p in ps if key(m, p.id) in (gaps or {})), default=None)}
       out[m][g] = {**mine, "speedup": speedup, "identical_to_baseline": ident,
                    "baseline_tokens_per_s": base["tokens_per_s"]}
   return out
@@ -87,7 +80,7 @@ def prompt_records(records: dict, prompts: list[Prompt], methods: list[str], *, 
       if r is None:
         continue
       b = records.get(key(BASELINE, p.id))
-      d = first_diff(r["token_ids"], b["token_ids"]) if (b is not None and greedy) else None
+      d = api.first_diff(r["token_ids"], b["token_ids"]) if (b is not None and greedy) else None
       row = {k: v for k, v in r.items() if k not in ("token_ids", "settings", "prompt_sha")}
       row["identical_to_baseline"] = (d is None) if (b is not None and greedy) else None
       row["first_diff"] = d

@@ -77,9 +77,11 @@ def write_markdown(path: pathlib.Path, results: dict):
     for g in groups:
       i = agg[m][g]["identical_to_baseline"]
       tie = f" (+{i['near_tie']} near-tie)" if i and i.get("near_tie") else ""
-      cells.append(f"{i['identical']}/{i['total']}{tie}" if i else "n/a (sampling)")
+      gap = f"; gaps <= {i['max_gap']:.2g}" if i and i.get("max_gap") is not None else ""
+      cells.append(f"{i['identical']}/{i['total']}{tie}{gap}" if i else "n/a (sampling)")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
-  lines += ["", f"A near-tie is a divergence whose top-2 logit gap at the first differing token is at most "
+  lines += ["", "Gaps: the largest top-1 minus top-2 logit gap of the baseline at a first differing token.",
+            f"A near-tie is a divergence whose top-2 logit gap at the first differing token is at most "
             f"{results.get('near_tie_gap', NEAR_TIE_GAP)} (float rounding); any other divergence is a real mismatch.",
             "", "## Tokens per second", "",
             "| method | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]

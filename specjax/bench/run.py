@@ -39,6 +39,7 @@ from specjax.bench.aggregate import (BASELINE, NEAR_TIE_GAP, OVERALL, aggregate,
                                      ordered_groups, prompt_records)
 from specjax.bench import llamacpp
 from specjax.bench.peers import PEERS, HFPeer, PeerError
+from specjax import numerics
 from specjax.bench.report import loadavg, machine_info, plot_speedup, write_atomic, write_markdown
 from specjax.io import records as records_io
 from specjax.io import settings as settings_io
@@ -104,22 +105,24 @@ def _check_settings(old: dict, settings: dict, method: str, path: pathlib.Path):
 
 # ----------------------------------------------------------------------------- the run
 
-def _load_target(model, dtype):
+def _load_target(model, dtype, precision):
   import specjax.io as sio
-  return sio.load(model, dtype=dtype)
+  return sio.load(model, dtype=dtype, precision=precision)
 
 
 def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=None, model="default",
               dtype="float32", max_new_tokens: int = 256, limit: int | None = None,
               per_category: int | None = None, batch_size: int = 1, temperature: float = 0.0, seed: int = 0,
               chat: bool = True, peers=(), drafter_options: dict | None = None, progress: bool = True,
-              command: list[str] | None = None, tree_budget: str | None = None) -> dict:
+              command: list[str] | None = None, tree_budget: str | None = None, precision: str = "exact") -> dict:
   """Runs (or resumes) a benchmark and writes OUT/{records.jsonl, results.json, results.md, speedup.png}.
 
   prompts: a JSONL path or a list of `Prompt`. target: a loaded `specjax.io.Target`, a zero-argument
   callable returning one (called once the prompts and options are validated), or None to load `model`
-  in `dtype`. A target loaded on a mesh (specjax.load(..., mesh=...)) runs every method sharded. drafter_options: {drafter name: {option: value}}. tree_budget: "auto" sizes every drafter's
-  tree to the batch (api.generate); the baseline is plain decoding either way. Returns the results dict."""
+  in `dtype` and `precision` ("exact" or "fast", specjax/numerics.py; a given target keeps its own). A target
+  loaded on a mesh (specjax.load(..., mesh=...)) runs every method sharded. drafter_options: {drafter name:
+  {option: value}}. tree_budget: "auto" sizes every drafter's tree to the batch (api.generate); the baseline
+  is plain decoding either way. Returns the results dict."""
   from specjax import api
   from specjax.drafters import registry
 
@@ -170,7 +173,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   out.mkdir(parents=True, exist_ok=True)
 
   if target is None:
-    target = _load_target(model, dtype)
+    target = _load_target(model, dtype, numerics.check(precision))
   elif callable(target):
     target = target()
   model_name = str(target.path)
@@ -185,6 +188,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                    "temperature": float(temperature), "seed": seed, "chat": bool(chat)}
   if target.mesh is not None:           # only then: records made before meshes existed still resume
     base_settings["mesh"] = dict(target.mesh.shape)
+  if target.precision != "exact":       # likewise: records made before the policy existed ran "exact"
+    base_settings["precision"] = target.precision
 
   def settings_for(m):
     s = dict(base_settings)
@@ -320,6 +325,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
                  "model": model_name, "dtype": str(dtype), "max_new_tokens": max_new_tokens,
                  "batch_size": batch_size, "temperature": float(temperature), "seed": seed, "chat": bool(chat),
                  "tree_budget": tree_budget, "mesh": None if target.mesh is None else dict(target.mesh.shape),
+                 "precision": target.precision,
                  "greedy": greedy},
       "near_tie_gap": NEAR_TIE_GAP,
       "errors": errors,

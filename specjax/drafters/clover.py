@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax import numerics
 from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
@@ -90,9 +91,9 @@ def initial(target, *, version: int, aug_layers: int, seed: int = 0, noise: floa
 
 def gate(p, g: str, s, e, heads: int, eps: float):
   """Clover-2's attention decoder (ResAttentionBlock): s [..., H] state, e [..., H] token embedding."""
-  q = jnp.dot(rms_norm(s, p[f"{g}/norm"], eps), p[f"{g}/wq"]) + p[f"{g}/bq"]
-  k = jnp.dot(e, p[f"{g}/wk"]) + p[f"{g}/bk"]
-  v = jnp.dot(e, p[f"{g}/wv"]) + p[f"{g}/bv"]
+  q = numerics.dot(rms_norm(s, p[f"{g}/norm"], eps), p[f"{g}/wq"]) + p[f"{g}/bq"]
+  k = numerics.dot(e, p[f"{g}/wk"]) + p[f"{g}/bk"]
+  v = numerics.dot(e, p[f"{g}/wv"]) + p[f"{g}/bv"]
   split = lambda x: x.reshape(x.shape[:-1] + (heads, -1))
   q, k, v = split(q), split(k), split(v)
   # x / max(|x|, sqrt(eps)), written so the gradient at x = 0 (padding) is finite
@@ -129,14 +130,14 @@ def cross_attend(cfg, p, a, qpos, k, v, lengths):
   from specjax.models.llama import rope_frequencies
   B, M, _ = a.shape
   N, K, D = cfg.heads, cfg.kv_heads, cfg.head_dim
-  q = jnp.dot(a, p["dec/wq"]).reshape(B, M, N, D)
+  q = numerics.dot(a, p["dec/wq"]).reshape(B, M, N, D)
   ang = qpos.astype(jnp.float32)[..., None] * jnp.asarray(rope_frequencies(cfg))           # [B, M, D/2]
   q = apply_rope(q, jnp.cos(ang), jnp.sin(ang)).reshape(B, M, K, N // K, D)
-  s = jnp.einsum("bmkgd,bksd->bkgms", q, k, preferred_element_type=jnp.float32) / np.sqrt(D)
+  s = numerics.einsum("bmkgd,bksd->bkgms", q, k, preferred_element_type=jnp.float32) / np.sqrt(D)
   live = (jnp.arange(k.shape[2])[None, None, :] < lengths[..., None])[:, None, None]          # [B, 1, 1, M, S]
   w = jax.nn.softmax(jnp.where(live, s, -1e30), -1).astype(v.dtype)
-  o = jnp.einsum("bkgms,bksd->bmkgd", w, v).reshape(B, M, N * D)
-  return jnp.dot(o, p["dec/wo"])
+  o = numerics.einsum("bkgms,bksd->bmkgd", w, v).reshape(B, M, N * D)
+  return numerics.dot(o, p["dec/wo"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,7 @@ class Heads:
   def first(self, p, u, e_root, ctx):
     """u [B, H] augmented feature (normed), e_root [B, H] -> (out [B, H], state [B, H])."""
     if self.version == 2:
-      return rms_norm(jnp.dot(u, p["w0"]) + p["b0"], p["head_norm"], self.cfg.norm_eps), u
+      return rms_norm(numerics.dot(u, p["w0"]) + p["b0"], p["head_norm"], self.cfg.norm_eps), u
     out, s = self.step(p, u[:, None], e_root[:, None], ctx)
     return out[:, 0], s[:, 0]
 
@@ -163,13 +164,13 @@ class Heads:
     eps = self.cfg.norm_eps
     if self.version == 2:
       s = gate(p, "gate", s, e, self.cfg.heads, eps)
-      return rms_norm(jnp.dot(jnp.concatenate([s, e], -1), p["w1"]) + p["b1"], p["head_norm"], eps), s
+      return rms_norm(numerics.dot(jnp.concatenate([s, e], -1), p["w1"]) + p["b1"], p["head_norm"], eps), s
     k, v, lengths, qpos = ctx                       # lengths, qpos: [B] or [B, M]
     M = s.shape[1]
     per_query = lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], M)) if x.ndim == 1 else x
     s = s + e                       # the regressive connection: the token joins the residual stream
     s = s + cross_attend(self.cfg, p, rms_norm(s, p["dec/norm"], eps), per_query(qpos), k, v, per_query(lengths))
-    out = rms_norm(s + jax.nn.silu(jnp.dot(s, p["w"]) + p["b"]), p["head_norm"], eps)
+    out = rms_norm(s + jax.nn.silu(numerics.dot(s, p["w"]) + p["b"]), p["head_norm"], eps)
     return out, s
 
 
@@ -298,7 +299,7 @@ class Clover(flat.FlatDrafter):
     vocab = m.drafter.vocab[...] if self.draft_vocab else None
 
     def logits_fn(out):
-      return jax.nn.log_softmax(jnp.dot(out, state["w"]), -1)
+      return jax.nn.log_softmax(numerics.dot(out, state["w"]), -1)
 
     def embed(vidx):
       tok = vocab[vidx] if vocab is not None else vidx
@@ -377,7 +378,7 @@ def head_outputs(heads: Heads, p, embed_w, u, k, v, sel, ys):
   e = embed_w[ys]                                                                 # [B, P, K, H]
   outs = []
   if heads.version == 2:
-    out, s = rms_norm(jnp.dot(us, p["w0"]) + p["b0"], p["head_norm"], heads.cfg.norm_eps), us
+    out, s = rms_norm(numerics.dot(us, p["w0"]) + p["b0"], p["head_norm"], heads.cfg.norm_eps), us
     outs.append(out)
     for i in range(1, ys.shape[2]):
       out, s = heads.step(p, s, e[:, :, i], ctx)
@@ -400,7 +401,7 @@ def loss_fn(heads: Heads, p, consts, batch):
   cfg = heads.cfg
   u, k, v = sequence_features(heads, p, consts["embed"], batch["h"], batch["nxt"], batch["length"])
   out = head_outputs(heads, p, consts["embed"], u, k, v, batch["sel"], batch["ys"])          # [B, P, K, H]
-  logits = jnp.dot(out, consts["head_w"], preferred_element_type=jnp.float32)               # [B, P, K, N]
+  logits = numerics.dot(out, consts["head_w"], preferred_element_type=jnp.float32)               # [B, P, K, N]
   logp = jax.nn.log_softmax(logits, -1)
   valid = batch["valid"]
   cnt = jnp.maximum(valid.sum((0, 1)), 1)

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax import numerics
 from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
@@ -97,7 +98,7 @@ def initial(target, *, seed: int = 0, noise: float = 0.01, three: bool = False) 
 
 def draft_inputs(p, e, f):
   """e [..., H] embeddings of x_{t+1}, f [..., H] features f_t -> the layer's input [..., H]."""
-  return jnp.dot(jnp.concatenate([e, f], -1), p["fc/w"]) + p["fc/b"]
+  return numerics.dot(jnp.concatenate([e, f], -1), p["fc/w"]) + p["fc/b"]
 
 
 def entries(cfg, p, e, f, positions, mask, kv=None, live=None):
@@ -110,7 +111,7 @@ def fuse(cfg, p, layers):
   """EAGLE-3's feature: layers [..., 3, H] the captured residuals -> [..., H]."""
   x = layers.astype(jnp.float32)
   x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + cfg.norm_eps)
-  return jnp.dot(x.reshape(x.shape[:-2] + (-1,)), p["fuse/w"])
+  return numerics.dot(x.reshape(x.shape[:-2] + (-1,)), p["fuse/w"])
 
 
 def head_input(cfg, p, g):
@@ -246,7 +247,7 @@ class Eagle(flat.FlatDrafter):
 
     def logp_fn(g):
       x = head_input(m.target.cfg, p, g)
-      return jax.nn.log_softmax(m.target.head(x) if vocab is None else jnp.dot(x, state["w"]), -1)
+      return jax.nn.log_softmax(m.target.head(x) if vocab is None else numerics.dot(x, state["w"]), -1)
 
     def embed(vidx):
       tok = vocab[vidx] if vocab is not None else vidx
@@ -338,7 +339,7 @@ def loss_fn(cfg, p, consts, batch, *, feature_weight: float = 1.0, token_weight:
   want = jnp.concatenate([f[:, 1:], f[:, -1:]], 1)                              # f_{t+1}
   d = jnp.abs(g - want)
   sl1 = jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), -1)
-  logits = jnp.dot(g, consts["head_w"], preferred_element_type=jnp.float32)
+  logits = numerics.dot(g, consts["head_w"], preferred_element_type=jnp.float32)
   logp = jax.nn.log_softmax(logits, -1)
   top_idx, top_p, valid = batch["top_idx"], batch["top_p"], batch["valid"]
   ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
@@ -383,7 +384,7 @@ def ttt_loss(cfg, p, consts, batch, *, steps: int = 7, decay: float = 0.8):
   shift = lambda x, i, fill: jnp.pad(x[:, i:], ((0, 0), (0, i)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)
   loss, accs = 0.0, []
   for i, g in enumerate(outs):
-    logits = jnp.dot(head_input(cfg, p, g), consts["head_w"], preferred_element_type=jnp.float32)
+    logits = numerics.dot(head_input(cfg, p, g), consts["head_w"], preferred_element_type=jnp.float32)
     logp = jax.nn.log_softmax(logits, -1)
     top_idx, top_p, valid = shift(batch["top_idx"], i, -1), shift(batch["top_p"], i, 0.0), shift(batch["valid"], i, False)
     ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specjax import numerics
 from specjax.engine import tree as tree_lib
 from specjax.protocol import MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step, check_option_types
 
@@ -48,7 +49,7 @@ def apply(p, hn):
   K, L, H, _ = p["w"].shape
   x = jnp.broadcast_to(hn[..., None, :], hn.shape[:-1] + (K, H)).astype(jnp.float32)
   for l in range(L):
-    x = x + jax.nn.silu(jnp.einsum("...kh,khg->...kg", x, p["w"][:, l]) + p["b"][:, l])
+    x = x + jax.nn.silu(numerics.einsum("...kh,khg->...kg", x, p["w"][:, l]) + p["b"][:, l])
   return x
 
 
@@ -195,7 +196,7 @@ def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8):
   Returns (loss, top-1 accuracy per head [K])."""
   from specjax.models.llama import rms_norm
   hn = rms_norm(h.astype(jnp.float32), norm_w, eps)
-  logits = jnp.dot(apply(p, hn), head_w, preferred_element_type=jnp.float32)     # [b, K, N]
+  logits = numerics.dot(apply(p, hn), head_w, preferred_element_type=jnp.float32)     # [b, K, N]
   valid = lab >= 0
   logp = jax.nn.log_softmax(logits, -1)
   nll = -jnp.take_along_axis(logp, jnp.maximum(lab, 0)[..., None], -1)[..., 0]
@@ -209,7 +210,7 @@ def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8):
 def ranks(p, norm_w, head_w, h, lab, *, eps: float, kmax: int):
   """[b, K] rank of each label among its head's top-kmax (kmax where absent or no label)."""
   from specjax.models.llama import rms_norm
-  logits = jnp.dot(apply(p, rms_norm(h.astype(jnp.float32), norm_w, eps)), head_w, preferred_element_type=jnp.float32)
+  logits = numerics.dot(apply(p, rms_norm(h.astype(jnp.float32), norm_w, eps)), head_w, preferred_element_type=jnp.float32)
   top = jax.lax.top_k(logits, kmax)[1]
   hit = top == lab[..., None]
   return jnp.where(jnp.any(hit, -1) & (lab >= 0), jnp.argmax(hit, -1), kmax)

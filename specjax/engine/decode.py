@@ -35,6 +35,7 @@ class Spec:
   # Prefill timing: the program tells the host (a callback) when the prompts' keys are in the cache. JAX
   # never writes a program with a host callback to its persistent compilation cache, so this is opt-in.
   time_prefill: bool = False
+  precision: str = "exact"          # numerics policy the program is traced under (specjax/numerics.py)
 
 
 @jax.tree_util.register_dataclass

@@ -11,6 +11,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
+from specjax import numerics
 from specjax.io.tokenizer import Tokenizer
 from specjax.models.config import ModelConfig
 from specjax.models.llama import Llama, weight_shapes
@@ -28,6 +29,7 @@ class Target:
   cfg: ModelConfig
   path: str
   mesh: object = None          # the jax.sharding.Mesh its weights are placed on (None: one device)
+  precision: str = "exact"     # the numerics policy generate uses by default (specjax/numerics.py)
 
   @functools.cached_property
   def fingerprint(self) -> str:
@@ -74,12 +76,16 @@ def _dtype(dtype):
 
 
 def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None,
-         mesh=None) -> Target:
+         mesh=None, precision: str = "exact") -> Target:
   """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors).
   chat_template: which of the model's named chat templates to use (default: the one named "default").
   mesh: a device mesh (specjax.make_mesh) to place the weights on, shard by shard, by the partition
-  rules (specjax.parallel.rules); generate then runs sharded over it."""
+  rules (specjax.parallel.rules); generate then runs sharded over it.
+  precision: "exact" (every matmul in true float32, or exact bfloat16 products with float32 sums) or
+  "fast" (the backend's default: TF32 on GPUs, one bfloat16 pass on TPUs; outputs may then differ from
+  autoregressive decoding at near-ties): see specjax/numerics.py."""
   dt = _dtype(dtype)
+  numerics.check(precision)
   if chat_template is not None and not isinstance(chat_template, str):
     raise ValueError(f"chat_template must be the name of one of the model's chat templates, got {chat_template!r}")
   np_dt = np.float32 if dt == jnp.float32 else jnp.bfloat16
@@ -112,4 +118,4 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template
     from specjax.parallel import rules
     shardings = rules.weight_shardings(rules.layout(mesh, cfg), weights)
   model = Llama(cfg, weights, dtype=dt, shardings=shardings)
-  return Target(model, tok, cfg, str(p), mesh)
+  return Target(model, tok, cfg, str(p), mesh, precision)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from specjax import numerics
 from specjax.cache import KVCache
 from specjax.models.config import ModelConfig
 
@@ -103,11 +104,11 @@ def _proj(eq, x, w):
   tokens (top-2 gaps up to 0.02; BENCHMARKS.md, issue 10). It is also XLA:CPU's fast path on AMX /
   AVX-512-BF16 CPUs, which runs a one-row bfloat16 dot on a slow generic kernel: here T = 1 is two rows."""
   if w.dtype != jnp.bfloat16:
-    return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32)
+    return numerics.einsum(eq, x, w, preferred_element_type=jnp.float32)
   hi = x.astype(jnp.bfloat16)
   lo = (x - hi.astype(x.dtype)).astype(jnp.bfloat16)
   T = x.shape[1]
-  y = jnp.einsum(eq, jnp.concatenate([hi, lo], axis=1), w, preferred_element_type=jnp.float32)
+  y = numerics.einsum(eq, jnp.concatenate([hi, lo], axis=1), w, preferred_element_type=jnp.float32)
   return y[:, :T] + y[:, T:]
 
 
@@ -155,7 +156,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live):
 
 def _bdot(a, b, ca: int, cb: int):
   """a dot batched over the leading (row, KV head) axes, contracting a's axis ca with b's axis cb."""
-  return jax.lax.dot_general(a, b, (((ca,), (cb,)), ((0, 1), (0, 1))))
+  return numerics.dot_general(a, b, (((ca,), (cb,)), ((0, 1), (0, 1))))
 
 
 PREFILL_BLOCK = 256    # query tokens per block of `_causal_attention`

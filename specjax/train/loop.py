@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from specjax import numerics
 from specjax.engine import tree as tree_lib
 from specjax.train.data import draft_vocab
 from specjax.train.sequence import CloverRecipe, Eagle3Recipe, EagleRecipe
@@ -170,7 +171,7 @@ class EarlyExitRecipe(MedusaRecipe):
   def loss(self, p, consts, batch):
     from specjax.models.llama import rms_norm
     hn = rms_norm(batch["h"], consts["norm_w"], self.eps)
-    logits = jnp.dot(self.m.apply(p, hn)[:, 0], consts["head_w"], preferred_element_type=jnp.float32)   # [b, N]
+    logits = numerics.dot(self.m.apply(p, hn)[:, 0], consts["head_w"], preferred_element_type=jnp.float32)   # [b, N]
     logp = jax.nn.log_softmax(logits, -1)
     loss = -(jnp.take_along_axis(logp, batch["ids"], -1) * batch["p"]).sum(-1).mean()
     acc = (jnp.argmax(logits, -1) == batch["lab"][:, 0]).mean()

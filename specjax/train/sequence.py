@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax import numerics
 from specjax.train.data import draft_vocab
 
 if TYPE_CHECKING:
@@ -171,13 +172,13 @@ class CloverRecipe(SequenceRecipe):
         u, k, v = cl.sequence_features(heads, p, consts["embed"], batch["h"], batch["nxt"], batch["length"])
         sel = batch["sel"][0]
         P = sel.shape[0]
-        logits_fn = lambda out: jax.nn.log_softmax(jnp.dot(out, consts["head_w"]), -1)
+        logits_fn = lambda out: jax.nn.log_softmax(numerics.dot(out, consts["head_w"]), -1)
         bc = lambda x: jnp.broadcast_to(x, (P,) + x.shape[1:])
         ctx = (bc(k), bc(v), sel + 1, sel)
         trees = [cl.grow(heads, p, logits_fn, embed, u[0, sel], batch["nxt"][0, sel], ctx, depth=K, children=4,
                          width=w, nodes=n, threshold=0.95 if self.version == 2 else 0.0)[:2] for n, w in self.BUDGETS]
         out = cl.head_outputs(heads, p, consts["embed"], u, k, v, batch["sel"], batch["ys"])[0]
-        return trees, jax.lax.top_k(jnp.dot(out, consts["head_w"]), 5)[1]
+        return trees, jax.lax.top_k(numerics.dot(out, consts["head_w"]), 5)[1]
       self._eval_fns["f"] = jax.jit(f)
     return self._eval_fns["f"]
 
@@ -283,13 +284,13 @@ class EagleRecipe(SequenceRecipe):
       embed = self.embed_fn()
 
       def f(p, batch, r):
-        logp_fn = lambda g: jax.nn.log_softmax(jnp.dot(eg.head_input(cfg, p, g), consts["head_w"]), -1)
+        logp_fn = lambda g: jax.nn.log_softmax(numerics.dot(eg.head_input(cfg, p, g), consts["head_w"]), -1)
         g, k, v = eg.sequence_outputs(cfg, p, consts["embed"], self.features(p, batch), batch["nxt"])
         P = r.shape[0]
         bc = lambda x: jnp.broadcast_to(x, (P,) + x.shape[1:])
         trees = [eg.grow(cfg, p, logp_fn, embed, g[0, r - 1], batch["nxt"][0, r - 1], bc(k), bc(v), r, depth=dp,
                          top_k=tk, nodes=n)[:2] for dp, tk, n in self.BUDGETS]
-        return trees, jax.lax.top_k(jnp.dot(eg.head_input(cfg, p, g[0]), consts["head_w"]), 5)[1]
+        return trees, jax.lax.top_k(numerics.dot(eg.head_input(cfg, p, g[0]), consts["head_w"]), 5)[1]
       self._eval_fns["f"] = jax.jit(f)
     return self._eval_fns["f"]
 
