@@ -47,8 +47,10 @@ def _interrupted():
 
 
 @contextlib.contextmanager
-def _exit_on_interrupt():
-  """Within: SIGINT (Ctrl-C) calls `_interrupted` at once, whatever the program is doing.
+def _exit_on_interrupt(restore: bool = True):
+  """Within: SIGINT (Ctrl-C) calls `_interrupted` at once, whatever the program is doing. restore=False
+  (the process's own command line) leaves it in place to the end, so a Ctrl-C while the interpreter
+  shuts JAX down still exits 130 instead of being printed as "Exception ignored" and exiting 0.
 
   Python runs signal handlers only between bytecodes of the main thread, so a Ctrl-C during a long XLA
   compile or run would wait for it to finish; the C-level handler also writes the signal number to a
@@ -76,11 +78,17 @@ def _exit_on_interrupt():
   try:
     yield
   finally:
-    signal.set_wakeup_fd(old_fd)
-    signal.signal(signal.SIGINT, old_handler)
-    os.close(w)                             # ends the watcher's read
-    watcher.join()
-    os.close(r)
+    if restore:
+      _restore(old_handler, old_fd, w, r, watcher)
+
+
+def _restore(old_handler, old_fd, w, r, watcher):
+  """Puts back the SIGINT handling found before `_exit_on_interrupt` and ends its watcher."""
+  signal.set_wakeup_fd(old_fd)
+  signal.signal(signal.SIGINT, old_handler)
+  os.close(w)                             # ends the watcher's read
+  watcher.join()
+  os.close(r)
 
 
 def load_target(model: str, dtype: str, **kwargs):
@@ -465,7 +473,9 @@ def cmd_train(a) -> int:
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-  with _exit_on_interrupt():
+  # The handler comes first: nothing above imports JAX (specjax/__init__.py imports lazily), so a Ctrl-C
+  # at any moment, even inside `import jax`, exits 130 with one line.
+  with _exit_on_interrupt(restore=argv is not None):
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     try:
