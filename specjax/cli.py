@@ -450,21 +450,15 @@ def cmd_batch(a) -> int:
 # ----------------------------------------------------------------------------- train
 
 def cmd_train(a) -> int:
-  import math
-
   from specjax.train import train_drafter
 
   if a.resume and a.overwrite:
     raise ValueError("--resume and --overwrite contradict each other")
-  if not (math.isfinite(a.lr) and a.lr > 0):
-    raise ValueError(f"--lr must be a positive number, got {a.lr}")
-  if a.draft_vocab < 0:
-    raise ValueError(f"--draft-vocab must be >= 0, got {a.draft_vocab}")
-  target = load_target(a.model, a.dtype)
-  train_drafter(target, drafter=a.drafter, out=a.out, data=a.data, max_prompts=a.max_prompts,
-                heldout_prompts=a.heldout_prompts, sequences_file=a.sequences, prompts_dir=a.prompts,
-                overwrite=a.overwrite, progress=not a.no_progress, feature_batch_tokens=a.feature_batch_tokens,
-                log=lambda m: print(m, file=sys.stderr, flush=True),
+  # The target is loaded by train_drafter after it has checked every other argument (--out first).
+  train_drafter(lambda: load_target(a.model, a.dtype), drafter=a.drafter, out=a.out, data=a.data,
+                max_prompts=a.max_prompts, heldout_prompts=a.heldout_prompts, sequences_file=a.sequences,
+                prompts_dir=a.prompts, overwrite=a.overwrite, progress=not a.no_progress,
+                feature_batch_tokens=a.feature_batch_tokens, log=lambda m: print(m, file=sys.stderr, flush=True),
                 steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, layers=a.layers, draft_vocab=a.draft_vocab,
                 nodes=a.nodes, eval_every=a.eval_every, max_seconds=a.max_seconds, exit_layer=a.exit_layer or 0)
   return 0

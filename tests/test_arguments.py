@@ -1,0 +1,71 @@
+"""Arguments refused before long work, with a message naming the argument (issue 23): `specjax train`'s
+--out and every other argument before any distillation; the multi-host start-up's timeout; the drafters
+the help texts list, from the registry; wrong argument types to the public API."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+import specjax
+from specjax import cli
+from specjax.drafters import registry
+from specjax.testing import tiny_target
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _no_model(*a, **k):
+  raise AssertionError("loaded the model before checking the arguments")
+
+
+@pytest.fixture
+def error(capsys):
+  """Runs the CLI, expects exit 2 with one `specjax: error:` line; returns the line."""
+  def run(argv):
+    with pytest.raises(SystemExit) as e:
+      cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("specjax: error: ") and err.count("\n") == 1, err
+    return err
+  return run
+
+
+# ----------------------------------------------------------------------------- 4. train
+
+def test_train_out_file_refused_before_the_model_loads(tmp_path, monkeypatch, error):
+  monkeypatch.setattr(cli, "load_target", _no_model)
+  f = tmp_path / "file"
+  f.write_text("x")
+  assert "is a file; give a directory" in error(["train", "--out", str(f)])
+  assert "cannot be made a directory" in error(["train", "--out", str(f / "sub")])
+  assert "lr must be a number > 0, got nan" in error(["train", "--out", str(tmp_path / "o"), "--lr", "nan"])
+  assert "draft_vocab must be an integer >= 0" in error(["train", "--out", str(tmp_path / "o"), "--draft-vocab", "-1"])
+  assert "max_seconds must be a number > 0" in error(["train", "--out", str(tmp_path / "o"), "--max-seconds", "0"])
+  assert "--sequences" in error(["train", "--out", str(tmp_path / "o"), "--sequences", str(tmp_path / "none.jsonl")])
+  assert "--prompts" in error(["train", "--out", str(tmp_path / "o"), "--prompts", str(f)])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(out=123), "out must be a directory path"),
+    (dict(drafter="pld"), "no trainer for drafter 'pld'"),
+    (dict(data="mine"), "data must be 'distill' or 'teacher'"),
+    (dict(max_prompts=0), "max_prompts must be an integer >= 1"),
+    (dict(steps="10"), "steps must be an integer >= 1, got '10'"),
+    (dict(b1=1.0), r"b1 must be a number in \[0, 1\)"),
+    (dict(batch=True), "batch must be an integer"),
+    (dict(unknown=1), "unknown training option"),
+    (dict(log=None), "log must be a callable"),
+])
+def test_train_drafter_checks_each_argument_first(tmp_path, kw, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    specjax.train_drafter(_no_model, **{"out": tmp_path / "o", **kw})
+
+
+def test_train_drafter_wants_a_target(tmp_path):
+  with pytest.raises(TypeError, match="target must be a loaded model"):
+    specjax.train_drafter("default", out=tmp_path / "o", prompts_dir=tmp_path)
