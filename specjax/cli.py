@@ -113,7 +113,7 @@ def _start_parallel(a):
   """--mesh checked and multi-host started before the model loads (jax.distributed must come first)."""
   from specjax.parallel import hosts, parse_mesh
   a.mesh_axes = parse_mesh(a.mesh) if a.mesh else None
-  hosts.initialize(a.coordinator, a.num_processes, a.process_id)
+  hosts.initialize(a.coordinator, a.num_processes, a.process_id, timeout=a.init_timeout)
 
 
 def _add_parallel_args(p):
@@ -123,6 +123,8 @@ def _add_parallel_args(p):
                  help="multi-host: the coordinator's address ('auto': detect a TPU VM or SLURM cluster)")
   p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
   p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+  p.add_argument("--init-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                 help="multi-host: how long to wait for every process to start before exiting with status 2 (300)")
 
 
 def _add_tree_budget_arg(p):
@@ -138,6 +140,16 @@ def _positive_int(s: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
   if v < 1:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+  return v
+
+
+def _positive_float(s: str) -> float:
+  try:
+    v = float(s)
+  except ValueError:
+    v = float("nan")
+  if not 0 < v < 1e6:
+    raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {s!r}")
   return v
 
 

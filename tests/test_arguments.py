@@ -69,3 +69,28 @@ def test_train_drafter_checks_each_argument_first(tmp_path, kw, match):
 def test_train_drafter_wants_a_target(tmp_path):
   with pytest.raises(TypeError, match="target must be a loaded model"):
     specjax.train_drafter("default", out=tmp_path / "o", prompts_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- 5. multi-host start-up
+
+def test_multihost_start_up_times_out_with_one_line(tmp_path):
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]                      # free: no coordinator will ever answer there
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  t0 = time.perf_counter()
+  p = subprocess.run([sys.executable, "-c", "import sys; from specjax.cli import main; sys.exit(main())", "generate",
+                      "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1",
+                      "--init-timeout", "2", "--model", str(tmp_path), "Hi"], capture_output=True, text=True,
+                     env=env, timeout=120)
+  took = time.perf_counter() - t0
+  assert p.returncode == 2, p.stderr[-2000:]
+  assert p.stderr.endswith(f"timed out after 2 s waiting for 2 processes at 127.0.0.1:{port} (this is process 1); start "
+                           "every process with the same --coordinator and --num-processes, or raise --init-timeout\n")
+  assert p.stderr.count("\n") == 1, p.stderr
+  assert took < 60
+
+
+def test_init_timeout_checked(error):
+  assert "--init-timeout" in error(["generate", "--init-timeout", "0", "Hi"])
