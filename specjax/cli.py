@@ -203,6 +203,8 @@ def _add_model_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from specjax.drafters import registry      # names only: imports no JAX
+  drafters = registry.describe()
   parser = _Parser(prog="specjax", description="Lossless speculative decoding in JAX.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
@@ -226,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--time-prefill", action="store_true",
                  help="also report the prefill's time and decoding's own tokens/s (the program is then not kept in "
                  "the persistent compilation cache: each new process compiles it)")
-  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead, medusa (shipped checkpoint), medusa:PATH, "
-                 "draft-model, self-spec, staged")
+  g.add_argument("--drafter", default="none", help=f"none is autoregressive; {drafters}")
   g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
                  help="default: greedy at temperature 0, else sample (lossless); typical is lossy")
   g.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE",
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Measure the autoregressive baseline and drafters on a JSONL prompts file; "
                      "writes OUT/results.json, results.md, speedup.png and records.jsonl (resumable).")
   b.add_argument("--prompts", required=True, metavar="FILE.jsonl", help="a JSONL prompts file; - reads standard input")
-  b.add_argument("--drafters", default="none,pld,lookahead", help="comma-separated (none is always run first)")
+  b.add_argument("--drafters", default="none,pld,lookahead", help=f"comma-separated (none is always run first): {drafters}")
   b.add_argument("--max-new-tokens", type=_positive_int, default=256)
   b.add_argument("--limit", type=_positive_int, default=None, help="the first K prompts")
   b.add_argument("--per-category", type=_positive_int, default=None, help="up to K prompts per category group")
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "id is answered exactly once. Malformed rows go to OUT's .errors.jsonl with their line number.")
   j.add_argument("--in", dest="inp", required=True, metavar="FILE.jsonl", help="prompts: {\"prompt\": ...} or Spec-Bench rows")
   j.add_argument("--out", required=True, metavar="FILE.jsonl")
-  j.add_argument("--drafter", default="none", help="none, pld, lookahead, medusa, medusa:PATH")
+  j.add_argument("--drafter", default="none", help=f"none is autoregressive; {drafters}")
   j.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE", help="drafter option (repeatable)")
   _add_draft_args(j)
   j.add_argument("--batch-size", type=_positive_int, default=8)
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
                      "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
                      "state are cached).")
-  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2", "eagle", "eagle3", "early-exit"])
+  t.add_argument("--drafter", default="medusa", choices=registry.TRAINED)
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")

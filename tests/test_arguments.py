@@ -94,3 +94,25 @@ def test_multihost_start_up_times_out_with_one_line(tmp_path):
 
 def test_init_timeout_checked(error):
   assert "--init-timeout" in error(["generate", "--init-timeout", "0", "Hi"])
+
+
+# ----------------------------------------------------------------------------- 6. the drafters the CLI names
+
+@pytest.mark.parametrize("command", ["generate", "batch", "bench"])
+def test_help_lists_every_registered_drafter(command, capsys):
+  with pytest.raises(SystemExit):
+    cli.main([command, "--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  listed = text[text.index("none is") if command != "bench" else text.index("--drafters"):]
+  for name in registry.names():
+    assert f" {name}," in listed or f" {name};" in listed or f" {name} (" in listed or f" {name}:" in listed, name
+  for name in registry.shipped():
+    assert name in listed[listed.index("by name alone"):]
+
+
+def test_train_choices_are_the_trainable_drafters():
+  from specjax.train import loop
+  drafter = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "drafter")
+  assert list(drafter.choices) == list(registry.TRAINED) == list(loop.RECIPES)
+  assert set(registry.shipped()) == {p.stem for p in registry.checkpoints_dir().glob("*.safetensors")}
