@@ -116,3 +116,34 @@ def test_train_choices_are_the_trainable_drafters():
                  if a.dest == "drafter")
   assert list(drafter.choices) == list(registry.TRAINED) == list(loop.RECIPES)
   assert set(registry.shipped()) == {p.stem for p in registry.checkpoints_dir().glob("*.safetensors")}
+
+
+# ----------------------------------------------------------------------------- 7. API argument types
+
+@pytest.fixture(scope="module")
+def tiny():
+  return tiny_target(seed=0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda t: specjax.generate(None, ["Hi"]), "target must be a loaded model, specjax.load"),
+    (lambda t: specjax.generate("default", ["Hi"]), "target must be a loaded model"),
+    (lambda t: specjax.generate(t, None), "prompts must be a string"),
+    (lambda t: specjax.generate(t, ["t3"], chat=False, max_new_tokens="8"), "max_new_tokens must be a positive integer"),
+    (lambda t: specjax.generate(t, ["t3"], chat=False, drafter=3), "drafter must be a name"),
+    (lambda t: specjax.generate(t, ["t3"], chat=False, seed="1"), "seed must be an integer"),
+    (lambda t: specjax.generate(t, ["t3"], chat=False, mesh="data=1"), "mesh must be a device mesh"),
+    (lambda t: specjax.generate(t, ["t3"], chat="no"), "chat and allow_special must be True or False"),
+    (lambda t: specjax.load(123), "path must be 'default', a .gguf file"),
+    (lambda t: specjax.load(None), "path must be"),
+    (lambda t: specjax.load("x.gguf", dtype=5), "dtype must be 'float32' or 'bfloat16'"),
+    (lambda t: specjax.load("x.gguf", mesh=4), "mesh must be a device mesh"),
+    (lambda t: specjax.drafters.load(None), "drafter must be a name"),
+    (lambda t: specjax.drafters.load(["pld"]), "drafter must be a name"),
+    (lambda t: specjax.drafters.load("pld", num_tokens="4"), "num_tokens"),
+    (lambda t: specjax.train_drafter(None, out=123), "out must be a directory path"),
+])
+def test_wrong_argument_types_name_the_argument(tiny, call, match):
+  with pytest.raises((TypeError, ValueError), match=match) as e:
+    call(tiny)
+  assert "\n" not in str(e.value)
