@@ -41,7 +41,9 @@ from specjax.io import records as records_io
 from specjax.io import settings as settings_io
 from specjax.io.prompts import Prompt, count_lines, stream_prompts
 
-_HAS_ID = lambda r: isinstance(r.get("id"), (str, int))
+def _has_id(r: dict) -> bool:
+  """A record a results file may hold: one with a str or int id (its row's key)."""
+  return isinstance(r.get("id"), (str, int))
 
 
 def side_paths(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -77,7 +79,7 @@ def read_results(out, processes: int | None = None) -> list[dict]:
   paths = [out] if processes is None else [shard_path(out, p, processes) for p in range(processes)]
   recs = {}
   for path in paths:
-    for r in records_io.load(path, valid=_HAS_ID, label="specjax batch"):
+    for r in records_io.load(path, valid=_has_id, label="specjax batch"):
       recs.setdefault(str(r["id"]), r)
   return sorted(recs.values(), key=_in_order)
 
@@ -111,7 +113,7 @@ def _check_answers_match(out: pathlib.Path, inp: pathlib.Path, done: dict[str, d
 def _renumber(out: pathlib.Path, rows: dict) -> None:
   """Rewrites OUT (atomically) when the input was edited since its records were written, so each record's
   `line` is its row's line now (null: no longer in the input), in input order."""
-  recs = records_io.load(out, valid=_HAS_ID, label="specjax batch")
+  recs = records_io.load(out, valid=_has_id, label="specjax batch")
   now = sorted((dict(r, line=rows.get(str(r["id"]), (None,))[0]) for r in recs), key=_in_order)
   if now != recs:
     records_io.write_all(out, now)
@@ -193,7 +195,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
       p.unlink(missing_ok=True)
 
   rows = _input_rows(inp)
-  done = {str(r["id"]): r for r in records_io.load(out, valid=_HAS_ID, label="specjax batch")}
+  done = {str(r["id"]): r for r in records_io.load(out, valid=_has_id, label="specjax batch")}
   _check_answers_match(out, inp, done, rows)
 
   if callable(target):

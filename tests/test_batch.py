@@ -147,6 +147,7 @@ def test_kill_9_at_several_points_loses_and_repeats_nothing(tmp_path, tiny_chat)
   for r in want:
     assert by_id[r["id"]]["token_ids"] == r["token_ids"] and by_id[r["id"]]["text"] == r["text"]
   assert [e["line"] for e in read(side_paths(out)[0])] == [17]   # the malformed row, recorded once
+  _check_job(out, inp, tiny_chat, max_new=6)                      # each answer is its own prompt's
 
 
 def test_cli_batch_refuses_other_settings(tmp_path, tiny_chat, monkeypatch, capsys):
@@ -195,13 +196,13 @@ def test_two_process_job_each_answers_its_own_lines_and_merges(tmp_path, tiny_ch
 
 # ----------------------------------------------------------------------------- identity across edits (issue 23)
 
-def _single(target, text: str) -> list[int]:
+def _single(target, text: str, max_new: int) -> list[int]:
   """A fresh run of one prompt alone: what its answer must be whatever batch it was answered in."""
   from specjax import api
-  return api.generate(target, [text], max_new_tokens=5, drafter="pld").token_ids[0]
+  return api.generate(target, [text], max_new_tokens=max_new, drafter="pld").token_ids[0]
 
 
-def _check_job(out: pathlib.Path, inp: pathlib.Path, target) -> list[dict]:
+def _check_job(out: pathlib.Path, inp: pathlib.Path, target, max_new: int = 5) -> list[dict]:
   """Every good row of `inp` answered exactly once with its own prompt's answer, each record naming the
   row's current line and prompt; returns the records of rows still in the input."""
   from specjax.io.prompts import prompt_sha256, stream_prompts
@@ -213,7 +214,7 @@ def _check_job(out: pathlib.Path, inp: pathlib.Path, target) -> list[dict]:
   for r in live:
     line, p = rows[str(r["id"])]
     assert r["line"] == line and r["prompt_sha256"] == prompt_sha256(p.text)
-    assert r["token_ids"] == _single(target, p.text), (r["id"], p.text)       # paired with its own prompt
+    assert r["token_ids"] == _single(target, p.text, max_new), (r["id"], p.text)   # paired with its own prompt
   assert all(str(r["id"]) not in rows for r in recs if r["line"] is None)
   return live
 
