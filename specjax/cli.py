@@ -12,15 +12,12 @@ Answers go to stdout; speed lines, progress bars and errors go to stderr. Errors
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import sys
-import threading
+
+from specjax.interrupt import EXIT_INTERRUPTED, exit_on_interrupt, interrupted  # noqa: F401 (EXIT_INTERRUPTED: public)
 
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,61 +31,6 @@ def _fail(message: str):
   one_line = " ".join(str(message).split())
   print(f"specjax: error: {one_line}", file=sys.stderr)
   sys.exit(EXIT_ERROR)
-
-
-def _interrupted():
-  """Ends the process now: one line, status 130. os._exit, not sys.exit: a normal interpreter shutdown
-  while JAX's compiler and runtime threads are still working can crash (a segfault, status 139)."""
-  with contextlib.suppress(Exception):
-    sys.stderr.flush()
-  with contextlib.suppress(OSError):
-    os.write(2, b"specjax: interrupted\n")
-  os._exit(EXIT_INTERRUPTED)
-
-
-@contextlib.contextmanager
-def _exit_on_interrupt(restore: bool = True):
-  """Within: SIGINT (Ctrl-C) calls `_interrupted` at once, whatever the program is doing. restore=False
-  (the process's own command line) leaves it in place to the end, so a Ctrl-C while the interpreter
-  shuts JAX down still exits 130 instead of being printed as "Exception ignored" and exiting 0.
-
-  Python runs signal handlers only between bytecodes of the main thread, so a Ctrl-C during a long XLA
-  compile or run would wait for it to finish; the C-level handler also writes the signal number to a
-  wake-up pipe, which a watcher thread reads while the main thread is busy in native code."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  r, w = os.pipe()
-  os.set_blocking(w, False)
-  once = threading.Lock()
-
-  def handle(*_):
-    if once.acquire(blocking=False):      # the handler and the watcher may both see the same signal
-      _interrupted()
-
-  def watch():
-    while data := os.read(r, 64):
-      if signal.SIGINT in data:
-        handle()
-
-  old_handler = signal.signal(signal.SIGINT, handle)
-  old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-  watcher = threading.Thread(target=watch, name="specjax-sigint", daemon=True)
-  watcher.start()
-  try:
-    yield
-  finally:
-    if restore:
-      _restore(old_handler, old_fd, w, r, watcher)
-
-
-def _restore(old_handler, old_fd, w, r, watcher):
-  """Puts back the SIGINT handling found before `_exit_on_interrupt` and ends its watcher."""
-  signal.set_wakeup_fd(old_fd)
-  signal.signal(signal.SIGINT, old_handler)
-  os.close(w)                             # ends the watcher's read
-  watcher.join()
-  os.close(r)
 
 
 def load_target(model: str, dtype: str, **kwargs):
@@ -482,7 +424,7 @@ def cmd_train(a) -> int:
 def main(argv=None) -> int:
   # The handler comes first: nothing above imports JAX (specjax/__init__.py imports lazily), so a Ctrl-C
   # at any moment, even inside `import jax`, exits 130 with one line.
-  with _exit_on_interrupt(restore=argv is not None):
+  with exit_on_interrupt(restore=argv is not None):
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     try:
@@ -490,7 +432,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as e:
       _fail(str(e) or type(e).__name__)
     except KeyboardInterrupt:              # only if something replaced our handler
-      _interrupted()
+      interrupted()
 
 
 if __name__ == "__main__":
