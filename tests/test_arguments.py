@@ -47,7 +47,7 @@ def test_train_out_file_refused_before_the_model_loads(tmp_path, monkeypatch, er
   assert "draft_vocab must be an integer >= 0" in error(["train", "--out", str(tmp_path / "o"), "--draft-vocab", "-1"])
   assert "max_seconds must be a number > 0" in error(["train", "--out", str(tmp_path / "o"), "--max-seconds", "0"])
   assert "--sequences" in error(["train", "--out", str(tmp_path / "o"), "--sequences", str(tmp_path / "none.jsonl")])
-  assert "--prompts" in error(["train", "--out", str(tmp_path / "o"), "--prompts", str(f)])
+  assert "no training prompts in" in error(["train", "--out", str(tmp_path / "o"), "--prompts", str(tmp_path)])
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -67,6 +67,7 @@ def test_train_drafter_checks_each_argument_first(tmp_path, kw, match):
 
 
 def test_train_drafter_wants_a_target(tmp_path):
+  (tmp_path / "gsm8k_train.jsonl").write_text('{"question": "q", "answer": "a"}\n')
   with pytest.raises(TypeError, match="target must be a loaded model"):
     specjax.train_drafter("default", out=tmp_path / "o", prompts_dir=tmp_path)
 

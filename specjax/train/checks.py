@@ -67,10 +67,19 @@ def arguments(*, drafter, out, data, max_prompts, heldout_prompts, answer_tokens
     raise TypeError(f"log must be a callable taking one message, got {log!r}")
   if sequences_file is not None and not pathlib.Path(sequences_file).is_file():
     raise FileNotFoundError(f"--sequences {sequences_file}: no such file")
-  if prompts_dir is not None and not pathlib.Path(prompts_dir).is_dir():
-    raise FileNotFoundError(f"--prompts {prompts_dir}: no such directory")
   _config(config)
-  return check_out(out)
+  out = check_out(out)
+  _check_prompts(prompts_dir)
+  return out
+
+
+def _check_prompts(prompts_dir):
+  """The train-prompts directory holds at least one of the sources data.training_prompts reads."""
+  from specjax.train import data as data_lib
+  d = pathlib.Path(prompts_dir) if prompts_dir is not None else data_lib.default_prompts_dir()
+  if not d.is_dir() or not any((d / name).is_file() for name in data_lib.SOURCES):
+    raise FileNotFoundError(f"no training prompts in {d}: expected some of {', '.join(data_lib.SOURCES)} "
+                            "(set --prompts DIR or SPECJAX_TRAIN_PROMPTS)")
 
 
 def _config(config: dict):
