@@ -8,6 +8,7 @@ blocks the main thread in native code (so no exception can be raised instead).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -45,25 +46,24 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   return True
 
 
-class _deadline:
-  """Within: after `timeout` s, one line on stderr and exit status 2, from a watchdog thread."""
+@contextlib.contextmanager
+def _deadline(timeout: float, waiting_for: str):
+  """Within: after `timeout` s, `_give_up` from a watchdog thread (the main thread is blocked in native code)."""
+  timer = threading.Timer(timeout, _give_up, (timeout, waiting_for))
+  timer.daemon = True
+  timer.start()
+  try:
+    yield
+  finally:
+    timer.cancel()
 
-  def __init__(self, timeout: float, waiting_for: str):
-    self.timer = threading.Timer(timeout, self._expire, (timeout, waiting_for))
-    self.timer.daemon = True
 
-  @staticmethod
-  def _expire(timeout: float, waiting_for: str):
-    message = (f"specjax: error: multi-host start-up timed out after {timeout:g} s waiting for {waiting_for}; start "
-               "every process with the same --coordinator and --num-processes, or raise --init-timeout\n")
-    try:
-      sys.stderr.flush()
-      os.write(2, message.encode())
-    finally:
-      os._exit(2)
-
-  def __enter__(self):
-    self.timer.start()
-
-  def __exit__(self, *exc):
-    self.timer.cancel()
+def _give_up(timeout: float, waiting_for: str):
+  """One line on stderr and exit status 2, at once."""
+  message = (f"specjax: error: multi-host start-up timed out after {timeout:g} s waiting for {waiting_for}; start "
+             "every process with the same --coordinator and --num-processes, or raise --init-timeout\n")
+  try:
+    sys.stderr.flush()
+    os.write(2, message.encode())
+  finally:
+    os._exit(2)
