@@ -6,23 +6,50 @@ import os as _os
 # JAX starts its CPU backend; an explicit setting in XLA_FLAGS wins.
 # XLA aborts on flags it does not know, so only set it for the jaxlib versions we measured it on.
 def _tune_xla_cpu():
-  from importlib import metadata
   try:
-    major, minor = (int(x) for x in metadata.version("jaxlib").split(".")[:2])
-  except (metadata.PackageNotFoundError, ValueError):
+    major, minor = (int(x) for x in _jaxlib_version().split(".")[:2])
+  except (OSError, ValueError, TypeError):
     return
   flags = _os.environ.get("XLA_FLAGS", "")
   if (major, minor) >= (0, 10) and "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
     _os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
 
 
-_tune_xla_cpu()
-from specjax.api import Generation, generate
-from specjax.bench import run_bench as bench
-from specjax.io import Target, load
-from specjax.parallel import make_mesh
-from specjax.train import train_drafter
-from specjax import drafters, parallel
+def _jaxlib_version() -> str | None:
+  """jaxlib's version from its dist-info folder's name, without importlib.metadata (tens of ms at start-up,
+  before the command line's Ctrl-C handling is in place) or jaxlib itself."""
+  import importlib.util
+  spec = importlib.util.find_spec("jaxlib")
+  if spec is None or not spec.origin:
+    return None
+  site = _os.path.dirname(_os.path.dirname(spec.origin))
+  found = [n for n in _os.listdir(site) if n.startswith("jaxlib-") and n.endswith(".dist-info")]
+  return found[0][len("jaxlib-"):-len(".dist-info")] if len(found) == 1 else None
 
-__all__ = ["Generation", "Target", "bench", "drafters", "generate", "load", "make_mesh", "parallel", "train_drafter"]
+
+_tune_xla_cpu()
+
+# The public names are imported on first use (PEP 562), not here: `import specjax.cli` must not start
+# JAX, so the command line installs its Ctrl-C handling before the seconds `import jax` takes.
+_PUBLIC = {"Generation": "specjax.api", "generate": "specjax.api", "bench": "specjax.bench:run_bench",
+           "Target": "specjax.io", "load": "specjax.io", "make_mesh": "specjax.parallel",
+           "train_drafter": "specjax.train", "drafters": "specjax.drafters", "parallel": "specjax.parallel"}
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+  if name not in _PUBLIC:
+    raise AttributeError(f"module 'specjax' has no attribute {name!r}")
+  import importlib
+  module, _, attr = _PUBLIC[name].partition(":")
+  if name in ("drafters", "parallel"):
+    value = importlib.import_module(module)
+  else:
+    value = getattr(importlib.import_module(module), attr or name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_PUBLIC))

@@ -122,9 +122,18 @@ def _prompt_list(prompts) -> list:
   return list(prompts)
 
 
+def check_target(target) -> Target:
+  """TypeError naming the argument unless `target` is a loaded model (an AttributeError deep inside otherwise)."""
+  if not isinstance(target, Target):
+    raise TypeError(f"target must be a loaded model, specjax.load(...) (a specjax.Target), got "
+                    f"{type(target).__name__} {target!r:.60}")
+  return target
+
+
 def encode_prompts(target: Target, prompts, chat: bool, allow_special: bool = False) -> list[list[int]]:
   """Token ids of each prompt. Strings get the chat template when `chat`; special-token text typed in
   them (e.g. "<|im_end|>") is encoded as plain text unless allow_special (see Tokenizer.encode_chat)."""
+  check_target(target)
   if not isinstance(chat, bool) or not isinstance(allow_special, bool):
     raise ValueError(f"chat and allow_special must be True or False, got {chat!r}, {allow_special!r}")
   prompts = _prompt_list(prompts)
@@ -176,6 +185,7 @@ def check_fits(target: Target, prompt_tokens: int, max_new_tokens: int, drafter)
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,
             top_k=None, top_p=None, acceptance=None, precision="exact", **drafter_options):
   """Validates everything and returns (spec, device inputs) for the compiled `decode.run`."""
+  check_target(target)
   if not _is_int(max_new_tokens) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
   temperature, top_k, top_p, acceptance = check_sampling(temperature, top_k, top_p, acceptance)
@@ -285,6 +295,8 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   if not isinstance(time_prefill, bool):
     raise ValueError(f"time_prefill must be True or False, got {time_prefill!r}")
   ids = encode_prompts(target, prompts, chat, allow_special)
+  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh must be a device mesh from specjax.make_mesh(...), got {type(mesh).__name__}")
   mesh = target.mesh if mesh is None else mesh
   rows = len(ids)
   if mesh is not None:       # the batch splits evenly over "data": pad with copies of the first prompt

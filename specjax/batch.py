@@ -5,8 +5,15 @@
 Files beside OUT (results.jsonl): results.errors.jsonl (malformed rows: line number and reason) and
 results.settings.json (the resolved settings of the job).
 
+Identity: each input row has a key that no edit of other rows changes: its id, or else the sha256 of its
+prompt and its count among identical prompts (specjax.io.prompts). Each record carries the key as `id`, the
+prompt's `prompt_sha256` and its `line`, renumbered when a rerun finds the input edited (`line` null: the
+row is no longer in the input). A rerun answers exactly the rows with no record yet, and refuses, before
+any model loads, a results file holding an answer under a key whose prompt is now another (an explicit id
+given to another prompt). The errors file is rewritten by every run: it lists the input's current bad rows.
+
 Crash safety: answers are appended batch by batch, flushed and fsync'ed (specjax.io.records), and a
-record is written only for an id that is not in the file yet. Killed at any moment (kill -9), the
+record is written only for a key that is not in the file yet. Killed at any moment (kill -9), the
 same command resumes: it drops a torn last line, skips answered ids and runs the rest, so the final
 file holds every good input exactly once. Batches are fixed by the input (consecutive good rows), and
 a batch cut by a crash is generated again whole, with only its missing rows written: a resumed job's
@@ -33,6 +40,10 @@ import numpy as np
 from specjax.io import records as records_io
 from specjax.io import settings as settings_io
 from specjax.io.prompts import Prompt, count_lines, stream_prompts
+
+def _has_id(r: dict) -> bool:
+  """A record a results file may hold: one with a str or int id (its row's key)."""
+  return isinstance(r.get("id"), (str, int))
 
 
 def side_paths(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -68,9 +79,44 @@ def read_results(out, processes: int | None = None) -> list[dict]:
   paths = [out] if processes is None else [shard_path(out, p, processes) for p in range(processes)]
   recs = {}
   for path in paths:
-    for r in records_io.load(path, valid=lambda r: isinstance(r.get("id"), (str, int)), label="specjax batch"):
+    for r in records_io.load(path, valid=_has_id, label="specjax batch"):
       recs.setdefault(str(r["id"]), r)
-  return sorted(recs.values(), key=lambda r: r.get("line", 0))
+  return sorted(recs.values(), key=_in_order)
+
+
+def _in_order(r: dict) -> tuple:
+  """Records by input line; those of rows no longer in the input (line null) last."""
+  return (r.get("line") is None, r.get("line") or 0)
+
+
+def _input_rows(inp: pathlib.Path) -> dict[str, tuple[int, str]]:
+  """key -> (line, prompt sha256) of every good row of the input (a pass that loads no model)."""
+  return {str(pr.id): (lineno, pr.sha256) for lineno, pr in stream_prompts(inp) if isinstance(pr, Prompt)}
+
+
+def _check_answers_match(out: pathlib.Path, inp: pathlib.Path, done: dict[str, dict], rows: dict) -> None:
+  """Refuses a results file with an answer under a key whose row now holds another prompt (or written
+  before answers named their prompt): resuming would pair that answer with the wrong prompt."""
+  for key, r in done.items():
+    if key not in rows:
+      continue                              # a deleted row's answer: kept, it still names its prompt
+    line, sha = rows[key]
+    if "prompt_sha256" not in r:
+      raise ValueError(f"{out} was written by an older specjax (its answers do not record prompt_sha256), so "
+                       f"they cannot be matched to {inp}; pass --overwrite to start again")
+    if r["prompt_sha256"] != sha:
+      raise ValueError(f"{out} does not match {inp}: its answer for id {r['id']!r} is for another prompt than line "
+                       f"{line} holds now (prompt_sha256 {r['prompt_sha256'][:12]}... there, {sha[:12]}... now); "
+                       "restore that line, give it a new id, or pass --overwrite to start again")
+
+
+def _renumber(out: pathlib.Path, rows: dict) -> None:
+  """Rewrites OUT (atomically) when the input was edited since its records were written, so each record's
+  `line` is its row's line now (null: no longer in the input), in input order."""
+  recs = records_io.load(out, valid=_has_id, label="specjax batch")
+  now = sorted((dict(r, line=rows.get(str(r["id"]), (None,))[0]) for r in recs), key=_in_order)
+  if now != recs:
+    records_io.write_all(out, now)
 
 
 def _merge_shards(out: pathlib.Path, processes: int) -> bool:
@@ -148,6 +194,10 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     for p in (out, errors_path, settings_path):
       p.unlink(missing_ok=True)
 
+  rows = _input_rows(inp)
+  done = {str(r["id"]): r for r in records_io.load(out, valid=_has_id, label="specjax batch")}
+  _check_answers_match(out, inp, done, rows)
+
   if callable(target):
     target = target()
   on = mesh if mesh is not None else target.mesh
@@ -166,8 +216,6 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
   if tree_budget == "auto":         # only then: files written before the option existed still resume
     settings["tree_budget"] = tree_budget
   old = settings_io.read(settings_path)
-  done = {str(r["id"]) for r in records_io.load(out, valid=lambda r: isinstance(r.get("id"), (str, int)),
-                                                label="specjax batch")}
   if old is None and (done or errors_path.exists()):
     raise ValueError(f"{out} holds answers but {settings_path.name} is missing, so they cannot be checked "
                      "against these settings; pass --overwrite to start again")
@@ -178,8 +226,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
                        "to resume, or pass --overwrite to start again")
   else:
     settings_io.write(settings_path, settings)
-  error_lines = {r["line"] for r in records_io.load(errors_path, valid=lambda r: isinstance(r.get("line"), int),
-                                                    label="specjax batch")}
+  records_io.write_all(errors_path, [])     # every run lists the input's bad rows anew
 
   from tqdm import tqdm
   mine = (count_lines(inp) + processes - 1 - process) // processes      # lines with (line - 1) % N == process
@@ -189,9 +236,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
 
   def error(lineno, pid, reason):
     stats["errors"] += 1
-    if lineno not in error_lines:
-      errors.write([{"line": lineno, "id": pid, "error": reason}])
-      error_lines.add(lineno)
+    errors.write([{"line": lineno, "id": pid, "error": reason}])
     bar.update(1)
 
   def flush(batch: list[tuple[int, Prompt, list[int]]]):
@@ -201,10 +246,10 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
       g = api.generate(target, [ids for _, _, ids in batch], max_new_tokens=max_new_tokens, temperature=temperature,
                        top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance, tree_budget=tree_budget,
                        **({} if mesh is None else {"mesh": mesh}))
-      recs = [dict(answer_record(g, i, p.id), line=lineno) for i, (lineno, p, _) in enumerate(batch)
-              if str(p.id) not in done]
+      recs = [dict(answer_record(g, i, p.id), line=lineno, prompt_sha256=p.sha256)
+              for i, (lineno, p, _) in enumerate(batch) if str(p.id) not in done]
       answers.write(recs)
-      done.update(str(r["id"]) for r in recs)
+      done.update((str(r["id"]), r) for r in recs)
       stats["written"] += len(recs)
       stats["new_tokens"] += sum(r["new_tokens"] for r in recs)
       stats["wall_s"] += g.wall_s
@@ -236,6 +281,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     bar.close()
     answers.close()
     errors.close()
+  _renumber(out, rows)
   merged = False
   if processes > 1:
     from jax.experimental import multihost_utils

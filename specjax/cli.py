@@ -12,15 +12,12 @@ Answers go to stdout; speed lines, progress bars and errors go to stderr. Errors
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import sys
-import threading
+
+from specjax.interrupt import EXIT_INTERRUPTED, exit_on_interrupt, interrupted  # noqa: F401 (EXIT_INTERRUPTED: public)
 
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,53 +31,6 @@ def _fail(message: str):
   one_line = " ".join(str(message).split())
   print(f"specjax: error: {one_line}", file=sys.stderr)
   sys.exit(EXIT_ERROR)
-
-
-def _interrupted():
-  """Ends the process now: one line, status 130. os._exit, not sys.exit: a normal interpreter shutdown
-  while JAX's compiler and runtime threads are still working can crash (a segfault, status 139)."""
-  with contextlib.suppress(Exception):
-    sys.stderr.flush()
-  with contextlib.suppress(OSError):
-    os.write(2, b"specjax: interrupted\n")
-  os._exit(EXIT_INTERRUPTED)
-
-
-@contextlib.contextmanager
-def _exit_on_interrupt():
-  """Within: SIGINT (Ctrl-C) calls `_interrupted` at once, whatever the program is doing.
-
-  Python runs signal handlers only between bytecodes of the main thread, so a Ctrl-C during a long XLA
-  compile or run would wait for it to finish; the C-level handler also writes the signal number to a
-  wake-up pipe, which a watcher thread reads while the main thread is busy in native code."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  r, w = os.pipe()
-  os.set_blocking(w, False)
-  once = threading.Lock()
-
-  def handle(*_):
-    if once.acquire(blocking=False):      # the handler and the watcher may both see the same signal
-      _interrupted()
-
-  def watch():
-    while data := os.read(r, 64):
-      if signal.SIGINT in data:
-        handle()
-
-  old_handler = signal.signal(signal.SIGINT, handle)
-  old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-  watcher = threading.Thread(target=watch, name="specjax-sigint", daemon=True)
-  watcher.start()
-  try:
-    yield
-  finally:
-    signal.set_wakeup_fd(old_fd)
-    signal.signal(signal.SIGINT, old_handler)
-    os.close(w)                             # ends the watcher's read
-    watcher.join()
-    os.close(r)
 
 
 def load_target(model: str, dtype: str, **kwargs):
@@ -107,7 +57,7 @@ def _start_parallel(a):
   """--mesh checked and multi-host started before the model loads (jax.distributed must come first)."""
   from specjax.parallel import hosts, parse_mesh
   a.mesh_axes = parse_mesh(a.mesh) if a.mesh else None
-  hosts.initialize(a.coordinator, a.num_processes, a.process_id)
+  hosts.initialize(a.coordinator, a.num_processes, a.process_id, timeout=a.init_timeout)
 
 
 def _add_parallel_args(p):
@@ -117,6 +67,8 @@ def _add_parallel_args(p):
                  help="multi-host: the coordinator's address ('auto': detect a TPU VM or SLURM cluster)")
   p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
   p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
+  p.add_argument("--init-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                 help="multi-host: how long to wait for every process to start before exiting with status 2 (300)")
 
 
 def _add_tree_budget_arg(p):
@@ -132,6 +84,16 @@ def _positive_int(s: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
   if v < 1:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+  return v
+
+
+def _positive_float(s: str) -> float:
+  try:
+    v = float(s)
+  except ValueError:
+    v = float("nan")
+  if not 0 < v < 1e6:
+    raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {s!r}")
   return v
 
 
@@ -188,6 +150,8 @@ def _add_model_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from specjax.drafters import registry      # names only: imports no JAX
+  drafters = registry.describe()
   parser = _Parser(prog="specjax", description="Lossless speculative decoding in JAX.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
   sub.required = True
@@ -214,8 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--time-prefill", action="store_true",
                  help="also report the prefill's time and decoding's own tokens/s (the program is then not kept in "
                  "the persistent compilation cache: each new process compiles it)")
-  g.add_argument("--drafter", default="none", help="none (autoregressive), pld, lookahead, medusa (shipped checkpoint), medusa:PATH, "
-                 "draft-model, self-spec, staged")
+  g.add_argument("--drafter", default="none", help=f"none is autoregressive; {drafters}")
   g.add_argument("--acceptance", choices=["greedy", "sample", "typical"], default=None,
                  help="default: greedy at temperature 0, else sample (lossless); typical is lossy")
   g.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE",
@@ -234,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Measure the autoregressive baseline and drafters on a JSONL prompts file; "
                      "writes OUT/results.json, results.md, speedup.png and records.jsonl (resumable).")
   b.add_argument("--prompts", required=True, metavar="FILE.jsonl", help="a JSONL prompts file; - reads standard input")
-  b.add_argument("--drafters", default="none,pld,lookahead", help="comma-separated (none is always run first)")
+  b.add_argument("--drafters", default="none,pld,lookahead", help=f"comma-separated (none is always run first): {drafters}")
   b.add_argument("--max-new-tokens", type=_positive_int, default=256)
   b.add_argument("--limit", type=_positive_int, default=None, help="the first K prompts")
   b.add_argument("--per-category", type=_positive_int, default=None, help="up to K prompts per category group")
@@ -260,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "id is answered exactly once. Malformed rows go to OUT's .errors.jsonl with their line number.")
   j.add_argument("--in", dest="inp", required=True, metavar="FILE.jsonl", help="prompts: {\"prompt\": ...} or Spec-Bench rows")
   j.add_argument("--out", required=True, metavar="FILE.jsonl")
-  j.add_argument("--drafter", default="none", help="none, pld, lookahead, medusa, medusa:PATH")
+  j.add_argument("--drafter", default="none", help=f"none is autoregressive; {drafters}")
   j.add_argument("-O", "--drafter-option", action="append", metavar="KEY=VALUE", help="drafter option (repeatable)")
   _add_draft_args(j)
   j.add_argument("--batch-size", type=_positive_int, default=8)
@@ -283,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
                      "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
                      "state are cached).")
-  t.add_argument("--drafter", default="medusa", choices=["medusa", "clover", "clover2", "eagle", "eagle3", "early-exit"])
+  t.add_argument("--drafter", default="medusa", choices=registry.TRAINED)
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")
@@ -474,21 +437,15 @@ def cmd_batch(a) -> int:
 # ----------------------------------------------------------------------------- train
 
 def cmd_train(a) -> int:
-  import math
-
   from specjax.train import train_drafter
 
   if a.resume and a.overwrite:
     raise ValueError("--resume and --overwrite contradict each other")
-  if not (math.isfinite(a.lr) and a.lr > 0):
-    raise ValueError(f"--lr must be a positive number, got {a.lr}")
-  if a.draft_vocab < 0:
-    raise ValueError(f"--draft-vocab must be >= 0, got {a.draft_vocab}")
-  target = load_target(a.model, a.dtype)
-  train_drafter(target, drafter=a.drafter, out=a.out, data=a.data, max_prompts=a.max_prompts,
-                heldout_prompts=a.heldout_prompts, sequences_file=a.sequences, prompts_dir=a.prompts,
-                overwrite=a.overwrite, progress=not a.no_progress, feature_batch_tokens=a.feature_batch_tokens,
-                log=lambda m: print(m, file=sys.stderr, flush=True),
+  # The target is loaded by train_drafter after it has checked every other argument (--out first).
+  train_drafter(lambda: load_target(a.model, a.dtype), drafter=a.drafter, out=a.out, data=a.data,
+                max_prompts=a.max_prompts, heldout_prompts=a.heldout_prompts, sequences_file=a.sequences,
+                prompts_dir=a.prompts, overwrite=a.overwrite, progress=not a.no_progress,
+                feature_batch_tokens=a.feature_batch_tokens, log=lambda m: print(m, file=sys.stderr, flush=True),
                 steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, layers=a.layers, draft_vocab=a.draft_vocab,
                 nodes=a.nodes, eval_every=a.eval_every, max_seconds=a.max_seconds, exit_layer=a.exit_layer or 0)
   return 0
@@ -497,7 +454,9 @@ def cmd_train(a) -> int:
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-  with _exit_on_interrupt():
+  # The handler comes first: nothing above imports JAX (specjax/__init__.py imports lazily), so a Ctrl-C
+  # at any moment, even inside `import jax`, exits 130 with one line.
+  with exit_on_interrupt(restore=argv is not None):
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     try:
@@ -505,7 +464,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as e:
       _fail(str(e) or type(e).__name__)
     except KeyboardInterrupt:              # only if something replaced our handler
-      _interrupted()
+      interrupted()
 
 
 if __name__ == "__main__":

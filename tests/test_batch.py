@@ -81,7 +81,9 @@ def test_other_settings_refused_unless_overwrite(tmp_path, tiny_chat):
 
 def test_answers_without_settings_file_refused(tmp_path, tiny_chat):
   inp = write_lines(tmp_path / "in.jsonl", [json.dumps(r) for r in good_rows(1)])
-  out = write_lines(tmp_path / "r.jsonl", [json.dumps({"id": "q0", "text": "x"})])
+  from specjax.io.prompts import prompt_sha256
+  out = write_lines(tmp_path / "r.jsonl", [json.dumps({"id": "q0", "text": "x",
+                                                       "prompt_sha256": prompt_sha256(good_rows(1)[0]["prompt"])})])
   with pytest.raises(ValueError, match="settings.json is missing"):
     run_batch(inp, out, target=tiny_chat, max_new_tokens=3, progress=False)
 
@@ -145,6 +147,7 @@ def test_kill_9_at_several_points_loses_and_repeats_nothing(tmp_path, tiny_chat)
   for r in want:
     assert by_id[r["id"]]["token_ids"] == r["token_ids"] and by_id[r["id"]]["text"] == r["text"]
   assert [e["line"] for e in read(side_paths(out)[0])] == [17]   # the malformed row, recorded once
+  _check_job(out, inp, tiny_chat, max_new=6)                      # each answer is its own prompt's
 
 
 def test_cli_batch_refuses_other_settings(tmp_path, tiny_chat, monkeypatch, capsys):
@@ -189,3 +192,98 @@ def test_two_process_job_each_answers_its_own_lines_and_merges(tmp_path, tiny_ch
   assert [e["line"] for e in read(side_paths(out)[0])] == [e["line"] for e in read(side_paths(single)[0])] == [4, 11]
   with pytest.raises(ValueError, match="another number of processes"):                   # now one process
     run_batch(inp, out, target=tiny_chat, batch_size=2, max_new_tokens=6, drafter="pld", progress=False)
+
+
+# ----------------------------------------------------------------------------- identity across edits (issue 23)
+
+def _single(target, text: str, max_new: int) -> list[int]:
+  """A fresh run of one prompt alone: what its answer must be whatever batch it was answered in."""
+  from specjax import api
+  return api.generate(target, [text], max_new_tokens=max_new, drafter="pld").token_ids[0]
+
+
+def _check_job(out: pathlib.Path, inp: pathlib.Path, target, max_new: int = 5) -> list[dict]:
+  """Every good row of `inp` answered exactly once with its own prompt's answer, each record naming the
+  row's current line and prompt; returns the records of rows still in the input."""
+  from specjax.io.prompts import prompt_sha256, stream_prompts
+  rows = {str(p.id): (n, p) for n, p in stream_prompts(inp) if not isinstance(p, ValueError)}
+  recs = read(out)
+  assert len({str(r["id"]) for r in recs}) == len(recs)                      # none duplicated
+  live = [r for r in recs if r["line"] is not None]
+  assert sorted(str(r["id"]) for r in live) == sorted(rows)                   # none missing
+  for r in live:
+    line, p = rows[str(r["id"])]
+    assert r["line"] == line and r["prompt_sha256"] == prompt_sha256(p.text)
+    assert r["token_ids"] == _single(target, p.text, max_new), (r["id"], p.text)   # paired with its own prompt
+  assert all(str(r["id"]) not in rows for r in recs if r["line"] is None)
+  return live
+
+
+KW = dict(drafter="pld", batch_size=3, max_new_tokens=5, progress=False)
+
+
+def test_fixing_a_malformed_line_then_rerunning(tmp_path, tiny_chat):
+  texts = ["t3 t4 t5 t6", "t7 t8 t9", "t10 t11 t12 t13", "t14 t15"]
+  lines = [json.dumps({"prompt": t}) for t in texts]
+  inp = write_lines(tmp_path / "in.jsonl", [lines[0], '{"prompt": "t7 t8 t9"', *lines[2:]])
+  out = tmp_path / "r.jsonl"
+  res = run_batch(inp, out, target=tiny_chat, **KW)
+  assert (res["written"], res["errors"]) == (3, 1)
+  write_lines(inp, lines)                                   # the user fixes line 2 as the errors file says
+  res = run_batch(inp, out, target=tiny_chat, **KW)
+  assert (res["written"], res["skipped"], res["errors"]) == (1, 3, 0)
+  assert read(side_paths(out)[0]) == []                     # the errors file lists the input's bad rows now
+  assert [r["line"] for r in _check_job(out, inp, tiny_chat)] == [1, 2, 3, 4]
+
+
+def test_insert_delete_reorder_then_rerun(tmp_path, tiny_chat):
+  rows = [{"prompt": f"t{i + 2} t{i + 9} t{i + 20}"} for i in range(6)]
+  rows[1]["id"] = "x1"
+  rows.append(dict(rows[0]))                                # the same prompt twice, no id: two keys
+  inp = write_lines(tmp_path / "in.jsonl", [json.dumps(r) for r in rows])
+  out = tmp_path / "r.jsonl"
+  assert run_batch(inp, out, target=tiny_chat, **KW)["written"] == 7
+  new = {"prompt": "t40 t41 t42"}
+  edited = [rows[3], new, rows[0], rows[5], rows[1], rows[6], rows[4]]        # rows[2] deleted, new inserted
+  write_lines(inp, [json.dumps(r) for r in edited])
+  res = run_batch(inp, out, target=tiny_chat, **KW)
+  assert (res["written"], res["skipped"]) == (1, 6)
+  live = _check_job(out, inp, tiny_chat)
+  assert [r["line"] for r in live] == list(range(1, 8))
+  assert sum(r["line"] is None for r in read(out)) == 1      # the deleted row's answer, kept and marked
+  write_lines(inp, [json.dumps(r) for r in edited[::-1]])   # reordered again: nothing to answer
+  assert run_batch(inp, out, target=tiny_chat, **KW)["written"] == 0
+  _check_job(out, inp, tiny_chat)
+
+
+def test_mixed_explicit_and_missing_ids(tmp_path, tiny_chat):
+  inp = write_lines(tmp_path / "in.jsonl", ['{"id": 1, "prompt": "t3 t4"}', '{"prompt": "t5 t6"}',
+                                             '{"prompt": "t3 t4"}'])
+  out = tmp_path / "r.jsonl"
+  res = run_batch(inp, out, target=tiny_chat, **KW)
+  assert (res["written"], res["errors"]) == (3, 0)
+  assert [r["id"] for r in _check_job(out, inp, tiny_chat)][0] == 1
+
+
+def test_answers_for_other_prompts_refused(tmp_path, tiny_chat, monkeypatch, capsys):
+  inp = write_lines(tmp_path / "in.jsonl", ['{"id": "a", "prompt": "t3 t4"}', '{"id": "b", "prompt": "t5 t6"}'])
+  out = tmp_path / "r.jsonl"
+  run_batch(inp, out, target=tiny_chat, **KW)
+  before = out.read_bytes()
+  write_lines(inp, ['{"id": "a", "prompt": "t3 t4"}', '{"id": "b", "prompt": "t7 t8"}'])   # id b, another prompt
+  with pytest.raises(ValueError, match="answer for id 'b' is for another prompt than line 2"):
+    run_batch(inp, out, target=lambda: pytest.fail("loaded the model"), **KW)
+  monkeypatch.setattr(cli, "load_target", lambda model, dtype, **kw: tiny_chat)
+  args = ["batch", "--in", str(inp), "--out", str(out), "--drafter", "pld", "--batch-size", "3",
+          "--max-new-tokens", "5", "--no-progress"]
+  with pytest.raises(SystemExit) as e:
+    cli.main(args)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1 and "does not match" in err
+  assert out.read_bytes() == before
+  old = [{k: v for k, v in r.items() if k != "prompt_sha256"} for r in read(out)]   # written before this field
+  write_lines(out, [json.dumps(r) for r in old])
+  with pytest.raises(ValueError, match="older specjax"):
+    run_batch(inp, out, target=tiny_chat, **KW)
+  assert cli.main(args + ["--overwrite"]) == 0
+  _check_job(out, inp, tiny_chat)

@@ -113,7 +113,8 @@ def test_prompts_file_specbench_rows_keep_question_id(tmp_path, capsys, use_tiny
                             "--batch-size", "3")
   assert code == 0, err
   rows = json_rows(out)
-  assert [r["id"] for r in rows] == [81, "tr-7", 2, "mine"]
+  from specjax.io.prompts import prompt_sha256
+  assert [r["id"] for r in rows] == [81, "tr-7", prompt_sha256("t10 t11 t12")[:16] + "#1", "mine"]   # row key
   assert all(set(r) == JSON_FIELDS for r in rows)
   assert rows[0]["wall_s"] == rows[1]["wall_s"] == rows[2]["wall_s"] != rows[3]["wall_s"]   # batches of 3 + 1
 
@@ -123,7 +124,8 @@ def test_prompts_file_default_batch_is_one(tmp_path, capsys, use_tiny):
   code, out, err = run_main(capsys, "generate", "--json", "--max-new-tokens", "3", "--prompts-file", str(f))
   assert code == 0, err
   rows = json_rows(out)
-  assert [r["id"] for r in rows] == [0, 1]
+  from specjax.io.prompts import prompt_sha256
+  assert [r["id"] for r in rows] == [prompt_sha256(t)[:16] + "#1" for t in ("t3 t4", "t5 t6 t7")]
   assert rows[0]["wall_s"] != rows[1]["wall_s"]
 
 

@@ -465,7 +465,8 @@ def test_prompts_file_from_stdin(monkeypatch, capsys, use_tiny, tmp_path):
   monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
   code, out, err = run_main(capsys, "generate", "--json", "--max-new-tokens", "2", "--prompts-file", "-")
   assert code == 0, err
-  assert [json.loads(x)["id"] for x in out.splitlines()] == ["a", 1]
+  from specjax.io.prompts import prompt_sha256
+  assert [json.loads(x)["id"] for x in out.splitlines()] == ["a", prompt_sha256("t5")[:16] + "#1"]
   monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"prompt": "t1"}\n{"prompt": 3}\n')))
   assert cli_error(capsys, "generate", "--prompts-file", "-") == "<stdin>:2: the prompt is empty or not a string"
   monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))

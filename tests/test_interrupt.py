@@ -99,3 +99,38 @@ def test_sigint_at_every_phase_exits_130_with_one_line(slow_model):
     assert code == 130, (what, code, err)
     assert err == "specjax: interrupted\n", (what, err)
     assert took < 5.0, (what, f"exited {took:.1f} s after the signal")
+
+
+# What the `specjax` console script runs: nothing imported before the entry point.
+ENTRY = "import sys; from specjax.cli import main; sys.exit(main())"
+EARLY = (0.1, 0.25, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)      # seconds after the process starts
+
+
+def _interrupt_at(argv: list[str], at: float) -> tuple[int, str]:
+  """Runs the CLI as the console script does and sends SIGINT `at` s after starting it (Python start-up,
+  imports, JAX's start, the model's load): (exit status, stderr)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  p = subprocess.Popen([sys.executable, "-c", ENTRY, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=env, cwd=REPO, text=True)
+  try:
+    time.sleep(at)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    return p.returncode, err
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+def test_sigint_in_the_first_instants_exits_130_with_one_line(slow_model):
+  """Issue 23: a Ctrl-C during `import jax` / `flax` used to print a traceback, or be ignored ("Exception
+  ignored in _xla_gc_callback") with the answer printed and exit 0."""
+  loaded = subprocess.run([sys.executable, "-c", "import sys, specjax.cli; print(*sys.modules)"], check=True,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))).stdout.split()
+  assert "specjax.cli" in loaded and not {"jax", "flax", "numpy"} & set(loaded)      # the entry point is light
+  argv = ["generate", "--model", str(slow_model), "--no-chat", "--max-new-tokens", "4000", "w1 w2 w3"]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(lambda at: _interrupt_at(argv, at), EARLY))
+  for at, (code, err) in zip(EARLY, results):
+    assert (code, err) == (130, "specjax: interrupted\n"), (f"SIGINT {at} s after the start", code, err)

@@ -9,27 +9,27 @@ family names its main option after a colon, so one benchmark can run several: "d
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import pathlib
-
-from specjax.drafters.base import NoDrafter
-from specjax.protocol import Drafter, check_option_types
 
 _NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
                 "version", "fuse", "cfg", "tokens", "graph", "heldout_tau"}
 
 
-def _classes():
-  from specjax.drafters.clover import Clover1, Clover2
-  from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
-  from specjax.drafters.early_exit import EarlyExit
-  from specjax.drafters.eagle import Eagle, Eagle3
-  from specjax.drafters.lookahead import Lookahead
-  from specjax.drafters.medusa import Medusa
-  from specjax.drafters.ngram import PromptLookup
-  return {"none": NoDrafter, "pld": PromptLookup, "lookahead": Lookahead, "medusa": Medusa,
-          "clover": Clover1, "clover2": Clover2, "eagle": Eagle, "eagle3": Eagle3,
-          "draft-model": DraftModel, "self-spec": SelfSpec, "staged": Staged, "early-exit": EarlyExit}
+# name -> "module:class", imported on use: the CLI's help lists the names without starting JAX.
+_CLASSES = {"none": "base:NoDrafter", "pld": "ngram:PromptLookup", "lookahead": "lookahead:Lookahead",
+            "medusa": "medusa:Medusa", "clover": "clover:Clover1", "clover2": "clover:Clover2", "eagle": "eagle:Eagle",
+            "eagle3": "eagle:Eagle3", "draft-model": "draft_model:DraftModel", "self-spec": "draft_model:SelfSpec",
+            "staged": "draft_model:Staged", "early-exit": "early_exit:EarlyExit"}
+
+
+def _classes() -> dict:
+  out = {}
+  for name, where in _CLASSES.items():
+    module, _, cls = where.partition(":")
+    out[name] = getattr(importlib.import_module(f"specjax.drafters.{module}"), cls)
+  return out
 
 
 TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3", "early-exit")
@@ -37,7 +37,24 @@ NAMED_OPTION = {"draft-model": "model", "self-spec": "exit_layer", "staged": "ex
 
 
 def names() -> list[str]:
-  return list(_classes())
+  return list(_CLASSES)
+
+
+def shipped() -> list[str]:
+  """Trained drafters with a checkpoint shipped for the default model (usable by name alone)."""
+  return [k for k in TRAINED if checkpoint_path(k).is_file()]
+
+
+def describe() -> str:
+  """The drafters for a help text, from this registry (so the text cannot go stale)."""
+  weightless = [k for k in names() if k not in TRAINED and k not in NAMED_OPTION]
+  return (f"{', '.join(weightless)}; trained: {', '.join(TRAINED)} (NAME:PATH for a file from `specjax train`; "
+          f"by name alone: the checkpoint shipped for the default model, for {', '.join(shipped()) or 'none'}); "
+          f"{', '.join(f'{k}:{_METAVAR[NAMED_OPTION[k]]}' for k in NAMED_OPTION)} (or NAME with -O "
+          f"{' / -O '.join(f'{o}={m}' for o, m in _METAVAR.items())})")
+
+
+_METAVAR = {"model": "PATH", "exit_layer": "K"}
 
 
 def checkpoints_dir() -> pathlib.Path:
@@ -51,7 +68,7 @@ def checkpoint_path(name: str) -> pathlib.Path:
   return pathlib.Path(path) if sep else checkpoints_dir() / f"{kind}.safetensors"
 
 
-def load_trained(name: str, **options) -> Drafter:
+def load_trained(name: str, **options):
   """'medusa' or 'medusa:PATH' -> the drafter with its weights (every file check done here)."""
   from specjax.io import checkpoint
   kind = name.partition(":")[0]
@@ -68,7 +85,12 @@ def load_trained(name: str, **options) -> Drafter:
   return dataclasses.replace(d, heldout_tau=tuple((str(k), float(v)) for k, v in tau.items()))
 
 
-def make(drafter, **options) -> Drafter:
+def make(drafter, **options):
+  """A validated drafter from a name ("pld", "medusa:PATH", "self-spec:8") or a Drafter, with `options`."""
+  from specjax.protocol import Drafter, check_option_types
+  if not isinstance(drafter, (str, Drafter)):
+    raise TypeError(f"drafter must be a name such as 'pld' or 'medusa:PATH' (a str) or a Drafter, got "
+                    f"{type(drafter).__name__} {drafter!r:.60}")
   if isinstance(drafter, Drafter):
     if options:
       drafter = dataclasses.replace(drafter, **options)

@@ -6,6 +6,7 @@ import functools
 import gc
 import hashlib
 import importlib.util
+import os
 import pathlib
 
 import jax.numpy as jnp
@@ -70,9 +71,23 @@ def _dtype(dtype):
     if dtype not in names:
       raise ValueError(f"unsupported dtype {dtype!r}; supported: float32, bfloat16")
     return names[dtype]
+  try:
+    jnp.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"dtype must be 'float32' or 'bfloat16' (or the numpy / JAX dtype), got {dtype!r:.60}") from None
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
     raise ValueError(f"unsupported dtype {dtype}; supported: float32, bfloat16")
   return dtype
+
+
+def _check_load_args(path, mesh):
+  """TypeError naming the argument for a path that is not one, or a mesh that is not a Mesh."""
+  if not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f"path must be 'default', a .gguf file or a Hugging Face directory (a str or os.PathLike), "
+                    f"got {type(path).__name__} {path!r:.60}")
+  import jax
+  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh must be a device mesh from specjax.make_mesh(...), got {type(mesh).__name__}")
 
 
 def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None,
@@ -84,6 +99,7 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template
   precision: "exact" (every matmul in true float32, or exact bfloat16 products with float32 sums) or
   "fast" (the backend's default: TF32 on GPUs, one bfloat16 pass on TPUs; outputs may then differ from
   autoregressive decoding at near-ties): see specjax/numerics.py."""
+  _check_load_args(path, mesh)
   dt = _dtype(dtype)
   numerics.check(precision)
   if chat_template is not None and not isinstance(chat_template, str):

@@ -2,10 +2,15 @@
 
 A prompts file has one JSON object a line: {"prompt": text[, "id", "category"]} or a Spec-Bench row
 {"question_id", "category", "turns"} (its first turn). Every error is one ValueError naming FILE:LINE.
+
+Each row has a key that no edit of other rows changes (batch jobs resume by it): its explicit id, or else
+`<sha256 of its prompt, 16 hex digits>#<n>` for the n-th row without an id holding that prompt. Keying rows
+by their position would pair old answers with other prompts once a line is inserted, deleted or fixed.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 import sys
 
@@ -17,10 +22,41 @@ STDIN = "-"
 
 @dataclasses.dataclass
 class Prompt:
-  id: object            # question_id for Spec-Bench rows, else the row's "id", else its index in the file
+  id: object            # question_id for Spec-Bench rows, else the row's "id", else its content key (see above)
   text: str
   category: str
   group: str
+
+  @property
+  def sha256(self) -> str:
+    return prompt_sha256(self.text)
+
+
+def prompt_sha256(text: str) -> str:
+  """Hex sha256 of a prompt's UTF-8 text: what a batch result records to name its prompt."""
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class RowKeys:
+  """Gives each good row of one file its key (see the module docstring) and refuses a repeated id."""
+
+  def __init__(self):
+    self.first: dict[str, int] = {}       # key -> line it was first given on
+    self.count: dict[str, int] = {}       # prompt sha256 -> rows without an id seen with it
+
+  def assign(self, pr: Prompt, lineno: int, where: str) -> Prompt:
+    """pr with its key as id (unchanged when it has one); ValueError for an id already given."""
+    if pr.id is None:
+      h = pr.sha256
+      while True:                          # an explicit id may spell an automatic key: take the next
+        self.count[h] = self.count.get(h, 0) + 1
+        pr.id = f"{h[:16]}#{self.count[h]}"
+        if pr.id not in self.first:
+          break
+    elif str(pr.id) in self.first:
+      raise ValueError(f"{where}: duplicate id {pr.id!r} (first on line {self.first[str(pr.id)]})")
+    self.first[str(pr.id)] = lineno
+    return pr
 
 
 def group_of(category: str | None) -> str:
@@ -42,25 +78,26 @@ def check_text(text: str, what: str) -> str:
   return text
 
 
-def parse_prompt_row(row, where: str, index: int) -> Prompt:
-  """{"prompt": text[, "id", "category"]} or a Spec-Bench row {"question_id", "category", "turns"}."""
+def parse_prompt_row(row, where: str) -> Prompt:
+  """{"prompt": text[, "id", "category"]} or a Spec-Bench row {"question_id", "category", "turns"}; the
+  Prompt's id is None when the row has none (RowKeys gives it one)."""
   if not isinstance(row, dict):
     raise ValueError(f"{where}: expected a JSON object, got {jsonfile.show(row)}")
   if "prompt" in row:
     text = row["prompt"]
-    pid = row.get("id", row.get("question_id", index))
+    pid = row.get("id", row.get("question_id"))
   elif "turns" in row:
     turns = row["turns"]
     if not isinstance(turns, list) or not turns:
       raise ValueError(f"{where}: 'turns' must be a non-empty list")
     text = turns[0]
-    pid = row.get("question_id", row.get("id", index))
+    pid = row.get("question_id", row.get("id"))
   else:
     raise ValueError(f"{where}: a row needs 'prompt' or 'turns' (a Spec-Bench row)")
   if not isinstance(text, str) or not text.strip():
     raise ValueError(f"{where}: the prompt is empty or not a string")
   check_text(text, f"{where}: the prompt")
-  if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+  if pid is not None and (not isinstance(pid, (str, int)) or isinstance(pid, bool)):
     raise ValueError(f"{where}: the id must be a string or an integer, got {jsonfile.show(pid)}")
   if isinstance(pid, str):
     check_text(pid, f"{where}: the id")
@@ -72,26 +109,22 @@ def parse_prompt_row(row, where: str, index: int) -> Prompt:
   return Prompt(pid, text, cat or "other", group_of(cat))
 
 
-def parse_line(raw: bytes, where: str, index: int) -> Prompt | None:
+def parse_line(raw: bytes, where: str) -> Prompt | None:
   """One JSONL line (bytes, without its newline) -> a Prompt, or None for a blank line."""
   line = jsonfile.decode_utf8(raw.removesuffix(b"\r"), where)
   if not line.strip():
     return None
-  return parse_prompt_row(jsonfile.parse(line, where), where, index)
+  return parse_prompt_row(jsonfile.parse(line, where), where)
 
 
 def parse_prompts(data: bytes, name: str) -> list[Prompt]:
   """The prompts in a JSONL file's bytes; `name` is the file's name for errors."""
-  out, seen = [], set()
+  out, keys = [], RowKeys()
   for lineno, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
     where = f"{name}:{lineno}"
-    pr = parse_line(raw, where, len(out))
-    if pr is None:
-      continue
-    if str(pr.id) in seen:
-      raise ValueError(f"{where}: duplicate id {pr.id!r}")
-    seen.add(str(pr.id))
-    out.append(pr)
+    pr = parse_line(raw, where)
+    if pr is not None:
+      out.append(keys.assign(pr, lineno, where))
   if not out:
     raise ValueError(f"{name}: no prompts in the file")
   return out
@@ -100,13 +133,13 @@ def parse_prompts(data: bytes, name: str) -> list[Prompt]:
 def stream_prompts(path):
   """Streams a JSONL prompts file without holding it: yields (line number, Prompt) for each good row
   and (line number, ValueError) for each bad one (invalid UTF-8 or JSON, no prompt, a duplicate id),
-  so a long job can record the bad rows and go on. Blank lines are skipped."""
+  so a long job can record the bad rows and go on. Blank lines are skipped. Each Prompt's id is its key."""
   p = pathlib.Path(path)
   if not p.exists():
     raise FileNotFoundError(f"prompts file not found: {p}")
   if p.is_dir():
     raise ValueError(f"{p} is a directory, not a JSONL prompts file")
-  seen: dict[str, int] = {}
+  keys = RowKeys()
   with p.open("rb") as f:
     for lineno, raw in enumerate(f, 1):
       raw = raw.removesuffix(b"\n")
@@ -114,17 +147,12 @@ def stream_prompts(path):
         raw = raw.removeprefix(b"\xef\xbb\xbf")
       where = f"{p}:{lineno}"
       try:
-        pr = parse_line(raw, where, len(seen))
+        pr = parse_line(raw, where)
+        pr = pr and keys.assign(pr, lineno, where)
       except ValueError as e:
-        yield lineno, e
-        continue
-      if pr is None:
-        continue
-      if str(pr.id) in seen:
-        yield lineno, ValueError(f"{where}: duplicate id {pr.id!r} (first on line {seen[str(pr.id)]})")
-        continue
-      seen[str(pr.id)] = lineno
-      yield lineno, pr
+        pr = e
+      if pr is not None:
+        yield lineno, pr
 
 
 def count_lines(path) -> int:

@@ -58,25 +58,25 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                   progress: bool = True, log=print, **config):
   """Trains a drafter for `target` and writes OUT/<drafter>.safetensors (bfloat16, with metadata).
 
-  Rerunning the same call resumes: data, features and the optimiser state are all cached.
-  config: TrainConfig fields (steps, batch, lr, heads, draft_vocab, nodes, ...). Returns
+  Rerunning the same call resumes: data, features and the optimiser state are all cached. Every argument
+  is checked before any work (specjax.train.checks); `target` may be a zero-argument callable returning
+  one, called after those checks (the CLI loads the model only then). config: TrainConfig fields (steps, batch, lr, heads, draft_vocab, nodes, ...). Returns
   (drafter with its weights, summary of the final held-out evaluation)."""
   import dataclasses
   import shutil
 
   from specjax.io import checkpoint
-  from specjax.train import loop
+  from specjax.train import checks, loop
 
-  if drafter not in loop.RECIPES:
-    raise ValueError(f"no trainer for drafter {drafter!r}; trainable: {', '.join(loop.RECIPES)}")
-  fields = {f.name for f in dataclasses.fields(loop.TrainConfig)} - {"drafter"}
-  unknown = set(config) - fields
-  if unknown:
-    raise ValueError(f"unknown training option(s) {sorted(unknown)}; options: {sorted(fields)}")
+  out = checks.arguments(drafter=drafter, out=out, data=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
+                         answer_tokens=answer_tokens, sequences_file=sequences_file, prompts_dir=prompts_dir,
+                         gen_batch=gen_batch, feature_batch_tokens=feature_batch_tokens, overwrite=overwrite,
+                         stop_after=stop_after, max_seconds=max_seconds, progress=progress, log=log, config=config)
   c = loop.TrainConfig(drafter=drafter, **config).resolved()
-  out = pathlib.Path(out)
-  if overwrite and out.exists():
+  target = checks.against_target(target() if callable(target) else target)
+  if overwrite:
     shutil.rmtree(out)
+    out.mkdir()
   train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
