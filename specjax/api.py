@@ -290,11 +290,11 @@ def generate(target: Target, prompts, *, max_new_tokens: int = 128, temperature:
   precision: "exact" or "fast" (specjax/numerics.py); default: the one the target was loaded with.
   """
   seed = check_seed(seed)
-  precision = numerics.check(target.precision if precision is None else precision)
   tree_budget = check_tree_budget(tree_budget)
   if not isinstance(time_prefill, bool):
     raise ValueError(f"time_prefill must be True or False, got {time_prefill!r}")
-  ids = encode_prompts(target, prompts, chat, allow_special)
+  ids = encode_prompts(target, prompts, chat, allow_special)       # checks the target first
+  precision = numerics.check(target.precision if precision is None else precision)
   if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"mesh must be a device mesh from specjax.make_mesh(...), got {type(mesh).__name__}")
   mesh = target.mesh if mesh is None else mesh

@@ -120,9 +120,9 @@ def test_bench_writes_results(prompts_file, tmp_path, tiny_chat):
       assert a["speedup"] > 0 and a["tokens_per_s"] > 0 and a["tau"] >= 1.0
       assert a["tau"] == pytest.approx(a["new_tokens"] / a["target_forwards"])
   assert data["results"]["none"]["overall"]["speedup"] == pytest.approx(1.0)
-  assert data["results"]["none"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6, "near_tie": 0}
+  assert data["results"]["none"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6, "near_tie": 0, "max_gap": None}
   # Greedy speculative decoding is lossless: the drafters reproduce the baseline.
-  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6, "near_tie": 0}
+  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 6, "total": 6, "near_tie": 0, "max_gap": None}
   m = data["machine"]
   assert m["cpu_count"] >= 1 and m["jax"] and m["devices"] and m["platform"]
   c = data["config"]
@@ -217,7 +217,7 @@ def test_batched_bench(prompts_file, tmp_path, tiny_chat):
       assert len(rs) == 2
       # one batch per group: its wall time is shared so that the shares add up to the batch's
       assert sum(r["wall_s"] for r in rs) == pytest.approx(rs[0]["batch_wall_s"])
-  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 12, "total": 12, "near_tie": 0}
+  assert data["results"]["pld"]["overall"]["identical_to_baseline"] == {"identical": 12, "total": 12, "near_tie": 0, "max_gap": None}
 
 
 def test_cli_bench_with_monkeypatched_loader(prompts_file, tmp_path, tiny_chat, monkeypatch, capsys):
@@ -318,7 +318,8 @@ def test_divergences_are_classified_by_the_top2_gap():
   gaps = agg_lib.divergence_gaps(t, records, [p], ["none", "pld"], {"q1": prompt})
   assert gaps == {agg_lib.key("pld", "q1"): pytest.approx(float(top2[1] - top2[0]), rel=1e-5, abs=1e-6)}
   agg = agg_lib.aggregate(records, [p], ["none", "pld"], greedy=True, gaps=gaps)
-  assert agg["pld"]["overall"]["identical_to_baseline"] == {"identical": 0, "total": 1, "near_tie": 0}
+  assert agg["pld"]["overall"]["identical_to_baseline"] == {"identical": 0, "total": 1, "near_tie": 0,
+                                                            "max_gap": gaps[agg_lib.key("pld", "q1")]}
   tie = agg_lib.aggregate(records, [p], ["none", "pld"], greedy=True, gaps={k: 1e-4 for k in gaps})
   assert tie["pld"]["overall"]["identical_to_baseline"]["near_tie"] == 1
 
