@@ -126,6 +126,9 @@ class Drafter:
   skip_empty_trees = True
   capture = ()       # a class attribute or property of static layer indices, not an option
   budget_keys = ()   # the options a held-out tau key "a/b/c" sets, in order (see `budgets`)
+  # The logical axes of the state dict's entries (a prefix; the rest replicated), pinned on a mesh by
+  # parallel/rules.StatePlacement; entries not declared (and None: all) are left to XLA's propagation.
+  state_axes = None
   params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True)
   # ((budget key, held-out tau), ...) recorded when the weights were trained; not an option and not part
   # of the program (no effect on equality, hashing or the executable cache).

@@ -244,6 +244,7 @@ class Clover(flat.FlatDrafter):
   children: int = 4             # most children a node may take
   threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
   name = "clover"
+  state_axes = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
   budget = ("nodes", "width", "children")
   budget_keys = ("nodes", "width")     # held-out tau is measured per nodes/width
 

@@ -191,6 +191,7 @@ class Eagle(flat.FlatDrafter):
   top_k: int = 4                # children per frontier node, and the frontier's width
   nodes: int = 4                # candidate nodes kept (the root not counted)
   name = "eagle"
+  state_axes = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}  # k, v [B, KVH, S, D]; g [B, H]
   budget = ("depth", "top_k", "nodes")
   budget_keys = budget
 

@@ -72,6 +72,7 @@ class Medusa(Drafter):
   accuracy: tuple = ()          # measured [heads][ranks] acceptance rates (from the checkpoint)
   trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
   name = "medusa"
+  state_axes = {"h": ("batch",), "w": ()}     # h [B, H]; w [H, N] head columns
   budget_keys = ("nodes",)
 
   def validate(self):
