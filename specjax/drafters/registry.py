@@ -24,11 +24,20 @@ _CLASSES = {"none": "base:NoDrafter", "pld": "ngram:PromptLookup", "lookahead": 
             "staged": "draft_model:Staged", "early-exit": "early_exit:EarlyExit"}
 
 
+def register(name: str, where) -> None:
+  """Adds a drafter under `name`: its class, or "module:Class" (a module of specjax.drafters, or a dotted
+  module path), imported on use. Adding a drafter touches its own files and this one call."""
+  _CLASSES[name] = where
+
+
 def _classes() -> dict:
   out = {}
   for name, where in _CLASSES.items():
+    if not isinstance(where, str):
+      out[name] = where
+      continue
     module, _, cls = where.partition(":")
-    out[name] = getattr(importlib.import_module(f"specjax.drafters.{module}"), cls)
+    out[name] = getattr(importlib.import_module(module if "." in module else f"specjax.drafters.{module}"), cls)
   return out
 
 
