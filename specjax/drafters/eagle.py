@@ -49,7 +49,7 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
-from specjax.protocol import MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
 
 
 # ------------------------------------------------------------------ weights
@@ -291,7 +291,8 @@ class Eagle(flat.FlatDrafter):
 @dataclasses.dataclass(frozen=True)
 class Eagle3(Eagle):
   """EAGLE-3: features fused from three captured target layers; normed output; (trained with `ttt_loss`)."""
-  fuse: tuple = ()              # the captured (low, mid, high) target layers: set by for_target / the checkpoint
+  # the captured (low, mid, high) target layers: set by for_target / the checkpoint
+  fuse: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
   name = "eagle3"
 
   @property
