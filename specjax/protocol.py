@@ -109,6 +109,16 @@ class Models:
   drafter: Any = None
 
 
+# Field metadata of a drafter field that is not a user option (weights, the architecture read from a
+# checkpoint, records): `options` leaves it out, and so does registry.make.
+NOT_OPTION = types.MappingProxyType({"option": False})
+
+
+def options(cls) -> list[str]:
+  """The names of a drafter class's (or instance's) options: its fields not marked NOT_OPTION."""
+  return [f.name for f in dataclasses.fields(cls) if f.metadata.get("option", True)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Drafter:
   """Base class. Subclasses set `num_nodes` and `max_depth` (static) and override the three methods.
@@ -126,10 +136,15 @@ class Drafter:
   skip_empty_trees = True
   capture = ()       # a class attribute or property of static layer indices, not an option
   budget_keys = ()   # the options a held-out tau key "a/b/c" sets, in order (see `budgets`)
-  params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True)
+  # The logical axes of the state dict's entries (a prefix; the rest replicated), pinned on a mesh by
+  # parallel/rules.StatePlacement; entries not declared (and None: all) are left to XLA's propagation.
+  state_axes = None
+  params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True,
+                                  metadata=NOT_OPTION)
   # ((budget key, held-out tau), ...) recorded when the weights were trained; not an option and not part
   # of the program (no effect on equality, hashing or the executable cache).
-  heldout_tau: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False, kw_only=True)
+  heldout_tau: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False, kw_only=True,
+                                         metadata=NOT_OPTION)
 
   @property
   def graphdef(self):

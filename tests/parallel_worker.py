@@ -59,7 +59,7 @@ def run_tiny():
     same = {n: api.generate(placed, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids == base[n]
             for n, d in drafters.items() if only_on.get(n, name) == name}
     lay = rules.layout(mesh, t.cfg)
-    state = jax.jit(lambda: rules.state_placement(lay, "clover2")(      # declared drafter-state entries
+    state = jax.jit(lambda: rules.state_placement(lay, Clover2.state_axes)(      # declared drafter-state entries
         {"k": jnp.zeros((1, 8, 16, 2, 8)), "u": jnp.zeros((8, 32)), "w": jnp.zeros((32, 64))}))()
     out[name] = {"same": same, "shardings": observed(model, mesh), "state": {k: spec_of(v) for k, v in state.items()}}
   return out

@@ -38,7 +38,7 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import apply_rope, decoder_layer, rms_norm
-from specjax.protocol import MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
 
 
 # ------------------------------------------------------------------ weights
@@ -233,9 +233,9 @@ def grow(heads: Heads, p, logits_fn, embed, u, root, ctx, *, depth: int, childre
 
 @dataclasses.dataclass(frozen=True)
 class Clover(flat.FlatDrafter):
-  version: int = 2
-  heads: int = 4                # tree depth: regressive steps
-  aug_layers: int = 1
+  version: int = dataclasses.field(default=2, metadata=NOT_OPTION)
+  heads: int = dataclasses.field(default=4, metadata=NOT_OPTION)                # tree depth: regressive steps
+  aug_layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)
   # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
   # Xeon (benchmarks/clover_cost.py): a 7-node verify costs 1.3-1.4x a one-token step and the
   # estimated speedup peaks at 6 nodes and falls beyond; accelerators want 20-64.
@@ -244,6 +244,7 @@ class Clover(flat.FlatDrafter):
   children: int = 4             # most children a node may take
   threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
   name = "clover"
+  state_axes = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
   budget = ("nodes", "width", "children")
   budget_keys = ("nodes", "width")     # held-out tau is measured per nodes/width
 
@@ -344,14 +345,14 @@ class Clover(flat.FlatDrafter):
 @dataclasses.dataclass(frozen=True)
 class Clover2(Clover):
   """Clover-2: the same drafter, version 2 (the registry's 'clover2')."""
-  version: int = 2
+  version: int = dataclasses.field(default=2, metadata=NOT_OPTION)
   name = "clover2"
 
 
 @dataclasses.dataclass(frozen=True)
 class Clover1(Clover):
   """Clover (version 1; the registry's 'clover')."""
-  version: int = 1
+  version: int = dataclasses.field(default=1, metadata=NOT_OPTION)
   name = "clover"
 
 

@@ -57,7 +57,8 @@ from specjax.drafters.ngram import PromptLookup
 from specjax.engine import tree as tree_lib
 from specjax.models.config import ModelConfig
 from specjax.models.llama import LAYER_WEIGHTS, Llama, causal_mask, weight_shapes
-from specjax.protocol import MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill, check_option_types
+from specjax.protocol import (NOT_OPTION, MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill,
+                              check_option_types)
 
 
 def _take(x, idx):
@@ -246,9 +247,9 @@ class DraftModel(_DraftNetwork):
   params (program arguments); `cfg` and `tokens` (vocabulary size, EOS ids, BOS id) are set at load."""
   model: str = "default"        # a path specjax.load reads, or "default"
   draft_layers: int = 0         # keep only the model's first N layers (0: all)
-  cfg: ModelConfig | None = None
-  tokens: tuple = ()
-  graph: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+  cfg: ModelConfig | None = dataclasses.field(default=None, metadata=NOT_OPTION)
+  tokens: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
+  graph: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, metadata=NOT_OPTION)
   name = "draft-model"
 
   def validate(self):

@@ -49,7 +49,7 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
-from specjax.protocol import MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
 
 
 # ------------------------------------------------------------------ weights
@@ -191,6 +191,7 @@ class Eagle(flat.FlatDrafter):
   top_k: int = 4                # children per frontier node, and the frontier's width
   nodes: int = 4                # candidate nodes kept (the root not counted)
   name = "eagle"
+  state_axes = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}  # k, v [B, KVH, S, D]; g [B, H]
   budget = ("depth", "top_k", "nodes")
   budget_keys = budget
 
@@ -290,7 +291,8 @@ class Eagle(flat.FlatDrafter):
 @dataclasses.dataclass(frozen=True)
 class Eagle3(Eagle):
   """EAGLE-3: features fused from three captured target layers; normed output; (trained with `ttt_loss`)."""
-  fuse: tuple = ()              # the captured (low, mid, high) target layers: set by for_target / the checkpoint
+  # the captured (low, mid, high) target layers: set by for_target / the checkpoint
+  fuse: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
   name = "eagle3"
 
   @property

@@ -25,16 +25,20 @@ from flax import nnx
 
 from specjax.drafters import medusa
 from specjax.drafters.draft_model import SelfSpec
+from specjax.protocol import NOT_OPTION
 
 
 @dataclasses.dataclass(frozen=True)
 class EarlyExit(SelfSpec):
   """SelfSpec whose exit head has a trained adapter: a one-head `MedusaHeads` module (w [1, L, H, H],
   b [1, L, H], vocab [N]) as the drafter's params."""
-  layers: int = 1               # ResBlocks in the adapter
-  hidden: int = 0               # the target's hidden size (set by from_checkpoint / untrained)
-  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
-  trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
+  layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)               # ResBlocks in the adapter
+  # the target's hidden size (set by from_checkpoint / untrained)
+  hidden: int = dataclasses.field(default=0, metadata=NOT_OPTION)
+  # N most frequent tokens; 0 = the full vocabulary
+  draft_vocab: int = dataclasses.field(default=0, metadata=NOT_OPTION)
+  # JSON of the target the weights were trained for ("" = untrained)
+  trained_for: str = dataclasses.field(default="", metadata=NOT_OPTION)
   name = "early-exit"
 
   def validate(self):

@@ -17,7 +17,7 @@ from flax import nnx
 
 from specjax.models.config import ModelConfig
 from specjax.models.llama import LAYER_WEIGHTS, decoder_layer, rope_frequencies, weight_shapes
-from specjax.protocol import Drafter
+from specjax.protocol import NOT_OPTION, Drafter
 
 
 def dims_of(cfg) -> tuple:
@@ -79,9 +79,12 @@ class FlatDrafter(Drafter):
   """Base of drafters with FlatNet weights. Subclasses define `shapes()` (name -> shape of every
   weight, from the static fields) and list in `budget` the options that size the tree: they suit the
   machine that decodes, so a checkpoint does not restore them."""
-  dims: tuple = ()              # the target's sizes (dims_of): set by from_checkpoint / untrained
-  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
-  trained_for: str = ""         # JSON of the target the weights were made for
+  # the target's sizes (dims_of): set by from_checkpoint / untrained
+  dims: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
+  # N most frequent tokens; 0 = the full vocabulary
+  draft_vocab: int = dataclasses.field(default=0, metadata=NOT_OPTION)
+  # JSON of the target the weights were made for
+  trained_for: str = dataclasses.field(default="", metadata=NOT_OPTION)
   budget = ()
 
   def shapes(self) -> dict[str, tuple[int, ...]]:

@@ -38,6 +38,7 @@ class Lookahead(Drafter):
   pool_size: int = 512      # C: n-grams kept per row
   seed_from_prompt: bool = True
   name = "lookahead"
+  state_axes = {"window": ("batch",), "pool": ("batch",), "stamp": ("batch",), "count": ("batch",)}
   skip_empty_trees = False     # the Jacobi window needs its logits every step
 
   def validate(self):

@@ -27,7 +27,7 @@ from flax import nnx
 
 from specjax import numerics
 from specjax.engine import tree as tree_lib
-from specjax.protocol import MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step, check_option_types
+from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step, check_option_types
 
 
 class MedusaHeads(nnx.Module):
@@ -60,18 +60,22 @@ def _prior(heads: int, ranks: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Medusa(Drafter):
-  heads: int = 4
-  layers: int = 1
-  hidden: int = 576
-  draft_vocab: int = 0          # N most frequent tokens; 0 = the full vocabulary
+  heads: int = dataclasses.field(default=4, metadata=NOT_OPTION)
+  layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)
+  hidden: int = dataclasses.field(default=576, metadata=NOT_OPTION)
+  # N most frequent tokens; 0 = the full vocabulary
+  draft_vocab: int = dataclasses.field(default=0, metadata=NOT_OPTION)
   # Tree budget: candidate nodes (the root not counted). 4 is the CPU default: on the 2-core Xeon a
   # 5-node verify costs 1.18x a one-token step and a 13-node one 1.48x, while held-out tau only grows
   # from 2.02 to 2.36, so 4 nodes gives the most tokens per second (BENCHMARKS.md). Accelerators,
   # where a wide verify is nearly free, want 16-64.
   nodes: int = 4
-  accuracy: tuple = ()          # measured [heads][ranks] acceptance rates (from the checkpoint)
-  trained_for: str = ""         # JSON of the target the weights were trained for ("" = untrained)
+  # measured [heads][ranks] acceptance rates (from the checkpoint)
+  accuracy: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
+  # JSON of the target the weights were trained for ("" = untrained)
+  trained_for: str = dataclasses.field(default="", metadata=NOT_OPTION)
   name = "medusa"
+  state_axes = {"h": ("batch",), "w": ()}     # h [B, H]; w [H, N] head columns
   budget_keys = ("nodes",)
 
   def validate(self):

@@ -13,9 +13,6 @@ import importlib
 import os
 import pathlib
 
-_NOT_OPTIONS = {"params", "accuracy", "trained_for", "hidden", "draft_vocab", "heads", "layers", "dims", "aug_layers",
-                "version", "fuse", "cfg", "tokens", "graph", "heldout_tau"}
-
 
 # name -> "module:class", imported on use: the CLI's help lists the names without starting JAX.
 _CLASSES = {"none": "base:NoDrafter", "pld": "ngram:PromptLookup", "lookahead": "lookahead:Lookahead",
@@ -24,11 +21,20 @@ _CLASSES = {"none": "base:NoDrafter", "pld": "ngram:PromptLookup", "lookahead": 
             "staged": "draft_model:Staged", "early-exit": "early_exit:EarlyExit"}
 
 
+def register(name: str, where) -> None:
+  """Adds a drafter under `name`: its class, or "module:Class" (a module of specjax.drafters, or a dotted
+  module path), imported on use. Adding a drafter touches its own files and this one call."""
+  _CLASSES[name] = where
+
+
 def _classes() -> dict:
   out = {}
   for name, where in _CLASSES.items():
+    if not isinstance(where, str):
+      out[name] = where
+      continue
     module, _, cls = where.partition(":")
-    out[name] = getattr(importlib.import_module(f"specjax.drafters.{module}"), cls)
+    out[name] = getattr(importlib.import_module(module if "." in module else f"specjax.drafters.{module}"), cls)
   return out
 
 
@@ -87,7 +93,7 @@ def load_trained(name: str, **options):
 
 def make(drafter, **options):
   """A validated drafter from a name ("pld", "medusa:PATH", "self-spec:8") or a Drafter, with `options`."""
-  from specjax.protocol import Drafter, check_option_types
+  from specjax.protocol import Drafter, check_option_types, options as options_of
   if not isinstance(drafter, (str, Drafter)):
     raise TypeError(f"drafter must be a name such as 'pld' or 'medusa:PATH' (a str) or a Drafter, got "
                     f"{type(drafter).__name__} {drafter!r:.60}")
@@ -100,7 +106,7 @@ def make(drafter, **options):
     if kind not in classes:
       raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(classes)} (or medusa:PATH)")
     cls = classes[kind]
-    fields = {f.name for f in dataclasses.fields(cls)} - _NOT_OPTIONS
+    fields = set(options_of(cls))
     unknown = set(options) - fields
     if unknown:
       raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")

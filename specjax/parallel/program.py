@@ -21,7 +21,7 @@ def cache_sharding(lay: rules.Layout):
 
 
 def state_placement(lay: rules.Layout, drafter) -> rules.StatePlacement | None:
-  return rules.state_placement(lay, drafter.name)
+  return rules.state_placement(lay, drafter.state_axes)
 
 
 def _input_shardings(lay: rules.Layout):

@@ -30,16 +30,8 @@ WEIGHT_AXES = {
     "final_norm": (None,),
 }
 CACHE_AXES = ("batch", "kv_heads", None, None)   # each layer's KVCache.k[i], .v[i] [B, KVH, S, D]
-# Drafter states (the loop carry's drafter entry, a dict), by drafter and entry; a prefix of the axes (the rest
-# replicated). Rows over "data" like the target's cache; the drafters' own caches keep their KV heads whole,
-# as their weights are replicated. Entries (and drafters) not declared are left to XLA's propagation.
-_FEATURE_STATE = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}       # k, v [B, KVH, S, D]; g [B, H]
-_CLOVER_STATE = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
-DRAFTER_STATE_AXES = {
-    "medusa": {"h": ("batch",), "w": ()},                                       # h [B, H]; w [H, N] head columns
-    "lookahead": {"window": ("batch",), "pool": ("batch",), "stamp": ("batch",), "count": ("batch",)},
-    "clover": _CLOVER_STATE, "clover2": _CLOVER_STATE, "eagle": _FEATURE_STATE, "eagle3": _FEATURE_STATE,
-}
+# Drafter states: each drafter declares its own (protocol.Drafter.state_axes); rows over "data" like the
+# target's cache, the drafters' own caches keep their KV heads whole, as their weights are replicated.
 BATCH_AXES = ("batch", None)                           # prompts, tokens [B, S]; lengths etc. use ("batch",)
 
 # Logical axis -> mesh axis.
@@ -72,7 +64,7 @@ def layout(mesh, cfg) -> Layout:
 
 @dataclasses.dataclass(frozen=True)
 class StatePlacement:
-  """Pins a drafter's declared state entries where DRAFTER_STATE_AXES says, inside the program (the
+  """Pins a drafter's declared state entries where the drafter's state_axes say, inside the program (the
   engine calls it after init and after every update, so the loop carry keeps one layout). Hashable: it
   is part of the program's static configuration."""
   lay: Layout
@@ -87,8 +79,8 @@ class StatePlacement:
             for k, v in state.items()}
 
 
-def state_placement(lay: Layout, drafter_name: str) -> StatePlacement | None:
-  axes = DRAFTER_STATE_AXES.get(drafter_name)
+def state_placement(lay: Layout, axes: dict | None) -> StatePlacement | None:
+  """Pins the entries of a drafter state declared by `axes` (a drafter's state_axes)."""
   return None if axes is None else StatePlacement(lay, tuple(sorted(axes.items())))
 
 
