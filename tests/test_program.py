@@ -2,11 +2,12 @@
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 import specjax
-from specjax import api
 from specjax.engine import decode
+from specjax.process_cache import CACHE
+from specjax.program import Program, Settings
+from specjax.program.core import compilation_cache
 from specjax.testing import tiny_target
 
 
@@ -18,11 +19,10 @@ def t():
 @pytest.mark.parametrize("drafter", ["none", "pld", "lookahead"])
 def test_generation_runs_with_transfers_disallowed(t, drafter):
   ids = [[3, 4, 5, 3, 4], [9, 8, 7]]
-  spec, dparams, inputs = api.prepare(t, ids, max_new_tokens=20, drafter=drafter)
-  graphdef, params = nnx.split(t.model)
-  key = jax.random.key(0)
-  fn = api._executable(graphdef, spec, params, dparams, inputs, key)
-  args = jax.device_put((params, dparams, *inputs, key))
+  program = Program(t)
+  fn, args = program.executable(program.prepare(ids, Settings.make(max_new_tokens=20, drafter=drafter)),
+                                jax.random.key(0))
+  args = jax.device_put(args)
   jax.block_until_ready(args)
   with jax.transfer_guard("disallow"):
     res = fn(*args)
@@ -111,15 +111,14 @@ def test_prefill_time_is_reported_apart_from_decoding(t):
 
 def test_persistent_compilation_cache_is_configured_unless_turned_off(monkeypatch, tmp_path):
   import jax
-  api._compilation_cache.cache_clear()
+  monkeypatch.setattr(CACHE, "compilation_cache_set", False)
   monkeypatch.setenv("SPECJAX_COMPILATION_CACHE", "0")
-  api._compilation_cache()
+  compilation_cache()
   assert not jax.config.jax_compilation_cache_dir
-  api._compilation_cache.cache_clear()
+  monkeypatch.setattr(CACHE, "compilation_cache_set", False)
   monkeypatch.setenv("SPECJAX_COMPILATION_CACHE", str(tmp_path / "xla"))
   try:
-    api._compilation_cache()
+    compilation_cache()
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
   finally:
     jax.config.update("jax_compilation_cache_dir", None)
-    api._compilation_cache.cache_clear()
