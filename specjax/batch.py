@@ -142,6 +142,27 @@ def answer_record(g, i: int, pid) -> dict:
           "drafter": g.drafter, "budget": g.budget}
 
 
+def _own_output(out: pathlib.Path, process: int, processes: int, overwrite: bool) -> pathlib.Path:
+  """This process's output file: OUT, or its shard of a multi-host job. Another layout's files on OUT
+  (shards of another process count; a one-process job's output under a multi-host one) are refused, or
+  removed by process 0 with overwrite; with overwrite, this process's own files are removed too."""
+  foreign = _other_shards(out, processes) + ([out, *side_paths(out)] if processes > 1 else [])
+  if overwrite and process == 0:
+    for p in foreign:
+      p.unlink(missing_ok=True)
+  elif not overwrite and _other_shards(out, processes):
+    raise ValueError(f"{out} has shards of a job with another number of processes; rerun with that many "
+                     "processes, or pass --overwrite")
+  elif not overwrite and processes > 1 and side_paths(out)[1].exists():
+    raise ValueError(f"{out} was written by a one-process job; resume it with one process, or pass --overwrite")
+  if processes > 1:
+    out = shard_path(out, process, processes)
+  if overwrite:
+    for p in (out, *side_paths(out)):
+      p.unlink(missing_ok=True)
+  return out
+
+
 def _job_settings(target, s: Settings, batch_size: int, processes: int) -> dict:
   """What a job's results depend on, kept beside OUT: a rerun with other settings is refused."""
   settings = {"model": str(target.path), "fingerprint": target.fingerprint, "dtype": np.dtype(target.model.dtype).name,
@@ -153,6 +174,22 @@ def _job_settings(target, s: Settings, batch_size: int, processes: int) -> dict:
   if s.tree_budget == "auto":         # only then: files written before the option existed still resume
     settings["tree_budget"] = s.tree_budget
   return settings
+
+
+def _keep_settings(out: pathlib.Path, settings: dict, resuming: bool) -> None:
+  """Writes the job's settings beside OUT, or refuses to resume answers made with other (or unknown) ones."""
+  errors_path, settings_path = side_paths(out)
+  old = settings_io.read(settings_path)
+  if old is None and (resuming or errors_path.exists()):
+    raise ValueError(f"{out} holds answers but {settings_path.name} is missing, so they cannot be checked "
+                     "against these settings; pass --overwrite to start again")
+  if old is not None:
+    diff = settings_io.differences(old, settings)
+    if diff:
+      raise ValueError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the same settings "
+                       "to resume, or pass --overwrite to start again")
+  else:
+    settings_io.write(settings_path, settings)
 
 
 def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None = None, batch_size: int = 8,
@@ -181,23 +218,8 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, acceptance=acceptance, chat=chat,
                     allow_special=allow_special, tree_budget=tree_budget)
   final = out
-  # Another layout's files on OUT (shards of another process count; a one-process job's output under a
-  # multi-host one) are refused, or removed by process 0 with overwrite.
-  foreign = _other_shards(out, processes) + ([out, *side_paths(out)] if processes > 1 else [])
-  if overwrite and process == 0:
-    for p in foreign:
-      p.unlink(missing_ok=True)
-  elif not overwrite and _other_shards(out, processes):
-    raise ValueError(f"{out} has shards of a job with another number of processes; rerun with that many "
-                     "processes, or pass --overwrite")
-  elif not overwrite and processes > 1 and side_paths(out)[1].exists():
-    raise ValueError(f"{out} was written by a one-process job; resume it with one process, or pass --overwrite")
-  if processes > 1:
-    out = shard_path(out, process, processes)
-  errors_path, settings_path = side_paths(out)
-  if overwrite:
-    for p in (out, errors_path, settings_path):
-      p.unlink(missing_ok=True)
+  out = _own_output(out, process, processes, overwrite)
+  errors_path = side_paths(out)[0]
 
   rows = _input_rows(inp)
   done = {str(r["id"]): r for r in records_io.load(out, valid=_has_id, label="specjax batch")}
@@ -213,17 +235,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
   s.drafter.check_target(target)
   settings = _job_settings(target, s, batch_size, processes)
-  old = settings_io.read(settings_path)
-  if old is None and (done or errors_path.exists()):
-    raise ValueError(f"{out} holds answers but {settings_path.name} is missing, so they cannot be checked "
-                     "against these settings; pass --overwrite to start again")
-  if old is not None:
-    diff = settings_io.differences(old, settings)
-    if diff:
-      raise ValueError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the same settings "
-                       "to resume, or pass --overwrite to start again")
-  else:
-    settings_io.write(settings_path, settings)
+  _keep_settings(out, settings, resuming=bool(done))
   records_io.write_all(errors_path, [])     # every run lists the input's bad rows anew
 
   from tqdm import tqdm

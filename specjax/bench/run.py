@@ -163,6 +163,17 @@ def _plan(prompts, *, drafters, limit, per_category, peers, drafter_options, max
                settings, drafter_options, (pld.num_tokens, pld.max_ngram), tree_budget)
 
 
+def _base_settings(target, dtype, base: Settings) -> dict:
+  """The settings every method's records share."""
+  out = {"model": str(target.path), "dtype": str(dtype), "max_new_tokens": base.max_new_tokens,
+         "temperature": base.temperature, "seed": base.seed, "chat": base.chat}
+  if target.mesh is not None:           # only then: records made before meshes existed still resume
+    out["mesh"] = dict(target.mesh.shape)
+  if target.precision != "exact":       # likewise: records made before the policy existed ran "exact"
+    out["precision"] = target.precision
+  return out
+
+
 def _settings_for(plan: _Plan, base: dict, batch_size: int):
   """method -> the settings its records are kept under (a resumed run must match them)."""
   def settings_for(m):
@@ -291,13 +302,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   for d in plan.drafters:        # context overflows and bad settings surface now, not hours in
     program.prepare([longest], plan.settings[d])
 
-  base_settings = {"model": model_name, "dtype": str(dtype), "max_new_tokens": base.max_new_tokens,
-                   "temperature": base.temperature, "seed": base.seed, "chat": bool(chat)}
-  if target.mesh is not None:           # only then: records made before meshes existed still resume
-    base_settings["mesh"] = dict(target.mesh.shape)
-  if target.precision != "exact":       # likewise: records made before the policy existed ran "exact"
-    base_settings["precision"] = target.precision
-  settings_for = _settings_for(plan, base_settings, batch_size)
+  settings_for = _settings_for(plan, _base_settings(target, dtype, base), batch_size)
   rec_path = out / RECORDS
   records = load_records(rec_path)
   by_sha = {str(p.id): _prompt_sha(ids[str(p.id)]) for p in selected}
@@ -312,6 +317,28 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
            [m for m in plan.methods if any(todo(m, b) for b in work)])
 
   load_start = loadavg()
+  _measure(program, plan, peers_, work, ids, records, lambda r: dict(settings=settings_for(r["method"]),
+           prompt_sha=by_sha[str(r["id"])]), rec_path, progress)
+  config = {"command": command, "prompts_file": str(prompts) if not isinstance(prompts, list) else None,
+            "prompts_total": plan.prompts_total, "prompts_selected": len(selected), "limit": limit,
+            "per_category": per_category, "drafters": plan.drafters, "peers": plan.peers,
+            "drafter_options": plan.drafter_options,
+            "hf_prompt_lookup": {"prompt_lookup_num_tokens": plan.lookup[0], "max_matching_ngram_size": plan.lookup[1]}
+            if plan.peers else None,
+            "model": model_name, "dtype": str(dtype), "max_new_tokens": base.max_new_tokens,
+            "batch_size": batch_size, "temperature": base.temperature, "seed": base.seed, "chat": bool(chat),
+            "tree_budget": plan.tree_budget,
+            "mesh": None if target.mesh is None else dict(target.mesh.shape), "precision": target.precision,
+            "greedy": base.temperature == 0}
+  return _write_results(out, target, records, plan, ids, config, peers_, load_start)
+
+
+def _measure(program: Program, plan: _Plan, peers: "_Peers", work: list[list[Prompt]], ids: dict, records: dict,
+             stamp, rec_path: pathlib.Path, progress: bool) -> None:
+  """Every (method, prompt) not in `records` yet, measured and appended to the records file as it is made;
+  stamp(record) -> the fields that tie a record to its settings and prompt."""
+  todo = lambda m, batch: [p for p in batch if key(m, p.id) not in records]
+  selected = [p for b in work for p in b]
   writer = records_io.RecordLog(rec_path)
   from tqdm import tqdm
   done_before = sum(1 for p in selected if all(key(m, p.id) in records for m in plan.methods))
@@ -330,30 +357,17 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
         if m in plan.drafters:
           new_recs = _drafter_records(program, plan.settings[m], m, batch, ids)
         else:
-          new_recs = _peer_records(peers_, target.tokenizer, m, todo(m, batch), ids, base.max_new_tokens)
+          new_recs = _peer_records(peers, program.target.tokenizer, m, todo(m, batch), ids,
+                                   plan.settings[BASELINE].max_new_tokens)
         for rec in new_recs:
-          rec["settings"] = settings_for(m)
-          rec["prompt_sha"] = by_sha[str(rec["id"])]
+          rec.update(stamp(rec))
           records[key(m, rec["id"])] = rec
         writer.write(new_recs)
       bar.update(len(batch))
   finally:
     bar.close()
     writer.close()
-    peers_.close()
-
-  config = {"command": command, "prompts_file": str(prompts) if not isinstance(prompts, list) else None,
-            "prompts_total": plan.prompts_total, "prompts_selected": len(selected), "limit": limit,
-            "per_category": per_category, "drafters": plan.drafters, "peers": plan.peers,
-            "drafter_options": plan.drafter_options,
-            "hf_prompt_lookup": {"prompt_lookup_num_tokens": plan.lookup[0], "max_matching_ngram_size": plan.lookup[1]}
-            if plan.peers else None,
-            "model": model_name, "dtype": str(dtype), "max_new_tokens": base.max_new_tokens,
-            "batch_size": batch_size, "temperature": base.temperature, "seed": base.seed, "chat": bool(chat),
-            "tree_budget": plan.tree_budget,
-            "mesh": None if target.mesh is None else dict(target.mesh.shape), "precision": target.precision,
-            "greedy": base.temperature == 0}
-  return _write_results(out, target, records, plan, ids, config, peers_, load_start)
+    peers.close()
 
 
 def _warm_up(program: Program, plan: _Plan, peers: "_Peers", prompt_ids: list[list[int]], methods: list[str]):
