@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import specjax
+import specjax.batch
 from specjax.engine import decode
 from specjax.process_cache import CACHE
 from specjax.program import Program, Settings
@@ -122,3 +123,40 @@ def test_persistent_compilation_cache_is_configured_unless_turned_off(monkeypatc
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
   finally:
     jax.config.update("jax_compilation_cache_dir", None)
+
+
+def test_program_layer_generates_what_the_facade_does(t):
+  """The façade is Settings.make + encode_prompts + Program.generate: the same tokens, one drafter built."""
+  settings = Settings.make(drafter="pld", max_new_tokens=10, drafter_options={"num_tokens": 3})
+  g = Program(t).generate([[3, 4, 5, 3, 4], [9, 8, 7]], settings)
+  ref = specjax.generate(t, [[3, 4, 5, 3, 4], [9, 8, 7]], max_new_tokens=10, drafter="pld", num_tokens=3)
+  assert g.token_ids == ref.token_ids and g.budget == ref.budget == "num_tokens=3"
+  with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, got 0"):
+    Settings.make(max_new_tokens=0)
+  with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    specjax.batch.run_batch(__file__, "/nonexistent/out.jsonl", target=t, batch_size=0)
+
+
+def test_process_state_lives_in_the_one_cache_object(t):
+  """Compiled programs, trace counts and observed acceptance are kept in specjax.process_cache.CACHE."""
+  from specjax import budget
+  specjax.generate(t, [[1, 2, 3]], max_new_tokens=5)
+  assert CACHE.executables and decode.TRACES == CACHE.traces
+  key = ("fingerprint", "a drafter")
+  budget.observe(key, 2, 2.0, new_tokens=[4, 4], forwards=[2, 2])
+  assert CACHE.seen[(key, 2)] == [1.0, 1.0]
+
+
+def test_entry_points_generate_through_the_program_layer():
+  """batch, bench and training data never call the public façade, and nothing below the program imports it."""
+  import ast
+  import pathlib
+  root = pathlib.Path(specjax.__file__).parent
+  for path in [root / "batch.py", *root.glob("bench/*.py"), *root.glob("train/*.py"), *root.glob("program/*.py"),
+               *root.glob("parallel/*.py"), *root.glob("engine/*.py")]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert not {"specjax.api", "specjax.cli"} & names, path
+    if path.parent.name in ("parallel", "engine"):
+      assert not any(n.startswith("specjax.program") for n in names), path

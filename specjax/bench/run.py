@@ -55,8 +55,8 @@ RECORDS = "records.jsonl"
 def select(prompts: list[Prompt], *, limit: int | None = None, per_category: int | None = None) -> list[Prompt]:
   """per_category: the first K of each category group (file order); then limit: the first K of those."""
   for name, v in (("limit", limit), ("per_category", per_category)):
-    if v is not None and v < 1:
-      raise ValueError(f"{name} must be >= 1, got {v}")
+    if v is not None:
+      positive_int(v, name)
   out = list(prompts)
   if per_category is not None:
     counts: dict[str, int] = {}
