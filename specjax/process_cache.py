@@ -11,7 +11,8 @@ what carries over from one call to the next lives in the single `CACHE` below, n
 - helpers: small jitted functions beside the decode program, by model graph (the next-token logit gap of
   specjax.program.divergence);
 - seen: tree_budget="auto"'s observed acceptance, (drafter key, batch) -> [observed gain, predicted gain]
-  summed over calls (specjax.budget.observe).
+  summed over calls (specjax.budget.observe);
+- compilation_cache_set: JAX's persistent compilation cache configured (once per process).
 
 Measured step costs persist on disk instead (specjax.budget.CostCache), and JAX's persistent compilation
 cache holds compiled programs across processes (specjax.program.Program).
@@ -24,13 +25,14 @@ from typing import Callable
 
 @dataclasses.dataclass
 class ProcessCache:
+  """The fields listed in the module docstring; one instance, `CACHE`."""
   executables: dict = dataclasses.field(default_factory=dict)
   traces: int = 0
   prefill_done: list = dataclasses.field(default_factory=list)
   seen: dict = dataclasses.field(default_factory=dict)
   helpers: dict = dataclasses.field(default_factory=dict)
   max_executables: int = 16
-  compilation_cache_set: bool = False   # JAX's persistent compilation cache configured (specjax.program.core)
+  compilation_cache_set: bool = False
 
   def executable(self, signature, compile_fn: Callable):
     """The executable for `signature`, compiled by compile_fn() at most once while it is kept."""
