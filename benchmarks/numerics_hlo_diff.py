@@ -20,8 +20,7 @@ SMOL = dict(vocab=4096, hidden=576, layers=4, heads=9, kv_heads=3, head_dim=64, 
 def child():
   import jax
   import jax.numpy as jnp
-  from flax import nnx
-  from specjax import api
+  from specjax.program import Program, Settings
   from specjax.drafters.clover import Clover2
   from specjax.drafters.eagle import Eagle3
   from specjax.drafters.medusa import Medusa
@@ -32,9 +31,9 @@ def child():
     drafters = {"none": "none", "pld": "pld", "lookahead": "lookahead", "medusa": Medusa.untrained(t, seed=4, nodes=6),
                 "eagle3": Eagle3.untrained(t, seed=4, draft_vocab=32), "clover2": Clover2.untrained(t, seed=4)}
     for name, drafter in drafters.items():
-      spec, dparams, inputs = api.prepare(t, [[5, 6, 7, 8, 5, 6]], max_new_tokens=16, drafter=drafter)
-      gd, params = nnx.split(t.model)
-      text = api._executable(gd, spec, params, dparams, inputs, jax.random.key(0)).as_text()
+      program = Program(t)
+      call = program.prepare([[5, 6, 7, 8, 5, 6]], Settings.make(max_new_tokens=16, drafter=drafter, precision="exact"))
+      text = program.executable(call, jax.random.key(0))[0].as_text()
       lines = [re.sub(r", (metadata=\{[^}]*\}|operand_precision=\{[a-z,]*\}|algorithm=[a-z0-9_]+)", "", x)
                for x in text.splitlines() if re.match(r"\s*(ROOT )?%", x)]
       out[f"{dt}/{name}"] = lines

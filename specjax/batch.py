@@ -37,9 +37,11 @@ import time
 
 import numpy as np
 
+from specjax.checks import positive_int
 from specjax.io import records as records_io
 from specjax.io import settings as settings_io
 from specjax.io.prompts import Prompt, count_lines, stream_prompts
+from specjax.program import Program, Settings, check_fits, encode_prompts
 
 def _has_id(r: dict) -> bool:
   """A record a results file may hold: one with a str or int id (its row's key)."""
@@ -140,6 +142,56 @@ def answer_record(g, i: int, pid) -> dict:
           "drafter": g.drafter, "budget": g.budget}
 
 
+def _own_output(out: pathlib.Path, process: int, processes: int, overwrite: bool) -> pathlib.Path:
+  """This process's output file: OUT, or its shard of a multi-host job. Another layout's files on OUT
+  (shards of another process count; a one-process job's output under a multi-host one) are refused, or
+  removed by process 0 with overwrite; with overwrite, this process's own files are removed too."""
+  foreign = _other_shards(out, processes) + ([out, *side_paths(out)] if processes > 1 else [])
+  if overwrite and process == 0:
+    for p in foreign:
+      p.unlink(missing_ok=True)
+  elif not overwrite and _other_shards(out, processes):
+    raise ValueError(f"{out} has shards of a job with another number of processes; rerun with that many "
+                     "processes, or pass --overwrite")
+  elif not overwrite and processes > 1 and side_paths(out)[1].exists():
+    raise ValueError(f"{out} was written by a one-process job; resume it with one process, or pass --overwrite")
+  if processes > 1:
+    out = shard_path(out, process, processes)
+  if overwrite:
+    for p in (out, *side_paths(out)):
+      p.unlink(missing_ok=True)
+  return out
+
+
+def _job_settings(target, s: Settings, batch_size: int, processes: int) -> dict:
+  """What a job's results depend on, kept beside OUT: a rerun with other settings is refused."""
+  settings = {"model": str(target.path), "fingerprint": target.fingerprint, "dtype": np.dtype(target.model.dtype).name,
+              "max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+              "seed": s.seed, "acceptance": s.acceptance, "chat": s.chat, "allow_special": s.allow_special,
+              "batch_size": batch_size, "drafter": settings_io.drafter_settings(s.drafter)}
+  if processes > 1:
+    settings["processes"] = processes
+  if s.tree_budget == "auto":         # only then: files written before the option existed still resume
+    settings["tree_budget"] = s.tree_budget
+  return settings
+
+
+def _keep_settings(out: pathlib.Path, settings: dict, resuming: bool) -> None:
+  """Writes the job's settings beside OUT, or refuses to resume answers made with other (or unknown) ones."""
+  errors_path, settings_path = side_paths(out)
+  old = settings_io.read(settings_path)
+  if old is None and (resuming or errors_path.exists()):
+    raise ValueError(f"{out} holds answers but {settings_path.name} is missing, so they cannot be checked "
+                     "against these settings; pass --overwrite to start again")
+  if old is not None:
+    diff = settings_io.differences(old, settings)
+    if diff:
+      raise ValueError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the same settings "
+                       "to resume, or pass --overwrite to start again")
+  else:
+    settings_io.write(settings_path, settings)
+
+
 def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None = None, batch_size: int = 8,
               max_new_tokens: int = 128, temperature: float = 0.0, top_k=None, top_p=None, seed: int = 0,
               acceptance: str | None = None, chat: bool = True, allow_special: bool = False, mesh=None,
@@ -148,9 +200,6 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
 
   target: a loaded Target or a zero-argument callable returning one (called after every check that
   needs no model)."""
-  from specjax import api
-  from specjax.drafters import registry
-
   import jax
   process, processes = jax.process_index(), jax.process_count()
   if str(inp) == "-":
@@ -164,35 +213,13 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     raise ValueError(f"--out {out} is a directory; give a file such as {out / 'results.jsonl'}")
   if out.resolve() == inp.resolve():
     raise ValueError("--out must not be the input file")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-  temperature, top_k, top_p, acceptance = api.check_sampling(temperature, top_k, top_p, acceptance)
-  seed = api.check_seed(seed)
-  tree_budget = api.check_tree_budget(tree_budget)
-  d = registry.make(drafter, **(drafter_options or {}))
+  batch_size = positive_int(batch_size, "batch_size")
+  s = Settings.make(drafter=drafter, drafter_options=drafter_options, max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, acceptance=acceptance, chat=chat,
+                    allow_special=allow_special, tree_budget=tree_budget)
   final = out
-  # Another layout's files on OUT (shards of another process count; a one-process job's output under a
-  # multi-host one) are refused, or removed by process 0 with overwrite.
-  foreign = _other_shards(out, processes) + ([out, *side_paths(out)] if processes > 1 else [])
-  if overwrite and process == 0:
-    for p in foreign:
-      p.unlink(missing_ok=True)
-  elif not overwrite and _other_shards(out, processes):
-    raise ValueError(f"{out} has shards of a job with another number of processes; rerun with that many "
-                     "processes, or pass --overwrite")
-  elif not overwrite and processes > 1 and side_paths(out)[1].exists():
-    raise ValueError(f"{out} was written by a one-process job; resume it with one process, or pass --overwrite")
-  if processes > 1:
-    out = shard_path(out, process, processes)
-  if tree_budget == "auto":
-    from specjax import budget as budget_lib
-    budget_lib.candidates(d)             # nothing measured to choose from: refused before the model loads
-  errors_path, settings_path = side_paths(out)
-  if overwrite:
-    for p in (out, errors_path, settings_path):
-      p.unlink(missing_ok=True)
+  out = _own_output(out, process, processes, overwrite)
+  errors_path = side_paths(out)[0]
 
   rows = _input_rows(inp)
   done = {str(r["id"]): r for r in records_io.load(out, valid=_has_id, label="specjax batch")}
@@ -200,32 +227,15 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
 
   if callable(target):
     target = target()
-  on = mesh if mesh is not None else target.mesh
-  if processes > 1 and on is not None and any(x.process_index != process for x in on.devices.flat):
+  program = Program(target, mesh)
+  if processes > 1 and program.mesh is not None and any(x.process_index != process for x in program.mesh.devices.flat):
     raise ValueError("in a multi-host batch job each process runs on its own devices: build its mesh from "
                      "jax.local_devices()")
-  if chat:
+  if s.chat:
     target.tokenizer.require_chat_template("pass --no-chat", "--chat-template NAME")
-  d.check_target(target)
-  settings = {"model": str(target.path), "fingerprint": target.fingerprint, "dtype": np.dtype(target.model.dtype).name,
-              "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-              "seed": seed, "acceptance": acceptance, "chat": chat, "allow_special": allow_special,
-              "batch_size": batch_size, "drafter": settings_io.drafter_settings(d)}
-  if processes > 1:
-    settings["processes"] = processes
-  if tree_budget == "auto":         # only then: files written before the option existed still resume
-    settings["tree_budget"] = tree_budget
-  old = settings_io.read(settings_path)
-  if old is None and (done or errors_path.exists()):
-    raise ValueError(f"{out} holds answers but {settings_path.name} is missing, so they cannot be checked "
-                     "against these settings; pass --overwrite to start again")
-  if old is not None:
-    diff = settings_io.differences(old, settings)
-    if diff:
-      raise ValueError(f"{out} was made with other settings ({'; '.join(diff)}); rerun with the same settings "
-                       "to resume, or pass --overwrite to start again")
-  else:
-    settings_io.write(settings_path, settings)
+  s.drafter.check_target(target)
+  settings = _job_settings(target, s, batch_size, processes)
+  _keep_settings(out, settings, resuming=bool(done))
   records_io.write_all(errors_path, [])     # every run lists the input's bad rows anew
 
   from tqdm import tqdm
@@ -243,9 +253,7 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
     todo = [b for b in batch if str(b[1].id) not in done]
     stats["skipped"] += len(batch) - len(todo)
     if todo:   # a batch cut by a crash runs again whole: the same shapes give the same tokens
-      g = api.generate(target, [ids for _, _, ids in batch], max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, seed=seed, drafter=d, acceptance=acceptance, tree_budget=tree_budget,
-                       **({} if mesh is None else {"mesh": mesh}))
+      g = program.generate([ids for _, _, ids in batch], s)
       recs = [dict(answer_record(g, i, p.id), line=lineno, prompt_sha256=p.sha256)
               for i, (lineno, p, _) in enumerate(batch) if str(p.id) not in done]
       answers.write(recs)
@@ -266,8 +274,8 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
         error(lineno, None, str(item))
         continue
       try:
-        ids = api.encode_prompts(target, [item.text], chat, allow_special)[0]
-        api.check_fits(target, len(ids), max_new_tokens, d)
+        ids = encode_prompts(target, [item.text], s.chat, s.allow_special)[0]
+        check_fits(target, len(ids), s.max_new_tokens, s.drafter)
       except ValueError as e:
         error(lineno, item.id, f"{inp}:{lineno}: {e}")
         continue

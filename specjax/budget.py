@@ -33,6 +33,8 @@ import os
 import pathlib
 from typing import Callable, Sequence
 
+from specjax.process_cache import CACHE
+
 MARGIN = 0.05     # an unsafe candidate must beat the safe ones by 5%: tau and timing noise are about that size
 
 
@@ -81,16 +83,13 @@ def candidates(drafter, gain: float = 1.0) -> list[Candidate]:
 
 # ------------------------------------------------------------------ observed acceptance
 
-_SEEN: dict = {}      # (drafter key, batch) -> [observed gain, predicted gain] summed over calls
-
-
 def observe(key, batch: int, predicted_tau: float, new_tokens, forwards):
   """Records one call: its rows' new tokens and target forwards, run at a budget whose model tau was
-  predicted_tau. The batch's tau is max(new) / max(forwards): the batch ran max(forwards) steps for what
-  plain decoding does in max(new)."""
+  predicted_tau (kept in specjax.process_cache.CACHE.seen). The batch's tau is max(new) / max(forwards):
+  the batch ran max(forwards) steps for what plain decoding does in max(new)."""
   if predicted_tau <= 1.0 or max(forwards, default=0) <= 0:
     return
-  seen = _SEEN.setdefault((key, batch), [0.0, 0.0])
+  seen = CACHE.seen.setdefault((key, batch), [0.0, 0.0])
   seen[0] += max(new_tokens) / max(forwards) - 1.0
   seen[1] += predicted_tau - 1.0
 
@@ -98,7 +97,7 @@ def observe(key, batch: int, predicted_tau: float, new_tokens, forwards):
 def observed_gain(key, batch: int) -> float:
   """r: observed over predicted gain of tau for this drafter configuration and batch size (1 when nothing
   was seen), within [0, 1.5]."""
-  seen = _SEEN.get((key, batch))
+  seen = CACHE.seen.get((key, batch))
   return 1.0 if not seen or seen[1] <= 0 else min(max(seen[0] / seen[1], 0.0), 1.5)
 
 

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import specjax
 from specjax import api
+from specjax.process_cache import CACHE
 from specjax.drafters.clover import Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
@@ -30,7 +31,7 @@ def spec_of(x) -> list:
 
 def observed(model, mesh) -> dict:
   """Shardings of the weights as placed, and of the last compiled program's inputs and outputs."""
-  compiled = next(reversed(api._EXECUTABLES.values()))
+  compiled = next(reversed(CACHE.executables.values()))
   outs = compiled.output_shardings
   ins = compiled.input_shardings[0]
   return {"wqkv": spec_of(model.wqkv[0][...]), "wo": spec_of(model.wo[0][...]),

@@ -14,6 +14,7 @@ from specjax.bench import aggregate as agg_lib
 from specjax.bench import run as run_lib
 from specjax.bench import run_bench
 from specjax.io.prompts import Prompt, group_of
+from specjax.program import Program
 from specjax.testing import tiny_target
 
 CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
@@ -141,16 +142,16 @@ def test_bench_writes_results(prompts_file, tmp_path, tiny_chat):
 
 def test_resume_after_crash(prompts_file, tmp_path, tiny_chat, monkeypatch):
   out = tmp_path / "out"
-  real = api.generate
+  real = Program.generate
   calls = []
 
   def crashing(*a, **kw):
-    calls.append(kw.get("drafter"))
+    calls.append(a[-1].drafter.name)          # (program, prompt ids, settings)
     if len(calls) == 2 + 6:               # 2 warm-ups, 5 measurements, then a crash in the 6th
       raise RuntimeError("simulated crash")
     return real(*a, **kw)
 
-  monkeypatch.setattr(api, "generate", crashing)
+  monkeypatch.setattr(Program, "generate", crashing)
   kw = dict(out=out, drafters=["pld"], target=tiny_chat, max_new_tokens=5, per_category=1, progress=False)
   with pytest.raises(RuntimeError, match="simulated crash"):
     run_bench(prompts_file, **kw)
@@ -158,14 +159,14 @@ def test_resume_after_crash(prompts_file, tmp_path, tiny_chat, monkeypatch):
   assert len(recs) == 5                                   # everything finished before the crash was kept
   assert [(r["method"], r["id"]) for r in recs][:2] == [("none", 100), ("pld", 100)]
 
-  monkeypatch.setattr(api, "generate", real)
+  monkeypatch.setattr(Program, "generate", real)
   run_bench(prompts_file, **kw)
   recs = read_lines(out / "records.jsonl")
   assert len(recs) == 12
   assert len({(r["method"], r["id"]) for r in recs}) == 12      # nothing measured twice
 
   counted = []
-  monkeypatch.setattr(api, "generate", lambda *a, **k: counted.append(1) or real(*a, **k))
+  monkeypatch.setattr(Program, "generate", lambda *a, **k: counted.append(1) or real(*a, **k))
   data = run_bench(prompts_file, **kw)                            # all done: only the reports are rewritten
   assert counted == []
   assert len(read_lines(out / "records.jsonl")) == 12

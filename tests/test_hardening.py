@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import specjax
-from specjax import api, cli
+from specjax import api, cli, cli_args, program
+from specjax.program import Program
 from specjax.bench import run_bench
 from specjax.drafters import registry
 from specjax.io.prompts import read_prompts
@@ -164,6 +165,7 @@ def test_injection_through_generate_and_cli(default_target, monkeypatch, capsys)
     return real(target, prompts, chat, allow_special)
 
   monkeypatch.setattr(api, "encode_prompts", spy)
+  monkeypatch.setattr(program, "encode_prompts", spy)      # the CLI encodes through the program layer
   monkeypatch.setattr(cli, "load_target", lambda model, dtype: default_target)
   for flag in ([], ["--allow-special-tokens"]):
     code, out, err = run_main(capsys, "generate", "--json", "--max-new-tokens", "1", *flag, INJECTION)
@@ -295,7 +297,7 @@ def test_drafter_option_types(drafter, option, message, tmp_path, capsys, use_ti
                    "--out", str(tmp_path / "o")) == message
   assert use_tiny == []
   key, value = option.split("=")
-  kw = {key: cli._option_value(value)}
+  kw = {key: cli_args.option_value(value)}
   assert api_error(ValueError, lambda: specjax.generate(tiny_chat, "t1", max_new_tokens=2, drafter=drafter, **kw)) == message
 
 
@@ -424,8 +426,8 @@ def test_bench_resumes_with_an_option_given_at_its_default(tmp_path, tiny_chat, 
   kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=3, progress=False)
   run_bench(f, **kw)
   calls = []
-  real = api.generate
-  monkeypatch.setattr(api, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+  real = Program.generate
+  monkeypatch.setattr(Program, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
   default = registry.make("pld").num_tokens
   run_bench(f, drafter_options={"pld": {"num_tokens": default}}, **kw)
   assert calls == []                                     # all records reused, nothing measured again

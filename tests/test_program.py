@@ -2,11 +2,13 @@
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 import specjax
-from specjax import api
+import specjax.batch
 from specjax.engine import decode
+from specjax.process_cache import CACHE
+from specjax.program import Program, Settings
+from specjax.program.core import compilation_cache
 from specjax.testing import tiny_target
 
 
@@ -18,11 +20,10 @@ def t():
 @pytest.mark.parametrize("drafter", ["none", "pld", "lookahead"])
 def test_generation_runs_with_transfers_disallowed(t, drafter):
   ids = [[3, 4, 5, 3, 4], [9, 8, 7]]
-  spec, dparams, inputs = api.prepare(t, ids, max_new_tokens=20, drafter=drafter)
-  graphdef, params = nnx.split(t.model)
-  key = jax.random.key(0)
-  fn = api._executable(graphdef, spec, params, dparams, inputs, key)
-  args = jax.device_put((params, dparams, *inputs, key))
+  program = Program(t)
+  fn, args = program.executable(program.prepare(ids, Settings.make(max_new_tokens=20, drafter=drafter)),
+                                jax.random.key(0))
+  args = jax.device_put(args)
   jax.block_until_ready(args)
   with jax.transfer_guard("disallow"):
     res = fn(*args)
@@ -111,15 +112,51 @@ def test_prefill_time_is_reported_apart_from_decoding(t):
 
 def test_persistent_compilation_cache_is_configured_unless_turned_off(monkeypatch, tmp_path):
   import jax
-  api._compilation_cache.cache_clear()
+  monkeypatch.setattr(CACHE, "compilation_cache_set", False)
   monkeypatch.setenv("SPECJAX_COMPILATION_CACHE", "0")
-  api._compilation_cache()
+  compilation_cache()
   assert not jax.config.jax_compilation_cache_dir
-  api._compilation_cache.cache_clear()
+  monkeypatch.setattr(CACHE, "compilation_cache_set", False)
   monkeypatch.setenv("SPECJAX_COMPILATION_CACHE", str(tmp_path / "xla"))
   try:
-    api._compilation_cache()
+    compilation_cache()
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
   finally:
     jax.config.update("jax_compilation_cache_dir", None)
-    api._compilation_cache.cache_clear()
+
+
+def test_program_layer_generates_what_the_facade_does(t):
+  """The façade is Settings.make + encode_prompts + Program.generate: the same tokens, one drafter built."""
+  settings = Settings.make(drafter="pld", max_new_tokens=10, drafter_options={"num_tokens": 3})
+  g = Program(t).generate([[3, 4, 5, 3, 4], [9, 8, 7]], settings)
+  ref = specjax.generate(t, [[3, 4, 5, 3, 4], [9, 8, 7]], max_new_tokens=10, drafter="pld", num_tokens=3)
+  assert g.token_ids == ref.token_ids and g.budget == ref.budget == "num_tokens=3"
+  with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, got 0"):
+    Settings.make(max_new_tokens=0)
+  with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    specjax.batch.run_batch(__file__, "/nonexistent/out.jsonl", target=t, batch_size=0)
+
+
+def test_process_state_lives_in_the_one_cache_object(t):
+  """Compiled programs, trace counts and observed acceptance are kept in specjax.process_cache.CACHE."""
+  from specjax import budget
+  specjax.generate(t, [[1, 2, 3]], max_new_tokens=5)
+  assert CACHE.executables and decode.TRACES == CACHE.traces
+  key = ("fingerprint", "a drafter")
+  budget.observe(key, 2, 2.0, new_tokens=[4, 4], forwards=[2, 2])
+  assert CACHE.seen[(key, 2)] == [1.0, 1.0]
+
+
+def test_entry_points_generate_through_the_program_layer():
+  """batch, bench and training data never call the public façade, and nothing below the program imports it."""
+  import ast
+  import pathlib
+  root = pathlib.Path(specjax.__file__).parent
+  for path in [root / "batch.py", *root.glob("bench/*.py"), *root.glob("train/*.py"), *root.glob("program/*.py"),
+               *root.glob("parallel/*.py"), *root.glob("engine/*.py")]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert not {"specjax.api", "specjax.cli"} & names, path
+    if path.parent.name in ("parallel", "engine"):
+      assert not any(n.startswith("specjax.program") for n in names), path

@@ -24,6 +24,7 @@ import pytest
 from scipy import stats
 
 import specjax
+from specjax.process_cache import CACHE
 import specjax.api
 from specjax.drafters.clover import Clover1, Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
@@ -356,13 +357,13 @@ def broken_sample(mutation):
 def test_broken_acceptance_is_detected(small, monkeypatch, mutation, case):
   drafter, opts = make_drafter(case, small)
   rule, calls = broken_sample(mutation)
-  specjax.api._EXECUTABLES.clear()          # a compiled correct program must not be reused ...
+  CACHE.executables.clear()          # a compiled correct program must not be reused ...
   try:
     with monkeypatch.context() as mp:
       mp.setattr(accept_lib, "sample", rule)
       groups, _ = empirical(small, drafter, 1.0, **opts)
   finally:
-    specjax.api._EXECUTABLES.clear()        # ... nor the broken one leak into later tests
+    CACHE.executables.clear()        # ... nor the broken one leak into later tests
   assert calls, "the engine did not call accept_lib.sample; the mutation was never compiled in"
   ps = p_values(small, groups, 1.0)
   print(mutation, case, {k: f"{v:.3g}" for k, v in ps.items()})

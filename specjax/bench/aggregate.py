@@ -3,7 +3,7 @@ baseline have records for (see specjax.bench.run for the figures), and greedy di
 target's top-2 logit gap."""
 from __future__ import annotations
 
-from specjax import api
+from specjax import program
 from specjax.io.prompts import Prompt
 
 GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -33,7 +33,7 @@ def divergence_gaps(target, records: dict, prompts: list[Prompt], methods: list[
       r, b = records.get(key(m, p.id)), records.get(key(BASELINE, p.id))
       if m == BASELINE or r is None or b is None:
         continue
-      d = api.divergence(target, ids[str(p.id)], b["token_ids"], r["token_ids"])
+      d = program.divergence(target, ids[str(p.id)], b["token_ids"], r["token_ids"])
       if d is not None:
         gaps[key(m, p.id)] = d["gap"]
   return gaps
@@ -80,7 +80,7 @@ def prompt_records(records: dict, prompts: list[Prompt], methods: list[str], *, 
       if r is None:
         continue
       b = records.get(key(BASELINE, p.id))
-      d = api.first_diff(r["token_ids"], b["token_ids"]) if (b is not None and greedy) else None
+      d = program.first_diff(r["token_ids"], b["token_ids"]) if (b is not None and greedy) else None
       row = {k: v for k, v in r.items() if k not in ("token_ids", "settings", "prompt_sha")}
       row["identical_to_baseline"] = (d is None) if (b is not None and greedy) else None
       row["first_diff"] = d

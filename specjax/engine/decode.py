@@ -6,12 +6,14 @@ speedup compares like with like.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from specjax.cache import KVCache, put_rows
+from specjax.process_cache import CACHE
 from specjax.engine import accept as accept_lib
 from specjax.models.llama import causal_mask
 from specjax.protocol import Context, Drafter, Models, Prefill, Step
@@ -68,13 +70,19 @@ def _constrain(cache: KVCache, sharding) -> KVCache:
 
 
 DRAFT_STREAM = 0x5EED   # fold_in constant of the drafters' random stream
-TRACES = 0   # how many times the program was traced (tests check that a repeat call adds none)
-PREFILL_DONE: list[float] = []   # host clock (time.perf_counter) when a running program's prefill finished
+
+
+def __getattr__(name: str):
+  """TRACES (times the program was traced) and PREFILL_DONE (prefill end stamps), read from the process cache."""
+  if name == "TRACES":
+    return CACHE.traces
+  if name == "PREFILL_DONE":
+    return CACHE.prefill_done
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _stamp_prefill(_):
-  import time
-  PREFILL_DONE.append(time.perf_counter())
+  CACHE.prefill_done.append(time.perf_counter())
 
 
 @jax.tree_util.register_dataclass
@@ -117,8 +125,7 @@ def run(graphdef, params, drafter_params, prompt, prompt_len, max_new, key, *, s
 
   params: the target's NNX state; drafter_params: the drafter's (None for weightless drafters).
   Both are arguments, never constants: new weights reuse the compiled program."""
-  global TRACES
-  TRACES += 1
+  CACHE.traces += 1
   model = nnx.merge(graphdef, params)
   drafter = spec.drafter
   m = Models(model, None if drafter.graphdef is None else nnx.merge(drafter.graphdef, drafter_params))

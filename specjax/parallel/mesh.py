@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from specjax.checks import positive_int
+
 AXES = ("data", "model")
 
 
@@ -14,8 +16,7 @@ def make_mesh(data: int = 1, model: int = 1, *, devices=None):
   import jax
   from jax.sharding import Mesh
   for name, v in (("data", data), ("model", model)):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"mesh axis {name} must be a positive integer, got {v!r}")
+    positive_int(v, f"mesh axis {name}")
   devices = list(jax.devices() if devices is None else devices)
   if data * model > len(devices):
     raise ValueError(f"a mesh of data={data} x model={model} needs {data * model} devices; "
@@ -31,9 +32,7 @@ def parse_mesh(text: str) -> dict[str, int]:
     if not sep or name not in AXES or name in out:
       raise ValueError(f"--mesh {text!r}: expected data=D,model=M (each axis at most once)")
     try:
-      out[name] = int(value)
+      out[name] = positive_int(int(value), name)
     except ValueError:
       raise ValueError(f"--mesh {text!r}: {name} must be a positive integer, got {value!r}") from None
-    if out[name] < 1:
-      raise ValueError(f"--mesh {text!r}: {name} must be a positive integer, got {value!r}")
   return out

@@ -132,8 +132,8 @@ def read_jsonl_prefix(path: pathlib.Path) -> list[dict]:
 def encode(target, records: list[Record], *, max_prompt_tokens: int = 256) -> list[dict]:
   """Records -> {"id", "prompt": token ids (chat template applied, the last max_prompt_tokens kept),
   "response": the file's own answer or None}."""
-  from specjax import api
-  return [{"id": r.id, "prompt": api.encode_prompts(target, [r.prompt], chat=True)[0][-max_prompt_tokens:],
+  from specjax.program import encode_prompts
+  return [{"id": r.id, "prompt": encode_prompts(target, [r.prompt], chat=True)[0][-max_prompt_tokens:],
            "response": r.response} for r in records]
 
 
@@ -145,7 +145,7 @@ def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "dis
   mode "distill": the target's greedy answer (up to answer_tokens, stopping at EOS), generated in
   batches of similar prompt lengths by the compiled generator; stops starting batches after
   `deadline` (time.time()). mode "teacher": the item's own response, tokenized (no generation)."""
-  from specjax import api
+  from specjax.program import Program, Settings
 
   path.parent.mkdir(parents=True, exist_ok=True)
   done = {r["id"] for r in read_jsonl_prefix(path)}
@@ -157,11 +157,12 @@ def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "dis
   elif mode == "distill":
     todo.sort(key=lambda it: len(it["prompt"]))      # similar lengths share a padded shape and a compile
     t0, made = time.perf_counter(), 0
+    program, settings = Program(target), Settings.make(max_new_tokens=answer_tokens)   # greedy, plain decoding
     for s in range(0, len(todo), batch_size):
       if deadline is not None and time.time() > deadline:
         break
       chunk = todo[s:s + batch_size]
-      g = api.generate(target, [it["prompt"] for it in chunk], max_new_tokens=answer_tokens, drafter="none")
+      g = program.generate([it["prompt"] for it in chunk], settings)
       _append_jsonl(path, [{"id": it["id"], "prompt": it["prompt"], "answer": out}
                            for it, out in zip(chunk, g.token_ids)])
       made += sum(g.new_tokens)

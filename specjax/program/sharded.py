@@ -13,7 +13,7 @@ import numpy as np
 
 from specjax.engine import decode
 from specjax.parallel import rules
-from specjax.parallel.rules import layout  # noqa: F401 (re-exported: api builds layouts here)
+from specjax.parallel.rules import layout  # noqa: F401 (re-exported: the program builds layouts here)
 
 
 def cache_sharding(lay: rules.Layout):
