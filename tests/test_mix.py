@@ -15,7 +15,8 @@ def shipped():
 
 def test_the_mix_ships_with_the_package_and_covers_every_task_type(shipped):
   assert mix.PACKAGED.stat().st_size < 5e6
-  for name in ("LICENSE.gsm8k.MIT", "LICENSE.gpteacher.MIT", "LICENSE.selfinstruct.Apache2", "README.md"):
+  for name in ("LICENSE.gsm8k.MIT", "LICENSE.gpteacher.MIT", "LICENSE.selfinstruct.Apache2", "LICENSE.postgresql",
+               "README.md"):
     assert (mix.PACKAGED.parent / name).is_file()
   counts = {t: 0 for t in mix.TASKS}
   for r in shipped:
@@ -50,8 +51,9 @@ def test_assembly_is_deterministic_and_drops_specbench_text(tmp_path):
   prompts.mkdir()
   (prompts / "gsm8k_train.jsonl").write_text("".join(json.dumps({"question": f"Tom has {i} apples.", "answer": ""}) + "\n"
                                                      for i in range(7)))
-  a, report = mix.assemble(prompts, log_path=log, specbench=bench, multi_turns=0)
-  b, _ = mix.assemble(prompts, log_path=log, specbench=bench, multi_turns=0)
+  kw = dict(log_path=log, specbench=bench, german=tmp_path / "none.mo", target_german=True, multi_turns=0)
+  a, report = mix.assemble(prompts, **kw)
+  b, _ = mix.assemble(prompts, **kw)
   assert a == b
   assert report["counts"]["translation"] == 5 and report["counts"]["math_word"] == 7
   assert report["dropped"] == {"duplicate": 1, "specbench": 1}

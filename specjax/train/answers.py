@@ -91,15 +91,18 @@ def matching(items: list[dict], stored: dict) -> list[dict]:
 
 
 def generate(target, items: list[dict], *, answer_tokens: int = 256, batch_size: int = 16, shard_size: int = 128,
-             deadline: float | None = None, base=None, max_bytes: int = MAX_BYTES, progress=print) -> int:
+             window: int = 1024, deadline: float | None = None, base=None, max_bytes: int = MAX_BYTES,
+             progress=print) -> int:
   """Answers every encoded item (data.encode) not yet stored under data/answers/<fingerprint>/, in batches
-  of similar prompt lengths, a shard written every `shard_size` answers. Stops starting batches after
+  of similar prompt lengths (within windows of `window` items), a shard written every `shard_size` answers. Stops starting batches after
   `deadline` (time.time()) or once the store holds max_bytes. Returns how many answers were added."""
   from specjax import api
   d = directory(target.fingerprint, answer_tokens, base)
   have = {k for k, (sha, _) in read(d).items()}
   todo = [it for it in items if it["id"] not in have]
-  todo.sort(key=lambda it: len(it["prompt"]))       # similar lengths share a padded shape and a compile
+  # In the items' order, window by window (so a run stopped early has answered a balanced prefix of the
+  # mix), sorted by length within a window (similar lengths share a padded shape and a compile).
+  todo = [it for w in range(0, len(todo), window) for it in sorted(todo[w:w + window], key=lambda it: len(it["prompt"]))]
   pending, added, tokens, t0 = [], 0, 0, time.perf_counter()
   for s in range(0, len(todo), batch_size):
     if (deadline is not None and time.time() > deadline) or total_bytes(base) >= max_bytes:
