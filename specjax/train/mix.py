@@ -302,8 +302,10 @@ def generated_records(log_path: pathlib.Path = GENERATED, *, target_german: bool
         continue
       prompt = "Summarize: " + text
     elif kind == "passage":
-      q = r.get("question", "")
-      if n < 20 or not (3 <= len(words(q)) <= 40) or not q.rstrip().endswith("?"):
+      # The target's first question sentence (at 135M its reply is often chatty around it).
+      m = re.search(r"(?:^|(?<=[\s:\"]))([A-Z][^?\n:\"]{10,250}\?)", r.get("question", ""))
+      q = m.group(1) if m else ""
+      if n < 20 or not 4 <= len(words(q)) <= 40:
         continue
       prompt = f"{text}\n\nAnswer the question using the paragraph above: {q}"
     elif kind == "german":
