@@ -47,15 +47,11 @@ SEED = 0
 TASKS = ("multi_turn", "writing_roleplay", "reasoning", "coding", "extraction", "stem_humanities", "chat",
          "factual_qa", "math_word", "translation", "summarization", "rag")
 
-# file -> (prompt fields, task type); self-instruct rows are split by a keyword rule (_selfinstruct_task).
-FILES = {
-    "gsm8k_train.jsonl": (("question",), "math_word"),
-    "gpteacher_codegen-instruct.json": (("instruction", "input"), "coding"),
-    "gpteacher_roleplay-simple-deduped-roleplay-instruct.json": (("instruction", "input"), "writing_roleplay"),
-    "gpteacher_toolformer-dedupe-only-dataset.json": (("instruction", "input"), "extraction"),
-    "selfinstruct_user_oriented_instructions.jsonl": (("instruction",), None),
-    "selfinstruct_seed_tasks.jsonl": (("instruction",), None),
-}
+# train-prompts file (data.SOURCES) -> task type; self-instruct rows (None) are split by a keyword rule.
+FILES = {"gsm8k_train.jsonl": "math_word", "gpteacher_codegen-instruct.json": "coding",
+         "gpteacher_roleplay-simple-deduped-roleplay-instruct.json": "writing_roleplay",
+         "gpteacher_toolformer-dedupe-only-dataset.json": "extraction",
+         "selfinstruct_user_oriented_instructions.jsonl": None, "selfinstruct_seed_tasks.jsonl": None}
 LICENCES = {"gsm8k": "LICENSE.gsm8k.MIT", "gpteacher": "LICENSE.gpteacher.MIT",
             "selfinstruct": "LICENSE.selfinstruct.Apache2"}
 
@@ -137,25 +133,15 @@ def _selfinstruct_task(text: str) -> str:
 
 
 def file_records(directory) -> list[dict]:
-  """{"id", "task", "source", "turns": [text]} for every usable row of the train-prompts files."""
-  d = pathlib.Path(directory)
+  """{"id", "task", "source", "turns": [text]} for every usable row of the train-prompts files (read by
+  data.training_prompts, whose record ids this keeps)."""
+  from specjax.train import data
   out = []
-  for name, (fields, task) in FILES.items():
-    f = d / name
-    if not f.is_file():
-      continue
-    text = f.read_text(encoding="utf-8")
-    rows = json.loads(text) if name.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    for i, row in enumerate(rows):
-      if "instances" in row:
-        inst = (row.get("instances") or [{}])[0]
-        prompt = row["instruction"] + (("\n\n" + inst["input"]) if inst.get("input") else "")
-      else:
-        prompt = "\n\n".join(str(row[k]) for k in fields if row.get(k))
-      if prompt.strip():
-        out.append({"id": f"{name}:{i}", "task": task or _selfinstruct_task(prompt), "source": name.split("_")[0],
-                    "turns": [prompt]})
-  return out
+  for r in data.training_prompts(directory):
+    name = r.id.rsplit(":", 1)[0]
+    task = FILES[name] or _selfinstruct_task(r.prompt)
+    out.append({"id": r.id, "task": task, "source": name.split("_")[0], "turns": [r.prompt]})
+  return sorted(out, key=lambda r: (r["id"].rsplit(":", 1)[0], int(r["id"].rsplit(":", 1)[1])))
 
 
 GERMAN_MO = pathlib.Path("/usr/share/locale/de/LC_MESSAGES/postgres-15.mo")
@@ -309,8 +295,8 @@ def generated_records(log_path: pathlib.Path = GENERATED, *, target_german: bool
         continue
       prompt = f"{text}\n\nAnswer the question using the paragraph above: {q}"
     elif kind == "german":
-      # SmolLM2-135M's German at temperature 1 is mostly not German (measured: 2 of 16 paragraphs
-      # readable): kept in the log for a larger target, left out of the mix unless asked for.
+      # SmolLM2-135M's German at temperature 1 is mostly not German (measured: none of 16 paragraphs read as
+      # proper German): kept in the log for a larger target, left out of the mix unless asked for.
       if n < 8 or not target_german:
         continue
       prompt = "Translate German to English: " + text
