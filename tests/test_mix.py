@@ -102,3 +102,16 @@ def test_answers_are_stored_resumed_and_read_by_training(tiny, tmp_path, monkeyp
   seqs = data_lib.sequences(tiny, changed, tmp_path / "cache.jsonl", answer_tokens=8, batch_size=4, progress=False)
   assert made == [1]
   assert [s["answer"] for s in seqs[1:]] == [stored[it["id"]][1] for it in items[1:]]
+
+
+def test_train_arguments_take_the_mix_a_file_or_a_directory(tmp_path, monkeypatch):
+  from specjax.train import checks
+  monkeypatch.delenv("SPECJAX_TRAIN_PROMPTS", raising=False)
+  checks._check_prompts(None)                                               # the shipped mix
+  (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n')
+  checks._check_prompts(tmp_path / "p.jsonl")
+  (tmp_path / "p.txt").write_text("a\n")
+  with pytest.raises(ValueError, match=r"\.jsonl .* or \.json"):
+    checks._check_prompts(tmp_path / "p.txt")
+  with pytest.raises(FileNotFoundError, match="no training prompts in"):
+    checks._check_prompts(tmp_path)
