@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")
-  t.add_argument("--prompts", default=None, metavar="DIR", help="train-prompts directory (default ../shared/data/train-prompts)")
+  t.add_argument("--prompts", default=None, metavar="DIR|FILE",
+                 help="a train-prompts directory or a JSONL / JSON prompts file (default: the prompt mix shipped with specjax)")
   t.add_argument("--sequences", default=None, metavar="FILE.jsonl", help="answers generated elsewhere (benchmarks/gpu_distill.py)")
   t.add_argument("--max-prompts", type=_positive_int, default=2000)
   t.add_argument("--heldout-prompts", type=_positive_int, default=100)

@@ -74,12 +74,22 @@ def arguments(*, drafter, out, data, max_prompts, heldout_prompts, answer_tokens
 
 
 def _check_prompts(prompts_dir):
-  """The train-prompts directory holds at least one of the sources data.training_prompts reads."""
-  from specjax.train import data as data_lib
+  """--prompts: None (the shipped mix, which must be installed), a prompts file, or a train-prompts
+  directory holding at least one of the sources data.training_prompts reads."""
+  from specjax.train import data as data_lib, mix
   d = pathlib.Path(prompts_dir) if prompts_dir is not None else data_lib.default_prompts_dir()
+  if d is None:
+    if not mix.PACKAGED.is_file():
+      raise FileNotFoundError(f"the prompt mix shipped with specjax is missing ({mix.PACKAGED}); reinstall "
+                              "specjax or give --prompts DIR|FILE")
+    return
+  if d.is_file():
+    if d.suffix not in (".jsonl", ".json"):
+      raise ValueError(f"--prompts {d}: a prompts file is .jsonl (one object a line) or .json (a list of objects)")
+    return
   if not d.is_dir() or not any((d / name).is_file() for name in data_lib.SOURCES):
     raise FileNotFoundError(f"no training prompts in {d}: expected some of {', '.join(data_lib.SOURCES)} "
-                            "(set --prompts DIR or SPECJAX_TRAIN_PROMPTS)")
+                            "(set --prompts DIR|FILE or SPECJAX_TRAIN_PROMPTS)")
 
 
 def _config(config: dict):

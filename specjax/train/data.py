@@ -3,12 +3,15 @@
 Three stages, each cached on disk outside git and keyed by the target's fingerprint and the settings,
 each resumable (a killed run continues where it stopped, nothing is done twice):
 
-1. `training_prompts`: the shared train-prompts files (GSM8K train, GPTeacher, self-instruct), one
-   list interleaved across sources, with a held-out split chosen by a hash of the record id (never
-   Spec-Bench, which is for benchmarks only).
+1. `training_prompts`: by default the prompt mix shipped with specjax (specjax/data/mix.jsonl.gz, built
+   by specjax.train.mix: every Spec-Bench task type, no Spec-Bench prompt); or a train-prompts
+   directory (GSM8K train, GPTeacher, self-instruct); or a user's own JSONL / JSON file. One list
+   interleaved across sources or task types, with a held-out split chosen by a hash of the record id
+   (never Spec-Bench, which is for benchmarks only).
 2. `distill`: the target's greedy answers to those prompts, generated in batches by the compiled
    generator (what Medusa-2, EAGLE and Clover-2 train on: the drafter learns the target's own
-   outputs). The cheaper alternative, `teacher`, uses the files' own responses as the text and only
+   outputs). Answers stored in the repository (data/answers/<fingerprint>/, specjax.train.answers)
+   are taken first; only the rest is generated. The cheaper alternative, `teacher`, uses the files' own responses as the text and only
    the target's predictions as labels (EAGLE showed it works); `sequences` builds either.
 3. `features`: one forward of the target over every sequence; per answer position the last residual
    before the final norm (bfloat16, [N, H]) and the target's top-8 next-token ids and probabilities.
@@ -41,12 +44,10 @@ SOURCES = {   # file -> (prompt fields, response field)
 TOPK = 8
 
 
-def default_prompts_dir() -> pathlib.Path:
-  """../shared/data/train-prompts beside the checkout (or SPECJAX_TRAIN_PROMPTS)."""
+def default_prompts_dir() -> pathlib.Path | None:
+  """SPECJAX_TRAIN_PROMPTS when set, else None: the prompt mix shipped with specjax (`mix.PACKAGED`)."""
   env = os.environ.get("SPECJAX_TRAIN_PROMPTS")
-  if env:
-    return pathlib.Path(env)
-  return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "train-prompts"
+  return pathlib.Path(env) if env else None
 
 
 def cache_root() -> pathlib.Path:
@@ -67,13 +68,72 @@ def _instances_text(row) -> tuple[str, str | None]:
   return prompt, inst.get("output")
 
 
+def _heldout(rid: str, every: int) -> bool:
+  return int(hashlib.sha1(rid.encode()).hexdigest()[:8], 16) % every == 0
+
+
+def _row_prompt(row) -> str | None:
+  """A user's row: {"prompt"}, a Spec-Bench-style {"turns"} (its first turn), {"instruction"[, "input"]}
+  or {"question"}; None when it has none of them."""
+  if not isinstance(row, dict):
+    return None
+  if isinstance(row.get("prompt"), str):
+    return row["prompt"]
+  if isinstance(row.get("turns"), list) and row["turns"] and isinstance(row["turns"][0], str):
+    return row["turns"][0]
+  if isinstance(row.get("instruction"), str):
+    return row["instruction"] + (("\n\n" + row["input"]) if isinstance(row.get("input"), str) and row["input"] else "")
+  if isinstance(row.get("question"), str):
+    return row["question"]
+  return None
+
+
+def file_prompts(path, *, heldout_every: int = 40) -> list[Record]:
+  """A user's prompts file: JSONL (one object a line) or JSON (a list of objects), rows as `_row_prompt`
+  reads them, in the file's order; ids are the rows' "id" when given, else FILE:LINE."""
+  f = pathlib.Path(path)
+  text = f.read_text(encoding="utf-8")
+  if f.suffix == ".json":
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+      raise ValueError(f"{f}: a JSON prompts file holds a list of objects")
+  else:
+    rows = [json.loads(l) if l.strip() else None for l in text.splitlines()]
+  out = []
+  for i, row in enumerate(rows):
+    if row is None:
+      continue
+    prompt = _row_prompt(row)
+    if prompt is None:
+      raise ValueError(f"{f}:{i + 1}: a row needs 'prompt', 'turns', 'instruction' or 'question'")
+    if prompt.strip():
+      rid = str(row.get("id", f"{f.name}:{i}"))
+      out.append(Record(rid, prompt, row.get("response") or row.get("answer"), _heldout(rid, heldout_every)))
+  if not out:
+    raise ValueError(f"{f}: no prompts")
+  return out
+
+
+def mix_prompts(path=None, *, heldout_every: int = 40) -> list[Record]:
+  """The shipped prompt mix (already interleaved across task types). A multi-turn record gives its
+  first turn (the second needs the target's first answer: not done yet)."""
+  from specjax.train import mix
+  return [Record(r["id"], r["turns"][0], None, _heldout(r["id"], heldout_every))
+          for r in mix.load(path or mix.PACKAGED)]
+
+
 def training_prompts(directory=None, *, heldout_every: int = 40) -> list[Record]:
-  """All records, interleaved round-robin across sources (each source in a fixed shuffled order), so
-  any prefix of the list is balanced. A record is held out when a hash of its id says so (1 in
-  `heldout_every`), independently of how many records are used."""
+  """All records. None: the shipped mix (or SPECJAX_TRAIN_PROMPTS); a file: a user's prompts
+  (`file_prompts`); a directory: the train-prompts files, interleaved round-robin across sources (each
+  source in a fixed shuffled order), so any prefix of the list is balanced. A record is held out when
+  a hash of its id says so (1 in `heldout_every`), independently of how many records are used."""
   d = pathlib.Path(directory) if directory else default_prompts_dir()
+  if d is None:
+    return mix_prompts(heldout_every=heldout_every)
+  if d.is_file():
+    return file_prompts(d, heldout_every=heldout_every)
   if not d.is_dir():
-    raise FileNotFoundError(f"training prompts not found at {d} (set --prompts DIR or SPECJAX_TRAIN_PROMPTS)")
+    raise FileNotFoundError(f"training prompts not found at {d} (set --prompts DIR|FILE or SPECJAX_TRAIN_PROMPTS)")
   per_source = []
   for name, (fields, resp) in SOURCES.items():
     f = d / name
@@ -91,8 +151,7 @@ def training_prompts(directory=None, *, heldout_every: int = 40) -> list[Record]
       if not prompt.strip():
         continue
       rid = f"{name}:{i}"
-      h = int(hashlib.sha1(rid.encode()).hexdigest()[:8], 16)
-      recs.append(Record(rid, prompt, response, h % heldout_every == 0))
+      recs.append(Record(rid, prompt, response, _heldout(rid, heldout_every)))
     np.random.default_rng(0).shuffle(recs)
     per_source.append(recs)
   if not per_source:
@@ -155,6 +214,13 @@ def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "dis
                           "answer": target.tokenizer.encode(it["response"])[:answer_tokens]}
                          for it in todo if it.get("response")])
   elif mode == "distill":
+    from specjax.train import answers
+    stored = answers.matching(todo, answers.read(answers.directory(target.fingerprint, answer_tokens)))
+    _append_jsonl(path, stored)
+    if stored and progress:
+      print(f"distill: {len(stored)} answers taken from {answers.root()}", flush=True)
+    taken = {r["id"] for r in stored}
+    todo = [it for it in todo if it["id"] not in taken]
     todo.sort(key=lambda it: len(it["prompt"]))      # similar lengths share a padded shape and a compile
     t0, made = time.perf_counter(), 0
     program, settings = Program(target), Settings.make(max_new_tokens=answer_tokens)   # greedy, plain decoding
