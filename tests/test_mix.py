@@ -96,9 +96,9 @@ def test_answers_are_stored_resumed_and_read_by_training(tiny, tmp_path, monkeyp
   # Training takes the stored answers and generates only what is missing.
   monkeypatch.setenv("SPECJAX_ANSWERS", str(base))
   made = []
-  import specjax.api as api
-  orig = api.generate
-  monkeypatch.setattr(api, "generate", lambda t, p, **k: made.append(len(p)) or orig(t, p, **k))
+  from specjax.program import Program
+  orig = Program.generate
+  monkeypatch.setattr(Program, "generate", lambda self, p, s: made.append(len(p)) or orig(self, p, s))
   seqs = data_lib.sequences(tiny, changed, tmp_path / "cache.jsonl", answer_tokens=8, batch_size=4, progress=False)
   assert made == [1]
   assert [s["answer"] for s in seqs[1:]] == [stored[it["id"]][1] for it in items[1:]]

@@ -1,94 +1,19 @@
-"""Self-distilled answers kept in the repository, so training data accumulates across machines and runs.
+"""Makes the self-distilled answers that specjax.train.store keeps in the repository.
 
     python -m specjax.train.answers [--max-prompts N] [--heldout-prompts N] [--batch B] [--minutes M] [--model M]
 
 The target's greedy answers (up to `answer_tokens`, stopping at EOS) to the training prompts, made in
-batches by the same compiled generator `specjax train` uses, stored as compressed shards:
-
-    data/answers/<target fingerprint>/a<answer_tokens>/shard-<content hash>.npz
-      ids [n] str             record ids of the prompt mix (specjax.train.data.Record.id)
-      prompt_sha [n] str      sha1 of the prompt's token ids (chat template applied, truncated): an answer is
-                              used only for the same prompt tokens, so a changed template or truncation
-                              never pairs an answer with another prompt
-      offsets [n + 1] int64   answer i is tokens[offsets[i]:offsets[i + 1]]
-      tokens [m] uint16       the answer tokens (int32 for a vocabulary over 65536)
-
-Shards are named by their content, so shards made on different machines merge by copying files; a
-killed run loses at most its unwritten shard, and a rerun skips every prompt already answered.
-`specjax train` (data.sequences) takes every stored answer that matches before generating any.
-The total is capped (MAX_BYTES, 30 MB) to keep the repository small.
+batches by the same compiled program `specjax train` uses, written as shards (format: specjax.train.store).
+A rerun skips every prompt already answered; `specjax train` takes every stored answer that matches
+before generating any.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
-import pathlib
 import time
 
-import numpy as np
-
-ROOT = pathlib.Path(__file__).resolve().parents[2] / "data" / "answers"
-MAX_BYTES = 30 * 2 ** 20
-
-
-def root() -> pathlib.Path:
-  """data/answers in the checkout (or SPECJAX_ANSWERS)."""
-  env = os.environ.get("SPECJAX_ANSWERS")
-  return pathlib.Path(env) if env else ROOT
-
-
-def prompt_sha(ids) -> str:
-  return hashlib.sha1(np.asarray(ids, np.int32).tobytes()).hexdigest()
-
-
-def directory(fingerprint: str, answer_tokens: int, base=None) -> pathlib.Path:
-  return pathlib.Path(base or root()) / fingerprint / f"a{answer_tokens}"
-
-
-def read(d: pathlib.Path) -> dict[str, tuple[str, list[int]]]:
-  """id -> (prompt sha, answer token ids) of every shard in d (a later shard wins a repeated id)."""
-  out = {}
-  for f in sorted(pathlib.Path(d).glob("shard-*.npz")):
-    with np.load(f, allow_pickle=False) as z:
-      ids, shas, off, tok = z["ids"], z["prompt_sha"], z["offsets"], z["tokens"]
-    for i in range(len(ids)):
-      out[str(ids[i])] = (str(shas[i]), tok[off[i]:off[i + 1]].astype(np.int64).tolist())
-  return out
-
-
-def write_shard(d: pathlib.Path, rows: list[dict]) -> pathlib.Path | None:
-  """rows {"id", "prompt": ids, "answer": ids} -> one shard in d (None for no rows)."""
-  if not rows:
-    return None
-  d.mkdir(parents=True, exist_ok=True)
-  answers = [np.asarray(r["answer"], np.int64) for r in rows]
-  big = any(len(a) and a.max() >= 2 ** 16 for a in answers)
-  cols = {"ids": np.array([str(r["id"]) for r in rows]), "prompt_sha": np.array([prompt_sha(r["prompt"]) for r in rows]),
-          "offsets": np.concatenate([[0], np.cumsum([len(a) for a in answers])]).astype(np.int64),
-          "tokens": (np.concatenate(answers) if answers else np.zeros(0)).astype(np.int32 if big else np.uint16)}
-  key = hashlib.sha1(b"".join(c.tobytes() for c in cols.values())).hexdigest()[:16]
-  f = d / f"shard-{key}.npz"
-  tmp = d / f".shard-{key}.tmp.npz"
-  np.savez_compressed(tmp, **cols)
-  os.replace(tmp, f)
-  return f
-
-
-def total_bytes(base=None) -> int:
-  b = pathlib.Path(base or root())
-  return sum(f.stat().st_size for f in b.rglob("shard-*.npz")) if b.exists() else 0
-
-
-def matching(items: list[dict], stored: dict) -> list[dict]:
-  """The encoded items (data.encode) that have a stored answer for the same prompt tokens, as sequences."""
-  out = []
-  for it in items:
-    s = stored.get(it["id"])
-    if s is not None and s[0] == prompt_sha(it["prompt"]):
-      out.append({"id": it["id"], "prompt": it["prompt"], "answer": s[1]})
-  return out
-
+from specjax.train.store import (MAX_BYTES, directory, matching, prompt_sha, read, root,  # noqa: F401
+                                   total_bytes, write_shard)
 
 def generate(target, items: list[dict], *, answer_tokens: int = 256, batch_size: int = 16, shard_size: int = 128,
              window: int = 1024, deadline: float | None = None, base=None, max_bytes: int = MAX_BYTES,
@@ -96,7 +21,8 @@ def generate(target, items: list[dict], *, answer_tokens: int = 256, batch_size:
   """Answers every encoded item (data.encode) not yet stored under data/answers/<fingerprint>/, in batches
   of similar prompt lengths (within windows of `window` items), a shard written every `shard_size` answers. Stops starting batches after
   `deadline` (time.time()) or once the store holds max_bytes. Returns how many answers were added."""
-  from specjax import api
+  from specjax.program import Program, Settings, encode_prompts
+  program, settings = Program(target), Settings.make(max_new_tokens=answer_tokens)   # greedy, plain decoding
   d = directory(target.fingerprint, answer_tokens, base)
   have = {k for k, (sha, _) in read(d).items()}
   todo = [it for it in items if it["id"] not in have]
@@ -108,7 +34,7 @@ def generate(target, items: list[dict], *, answer_tokens: int = 256, batch_size:
     if (deadline is not None and time.time() > deadline) or total_bytes(base) >= max_bytes:
       break
     chunk = todo[s:s + batch_size]
-    g = api.generate(target, [it["prompt"] for it in chunk], max_new_tokens=answer_tokens, drafter="none")
+    g = program.generate(encode_prompts(target, [it["prompt"] for it in chunk], True, False), settings)
     pending += [{"id": it["id"], "prompt": it["prompt"], "answer": out} for it, out in zip(chunk, g.token_ids)]
     tokens += sum(g.new_tokens)
     if len(pending) >= shard_size:
@@ -134,9 +60,9 @@ def main(argv=None):
   ap.add_argument("--shard-size", type=int, default=128)
   ap.add_argument("--minutes", type=float, default=None, help="stop starting batches after this long")
   a = ap.parse_args(argv)
-  import specjax
+  from specjax.io import load
   from specjax.train import data
-  target = specjax.load(a.model)
+  target = load(a.model)
   recs = data.training_prompts(a.prompts)
   # Held-out prompts first: few, and every drafter's evaluation needs them.
   items = data.encode(target, data.select(recs, a.heldout_prompts, heldout=True) +

@@ -76,11 +76,11 @@ def arguments(*, drafter, out, data, max_prompts, heldout_prompts, answer_tokens
 def _check_prompts(prompts_dir):
   """--prompts: None (the shipped mix, which must be installed), a prompts file, or a train-prompts
   directory holding at least one of the sources data.training_prompts reads."""
-  from specjax.train import data as data_lib, mix
+  from specjax.train import data as data_lib, store
   d = pathlib.Path(prompts_dir) if prompts_dir is not None else data_lib.default_prompts_dir()
   if d is None:
-    if not mix.PACKAGED.is_file():
-      raise FileNotFoundError(f"the prompt mix shipped with specjax is missing ({mix.PACKAGED}); reinstall "
+    if not store.PACKAGED.is_file():
+      raise FileNotFoundError(f"the prompt mix shipped with specjax is missing ({store.PACKAGED}); reinstall "
                               "specjax or give --prompts DIR|FILE")
     return
   if d.is_file():

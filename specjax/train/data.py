@@ -10,7 +10,7 @@ each resumable (a killed run continues where it stopped, nothing is done twice):
    (never Spec-Bench, which is for benchmarks only).
 2. `distill`: the target's greedy answers to those prompts, generated in batches by the compiled
    generator (what Medusa-2, EAGLE and Clover-2 train on: the drafter learns the target's own
-   outputs). Answers stored in the repository (data/answers/<fingerprint>/, specjax.train.answers)
+   outputs). Answers stored in the repository (data/answers/<fingerprint>/, specjax.train.store)
    are taken first; only the rest is generated. The cheaper alternative, `teacher`, uses the files' own responses as the text and only
    the target's predictions as labels (EAGLE showed it works); `sequences` builds either.
 3. `features`: one forward of the target over every sequence; per answer position the last residual
@@ -45,7 +45,7 @@ TOPK = 8
 
 
 def default_prompts_dir() -> pathlib.Path | None:
-  """SPECJAX_TRAIN_PROMPTS when set, else None: the prompt mix shipped with specjax (`mix.PACKAGED`)."""
+  """SPECJAX_TRAIN_PROMPTS when set, else None: the prompt mix shipped with specjax (`store.PACKAGED`)."""
   env = os.environ.get("SPECJAX_TRAIN_PROMPTS")
   return pathlib.Path(env) if env else None
 
@@ -117,9 +117,9 @@ def file_prompts(path, *, heldout_every: int = 40) -> list[Record]:
 def mix_prompts(path=None, *, heldout_every: int = 40) -> list[Record]:
   """The shipped prompt mix (already interleaved across task types). A multi-turn record gives its
   first turn (the second needs the target's first answer: not done yet)."""
-  from specjax.train import mix
+  from specjax.train import store
   return [Record(r["id"], r["turns"][0], None, _heldout(r["id"], heldout_every))
-          for r in mix.load(path or mix.PACKAGED)]
+          for r in store.load_mix(path or store.PACKAGED)]
 
 
 def training_prompts(directory=None, *, heldout_every: int = 40) -> list[Record]:
@@ -214,11 +214,11 @@ def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "dis
                           "answer": target.tokenizer.encode(it["response"])[:answer_tokens]}
                          for it in todo if it.get("response")])
   elif mode == "distill":
-    from specjax.train import answers
-    stored = answers.matching(todo, answers.read(answers.directory(target.fingerprint, answer_tokens)))
+    from specjax.train import store
+    stored = store.matching(todo, store.read(store.directory(target.fingerprint, answer_tokens)))
     _append_jsonl(path, stored)
     if stored and progress:
-      print(f"distill: {len(stored)} answers taken from {answers.root()}", flush=True)
+      print(f"distill: {len(stored)} answers taken from {store.root()}", flush=True)
     taken = {r["id"] for r in stored}
     todo = [it for it in todo if it["id"] not in taken]
     todo.sort(key=lambda it: len(it["prompt"]))      # similar lengths share a padded shape and a compile

@@ -35,8 +35,9 @@ import time
 
 import numpy as np
 
+from specjax.train.store import PACKAGED, load_mix as load  # noqa: F401 (load: the mix reader)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]          # the checkout
-PACKAGED = pathlib.Path(__file__).resolve().parents[1] / "data" / "mix.jsonl.gz"
 GENERATED = ROOT / "data" / "mix" / "generated.jsonl"
 SPECBENCH = ROOT.parent / "shared" / "data" / "specbench" / "dev.jsonl"
 NGRAM = 13
@@ -235,7 +236,13 @@ def generate(target, *, per_type: int = 300, batch: int = 16, deadline: float | 
   """Generates up to per_type items of each kind in `kinds` into log_path (appending; items already
   there are skipped), one batch of each kind in turn so every kind grows together. Stops starting
   batches after `deadline` (time.time()). Returns how many items were added."""
-  from specjax import api
+  from specjax.program import Program, Settings, encode_prompts
+  program = Program(target)
+
+  def sample(texts, max_new_tokens, seed):     # temperature 1, top-p 0.95 (Magpie)
+    return program.generate(encode_prompts(target, texts, True, False),
+                            Settings.make(max_new_tokens=max_new_tokens, temperature=1.0, top_p=0.95, seed=seed))
+
   fp = target.fingerprint
   done = {r["key"] for r in _read_log(log_path) if r.get("model") == fp}
   queues = {k: [it for it in plan(k, per_type) if it["key"] not in done] for k in kinds}
@@ -252,15 +259,14 @@ def generate(target, *, per_type: int = 300, batch: int = 16, deadline: float | 
       task, template, max_new, then = GENERATED_TYPES[kind]
       seed = int(hashlib.sha1(chunk[0]["key"].encode()).hexdigest()[:8], 16)
       prompts = [prefix if template is None else it["instruction"] for it in chunk]
-      g = api.generate(target, prompts, max_new_tokens=max_new, temperature=1.0, top_p=0.95, seed=seed)
+      g = sample(prompts, max_new, seed)
       texts = [_clean(target.tokenizer.decode([t for t in ids if t not in eos])) for ids in g.token_ids]
       rows = [{"key": it["key"], "model": fp, "seed": seed, "instruction": it["instruction"], "text": tx,
                "finished": len(ids) < max_new} for it, tx, ids in zip(chunk, texts, g.token_ids)]
       if then == "question":
         ok = [r for r in rows if len(words(r["text"])) >= 20]
         if ok:
-          q = api.generate(target, [QUESTION.format(p=r["text"]) for r in ok], max_new_tokens=40, temperature=1.0,
-                           top_p=0.95, seed=seed + 1)
+          q = sample([QUESTION.format(p=r["text"]) for r in ok], 40, seed + 1)
           for r, ids in zip(ok, q.token_ids):
             r["question"] = _clean(target.tokenizer.decode([t for t in ids if t not in eos]))
       _append(log_path, rows)
@@ -349,12 +355,6 @@ def write(records: list[dict], path: pathlib.Path = PACKAGED):
   os.replace(tmp, path)
 
 
-def load(path=PACKAGED) -> list[dict]:
-  """The shipped mix (or another file written by `write`)."""
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    return [json.loads(l) for l in f if l.strip()]
-
-
 def print_report(report: dict, out=sys.stdout):
   print(f"{'task type':<18} prompts", file=out)
   for t, n in report["counts"].items():
@@ -376,8 +376,8 @@ def main(argv=None):
   ap.add_argument("--kinds", default=",".join(k for k in GENERATED_TYPES if k != "german"))
   a = ap.parse_args(argv)
   if a.command == "build":
-    import specjax
-    target = specjax.load(a.model)
+    from specjax.io import load
+    target = load(a.model)
     deadline = None if a.minutes is None else time.time() + 60 * a.minutes
     generate(target, per_type=a.per_type, batch=a.batch, deadline=deadline, kinds=tuple(a.kinds.split(",")))
   records, report = assemble(a.prompts)
