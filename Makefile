@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/medusa_cost.py
 	$(VENV)/bin/specjax bench --prompts ../shared/data/specbench/dev.jsonl --drafters none,pld,lookahead,medusa \
 	  --per-category 5 --max-new-tokens 256 --peers hf --out bench_out/specbench
+
+# The API reference from the docstrings (tests/test_docs.py builds the same, failing on any warning).
+docs: $(VENV)/.dev
+	$(PY) -m pdoc specjax specjax.batch specjax.program specjax.train -o docs/api
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -139,7 +139,7 @@ class Drafter:
   # The logical axes of the state dict's entries (a prefix; the rest replicated), pinned on a mesh by
   # parallel/rules.StatePlacement; entries not declared (and None: all) are left to XLA's propagation.
   state_axes = None
-  params: Any = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True,
+  params: object = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True,
                                   metadata=NOT_OPTION)
   # ((budget key, held-out tau), ...) recorded when the weights were trained; not an option and not part
   # of the program (no effect on equality, hashing or the executable cache).
