@@ -25,7 +25,7 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) benchmarks/ar_bench.py
 	$(PY) benchmarks/verify_cost.py
-	$(PY) benchmarks/medusa_cost.py
+	$(PY) benchmarks/drafter_cost.py
 	$(VENV)/bin/specjax bench --prompts ../shared/data/specbench/dev.jsonl --drafters none,pld,lookahead,medusa \
 	  --per-category 5 --max-new-tokens 256 --peers hf --out bench_out/specbench
 

@@ -6,7 +6,6 @@ Measures, in one run: specjax tokens/s at batch 1 and 8 in float32 and bfloat16;
 memory bandwidth (weight bytes / measured read bandwidth); transformers greedy on the same weights;
 peak resident memory of `specjax generate` (a subprocess) next to the float32 weight bytes.
 """
-import argparse
 import json
 import os
 import pathlib
@@ -15,10 +14,10 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import machine, read_bandwidth_gbs  # noqa: E402
+from common import parser, read_bandwidth_gbs, save  # noqa: E402
 
 import specjax  # noqa: E402
-from specjax import io as sio  # noqa: E402
+from specjax import api, io as sio  # noqa: E402
 
 PROMPT = "Write a detailed story about a lighthouse keeper who discovers a hidden map."
 
@@ -38,7 +37,7 @@ def hf(new: int) -> dict:
   torch.set_num_threads(os.cpu_count())
   p = sio.default_model_path()
   m = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
-  ids = specjax.api.encode_prompts(specjax.load("default"), [PROMPT], True)[0]
+  ids = api.encode_prompts(specjax.load("default"), [PROMPT], True)[0]
   x = torch.tensor([ids])
   with torch.no_grad():
     m.generate(x, max_new_tokens=new, do_sample=False)
@@ -71,16 +70,14 @@ def peak_rss_mb(new: int) -> float:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = parser(__doc__, "bench_out/ar.json", target=False)
   ap.add_argument("--new-tokens", type=int, default=128)
-  ap.add_argument("--out", default="bench_out/ar.json")
   a = ap.parse_args()
   t = specjax.load("default")
   weight_bytes = sum(x.nbytes for x in __import__("jax").tree.leaves(__import__("flax").nnx.state(t.model)))
   del t
   bw = read_bandwidth_gbs()
-  res = dict(machine=machine(), command=" ".join(sys.argv), new_tokens=a.new_tokens,
-             weight_bytes_f32=weight_bytes, read_bandwidth_gbs=bw,
+  res = dict(new_tokens=a.new_tokens, weight_bytes_f32=weight_bytes, read_bandwidth_gbs=bw,
              floor_tokens_per_s_f32=bw * 1e9 / weight_bytes)
   for dtype in ("float32", "bfloat16"):
     for b in (1, 8):
@@ -88,10 +85,8 @@ def main():
       print(dtype, b, res[f"specjax_{dtype}_b{b}"], flush=True)
   res["transformers_f32_b1"] = hf(a.new_tokens)
   res["peak_rss_mb_specjax_generate"] = peak_rss_mb(32)
-  out = pathlib.Path(a.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(res, indent=1))
   print(json.dumps(res, indent=1))
+  save(a.out, res)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ compiled and auto's step costs measured first, on one call (from an empty cost c
 measures its own curve; that time is reported, not counted in tokens/s), then the methods run in
 interleaved rounds and the median round's tokens/s (all new tokens / summed call wall time) is reported.
 """
-import argparse
 import itertools
-import json
 import os
 import pathlib
 import statistics
@@ -20,20 +18,17 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import parser, save  # noqa: E402
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = parser(__doc__, "bench_out/batch_sweep.json")
   ap.add_argument("--prompts", default=str(pathlib.Path(__file__).resolve().parents[2] / "shared/data/specbench/dev.jsonl"))
-  ap.add_argument("--model", default="default")
-  ap.add_argument("--dtype", default="float32")
   ap.add_argument("--drafters", default="medusa,pld")
   ap.add_argument("--batches", default="1,4,16,32")
   ap.add_argument("--max-new-tokens", type=int, default=64)
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--min-prompts", type=int, default=8)
-  ap.add_argument("--out", default="bench_out/batch_sweep.json")
   a = ap.parse_args()
   out = pathlib.Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +36,7 @@ def main():
   pathlib.Path(os.environ["SPECJAX_COST_CACHE"]).unlink(missing_ok=True)
 
   import specjax
+  from specjax import api
   from specjax.io.prompts import read_prompts
   t = specjax.load(a.model, dtype=a.dtype)
   batches = [int(b) for b in a.batches.split(",")]
@@ -54,7 +50,7 @@ def main():
   rows = []
   load = [os.getloadavg()]
   for B in batches:
-    ids = specjax.api.encode_prompts(t, prompts[:max(B, a.min_prompts)], True)
+    ids = api.encode_prompts(t, prompts[:max(B, a.min_prompts)], True)
     calls = [ids[i:i + B] for i in range(0, len(ids), B)]
     one = lambda c, d, b: specjax.generate(t, c, max_new_tokens=a.max_new_tokens, drafter=d, tree_budget=b)
     setup = {}
@@ -79,9 +75,8 @@ def main():
       print(f"B={B:3d} {name:14s} {row['tokens_per_s']:7.1f} tok/s  tau {row['tau']:.2f}  budget {','.join(row['budget']):14s} "
             f"identical {row['identical']}/{len(ids)}  setup {row['setup_s']:.0f} s  {row['budget_ms']}", flush=True)
     load.append(os.getloadavg())
-    out.write_text(json.dumps(dict(machine=machine(), command=" ".join(["python"] + sys.argv), loadavg=load,
-                                   max_new_tokens=a.max_new_tokens, repeats=a.repeats, dtype=a.dtype, rows=rows),
-                              indent=1))
+    save(out, dict(loadavg_per_batch=load, max_new_tokens=a.max_new_tokens, repeats=a.repeats, dtype=a.dtype,
+                   rows=rows))     # after every batch size: a run stopped by a time limit keeps what it measured
 
 
 if __name__ == "__main__":

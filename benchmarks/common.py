@@ -1,9 +1,33 @@
-"""Shared bits of the benchmark scripts: machine description and memory-bandwidth probe."""
+"""Shared bits of the benchmark programs: the command line and result file, the machine, timing, the target's
+forward over T new tokens, and a drafter's cost per decode step."""
+import argparse
+import json
 import os
+import pathlib
 import platform
+import sys
 import time
 
 import numpy as np
+
+
+def parser(doc: str, out: str, target: bool = True) -> argparse.ArgumentParser:
+  """An argument parser with --out (the result file) and, with target, --model and --dtype."""
+  ap = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+  ap.add_argument("--out", default=out, help="result file (JSON)")
+  if target:
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--dtype", default="float32")
+  return ap
+
+
+def save(path, res: dict) -> pathlib.Path:
+  """Writes res as JSON after the machine and the command line, creating the folder."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(dict(machine=machine(), command=" ".join(["python"] + sys.argv), **res), indent=1))
+  print("wrote", path, flush=True)
+  return path
 
 
 def machine() -> dict:
@@ -17,7 +41,7 @@ def machine() -> dict:
   except OSError:
     pass
   return dict(cpu=cpu, cores=os.cpu_count(), jax=jax.__version__, devices=[str(d) for d in jax.devices()],
-              python=platform.python_version())
+              python=platform.python_version(), loadavg=os.getloadavg())
 
 
 def read_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
@@ -35,7 +59,7 @@ def read_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
   return best
 
 
-def best_ms(fn, *args, reps=20):
+def median_ms(fn, *args, reps=20):
   """Median wall time of fn(*args) in ms, after one call that compiles it."""
   import jax
   jax.block_until_ready(fn(*args))
@@ -47,21 +71,46 @@ def best_ms(fn, *args, reps=20):
   return 1e3 * float(np.median(ts))
 
 
-def verify_ms(t, T, ctx=256):
-  """One target forward over T new tokens at batch 1 with `ctx` cached tokens (ms)."""
+def best_ms(fn, *args, rounds=5, calls=3):
+  """The best over `rounds` of the mean wall time of `calls` back-to-back calls of fn(*args), in ms, after one
+  call that compiles it (less sensitive than a median to a busy neighbour on a shared machine)."""
   import jax
-  import jax.numpy as jnp
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(rounds):
+    s = time.perf_counter()
+    for _ in range(calls):
+      jax.block_until_ready(fn(*args))
+    best = min(best, (time.perf_counter() - s) / calls)
+  return 1e3 * best
+
+
+def forward_fn(t):
+  """(forward, params): the target's jitted forward, forward(params, tokens, positions, cache, mask) -> logits
+  [B, T, V], the program a verify (or, at T = 1, a plain decode step) runs."""
+  import jax
   from flax import nnx
-  from specjax.cache import KVCache
   gd, params = nnx.split(t.model)
+  return jax.jit(lambda p, tok, pos, c, m: nnx.merge(gd, p)(tok, pos, c, m).logits), params
+
+
+def forward_args(t, *, B: int, T: int, context: int, buffer: int | None = None):
+  """(tokens [B, T], positions [B, T], cache, mask [B, T, T]) for T new tokens after `context` cached ones, in a
+  float32 cache buffer (as decoding's) of `buffer` positions (default context + 64)."""
+  import jax.numpy as jnp
+  from specjax.cache import KVCache
   cfg = t.cfg
-  fwd = jax.jit(lambda p, tok, pos, c, m: nnx.merge(gd, p)(tok, pos, c, m).logits)
-  cache = KVCache.zeros(layers=cfg.layers, batch=1, max_len=ctx + 64, kv_heads=cfg.kv_heads,
-                        head_dim=cfg.head_dim).advance(jnp.full((1,), ctx))
-  tok = jnp.zeros((1, T), jnp.int32)
-  pos = ctx + jnp.arange(T)[None]
-  mask = jnp.tril(jnp.ones((T, T), bool))[None]
-  return best_ms(fwd, params, tok, pos, cache, mask, reps=10)
+  cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=buffer or context + 64, kv_heads=cfg.kv_heads,
+                        head_dim=cfg.head_dim).advance(jnp.full((B,), context))
+  pos = jnp.broadcast_to(context + jnp.arange(T), (B, T))
+  mask = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
+  return jnp.zeros((B, T), jnp.int32), pos, cache, mask
+
+
+def verify_ms(t, T, ctx=256):
+  """One target forward over T new tokens at batch 1 with `ctx` cached tokens (ms, median)."""
+  fwd, params = forward_fn(t)
+  return median_ms(fwd, params, *forward_args(t, B=1, T=T, context=ctx), reps=10)
 
 
 def draft_ms(t, d, ctx=256, S=512):
@@ -97,7 +146,7 @@ def draft_ms(t, d, ctx=256, S=512):
     return d.update(models(tp, dp), state, c2, step)
 
   state = jax.jit(init)(params, d.params)
-  return best_ms(jax.jit(propose), params, d.params, state), best_ms(jax.jit(update), params, d.params, state)
+  return median_ms(jax.jit(propose), params, d.params, state), median_ms(jax.jit(update), params, d.params, state)
 
 
 def cost_row(t, d, drafter: str, budget: str, tau, ar: float, verify: dict) -> dict:

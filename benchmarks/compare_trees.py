@@ -18,13 +18,15 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import parser, save  # noqa: E402
 
 PROMPT = "Write a detailed story about a lighthouse keeper who discovers a hidden map."
 CODE_PROMPT = "Write a Python function that parses a CSV file and returns the rows as dictionaries."
 
 
 def measure(figures, contexts, dtype):
-  """Runs inside the subprocess: prints one JSON dict of figures."""
+  """Runs inside the subprocess: prints one JSON dict of figures. It uses only what every checkout has
+  (load, the model's forward, KVCache, generate), so that old checkouts can be measured too."""
   import time
   import jax
   import jax.numpy as jnp
@@ -67,20 +69,18 @@ def measure(figures, contexts, dtype):
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = parser(__doc__, "bench_out/compare.json", target=False)
   ap.add_argument("base")
   ap.add_argument("new")
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--figures", default="forward,decode")
   ap.add_argument("--contexts", default="256")
   ap.add_argument("--dtype", default="float32")
-  ap.add_argument("--out", default="bench_out/compare.json")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   a = ap.parse_args()
   figures, contexts = a.figures.split(","), [int(c) for c in a.contexts.split(",")]
   if a.child:
     return measure(figures, contexts, a.dtype)
-  from common import machine
   runs = {"base": [], "new": []}
   for r in range(a.rounds):
     for name in ("base", "new"):
@@ -102,11 +102,7 @@ def main():
       print(f"{k:28s} {v:10.2f} {med['new'][k]:10.2f} {med['new'][k] / v:9.2f}")
     else:
       print(f"{k:28s} same={v == med['new'][k]}")
-  out = pathlib.Path(a.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(machine=machine(), command=" ".join(sys.argv), base=a.base, new=a.new,
-                                 medians=med, runs=runs), indent=1))
-  print("wrote", out)
+  save(a.out, dict(base=a.base, new=a.new, medians=med, runs=runs))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Issue 10's forward-speed goals, measured in one process on the default model:
+"""The forward-speed goals, measured in one process on the default model:
 
   chain     the 30 layers' four weight matmuls plus the LM head alone (the model's own weights and
             `_proj`, a residual add between them and nothing else): the floor a step is held to;
@@ -9,11 +9,9 @@
 
     PYTHONPATH=. python benchmarks/forward_goals.py [--dtype float32] [--out bench_out/forward_goals.json]
 
-Goals (issue 10): forward(T=1) <= 1.3 x chain(T=1) at context 256 and 2048; t(8)/t(1) <= 1.2 and
+Goals (set in issue 10): forward(T=1) <= 1.3 x chain(T=1) at context 256 and 2048; t(8)/t(1) <= 1.2 and
 t(16)/t(1) <= 1.35; a batch-16 step <= 2 x a batch-1 step; loop - forward < 5% of the forward.
 """
-import argparse
-import json
 import pathlib
 import sys
 import time
@@ -24,10 +22,10 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import best_ms, machine  # noqa: E402
+from common import forward_args, forward_fn, median_ms, parser, save  # noqa: E402
 
 import specjax  # noqa: E402
-from specjax.cache import KVCache  # noqa: E402
+from specjax import api  # noqa: E402
 from specjax.models.llama import _proj  # noqa: E402
 
 
@@ -47,44 +45,30 @@ def chain_fn(gd):
   return jax.jit(chain)
 
 
-def forward_fn(gd):
-  return jax.jit(lambda p, tok, pos, c, mask: nnx.merge(gd, p)(tok, pos, c, mask).logits)
-
-
-def forward_ms(fwd, params, cfg, *, B, T, context, buffer=None, reps=10):
-  cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=buffer or context + 64, kv_heads=cfg.kv_heads,
-                        head_dim=cfg.head_dim).advance(jnp.full((B,), context))
-  tok = jnp.zeros((B, T), jnp.int32)
-  pos = jnp.broadcast_to(context + jnp.arange(T)[None], (B, T))
-  mask = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
-  return best_ms(fwd, params, tok, pos, cache, mask, reps=reps)
-
-
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--dtype", default="float32")
+  ap = parser(__doc__, "bench_out/forward_goals.json")
   ap.add_argument("--contexts", default="256,2048")
   ap.add_argument("--sizes", default="1,8,16")
   ap.add_argument("--batches", default="1,4,16,32")
   ap.add_argument("--new-tokens", type=int, default=48)
   ap.add_argument("--prompt-len", type=int, default=100)
-  ap.add_argument("--out", default="bench_out/forward_goals.json")
   a = ap.parse_args()
-  t = specjax.load("default", dtype=a.dtype)
+  t = specjax.load(a.model, dtype=a.dtype)
   cfg = t.cfg
-  gd, params = nnx.split(t.model)
-  chain, fwd = chain_fn(gd), forward_fn(gd)
-  res = dict(machine=machine(), command=" ".join(sys.argv), dtype=a.dtype, started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             chain={}, forward={}, batch={}, loop={})
+  fwd, params = forward_fn(t)
+  chain = chain_fn(nnx.graphdef(t.model))
+  forward_ms = lambda **kw: median_ms(fwd, params, *forward_args(t, **kw), reps=10)
+  res = dict(dtype=a.dtype, started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), chain={}, forward={}, batch={},
+             loop={})
   for T in [int(x) for x in a.sizes.split(",")]:
-    res["chain"][T] = best_ms(chain, params, jnp.ones((1, T, cfg.hidden), jnp.float32))
+    res["chain"][T] = median_ms(chain, params, jnp.ones((1, T, cfg.hidden), jnp.float32))
     for ctx in [int(x) for x in a.contexts.split(",")]:
       if T == 1 or ctx == 256:
-        res["forward"][f"T={T},ctx={ctx}"] = forward_ms(fwd, params, cfg, B=1, T=T, context=ctx)
+        res["forward"][f"T={T},ctx={ctx}"] = forward_ms(B=1, T=T, context=ctx)
     print(T, res["chain"][T], res["forward"], flush=True)
   rng = np.random.default_rng(0)
   for B in [int(x) for x in a.batches.split(",")]:
-    res["batch"][B] = forward_ms(fwd, params, cfg, B=B, T=1, context=256)
+    res["batch"][B] = forward_ms(B=B, T=1, context=256)
     prompts = [rng.integers(1000, 20000, a.prompt_len).tolist() for _ in range(B)]
     kw = dict(max_new_tokens=a.new_tokens, chat=False, drafter="none", time_prefill=True)
     specjax.generate(t, prompts, **kw)                 # compiles
@@ -92,8 +76,8 @@ def main():
     for _ in range(2):
       g = specjax.generate(t, prompts, **kw)
       runs.append(1e3 * (g.wall_s - g.prefill_s) / max(g.target_forwards))
-    S = specjax.api.prepare(t, prompts, max_new_tokens=a.new_tokens, drafter="none")[0].max_len   # generate's buffer
-    raw = forward_ms(fwd, params, cfg, B=B, T=1, context=a.prompt_len + a.new_tokens // 2, buffer=S)
+    S = api.prepare(t, prompts, max_new_tokens=a.new_tokens, drafter="none")[0].max_len   # generate's buffer
+    raw = forward_ms(B=B, T=1, context=a.prompt_len + a.new_tokens // 2, buffer=S)
     res["loop"][B] = dict(step_ms=min(runs), raw_forward_ms=raw, overhead=min(runs) / raw - 1, buffer=S,
                           tokens_per_s=B * 1e3 / min(runs))
     print(B, res["batch"][B], res["loop"][B], flush=True)
@@ -108,8 +92,7 @@ def main():
   }
   for k, v in res["goals"].items():
     print(f"{k}: {v:.2f}")
-  pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(a.out).write_text(json.dumps(res, indent=1))
+  save(a.out, res)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Peak resident memory of a generation on the default model, per drafter (each in a fresh process).
 
-    python benchmarks/memory.py [--max-new-tokens 256] [--batch 1]
+    python benchmarks/memory.py [--max-new-tokens 256] [--batch 1] [--drafters none,pld,lookahead]
+                                [--out bench_out/memory.json]
 """
-import argparse
 import json
+import pathlib
 import subprocess
 import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import parser, save  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys
@@ -26,7 +30,7 @@ PROMPT = "Summarize the following: The lighthouse keeper climbed the stairs ever
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = parser(__doc__, "bench_out/memory.json", target=False)
   ap.add_argument("--max-new-tokens", type=int, default=256)
   ap.add_argument("--batch", type=int, default=1)
   ap.add_argument("--drafters", default="none,pld,lookahead")
@@ -40,7 +44,7 @@ def main():
   base = rows[0]["generate_peak_mb"]
   for r in rows:
     r["generate_vs_baseline"] = r["generate_peak_mb"] / base
-  print(json.dumps(dict(command=" ".join(sys.argv), rows=rows), indent=1))
+  save(a.out, dict(max_new_tokens=a.max_new_tokens, batch=a.batch, rows=rows))
 
 
 if __name__ == "__main__":

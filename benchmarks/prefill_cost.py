@@ -8,12 +8,9 @@ chunks of C tokens through the cache (`--chunks`); with each query-block size of
 (`--blocks`, `llama.PREFILL_BLOCK`; 0 = one block, every query against every key); transformers' forward of the same P tokens (float32,
 SDPA attention, use_cache=True) on the same weights. Median of `--reps` calls after a compiling one.
 """
-import argparse
-import json
 import os
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import median_ms, parser, save  # noqa: E402
 
 import specjax  # noqa: E402
 from specjax import io as sio  # noqa: E402
@@ -31,13 +28,7 @@ from specjax.models.llama import causal_mask  # noqa: E402
 
 
 def median_s(fn, reps):
-  jax.block_until_ready(fn())
-  ts = []
-  for _ in range(reps):
-    s = time.perf_counter()
-    jax.block_until_ready(fn())
-    ts.append(time.perf_counter() - s)
-  return float(np.median(ts))
+  return median_ms(fn, reps=reps) / 1e3
 
 
 def specjax_prefill(t, P, S, chunk, reps):
@@ -74,13 +65,12 @@ def hf_prefill(P, reps):
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = parser(__doc__, "bench_out/prefill_cost.json", target=False)
   ap.add_argument("--lengths", default="64,256,1024,2048")
   ap.add_argument("--chunks", default="", help="chunk sizes to try, e.g. 256 ('' for none)")
   ap.add_argument("--blocks", default="256,0", help="PREFILL_BLOCK values to compare (0: one block)")
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--no-hf", action="store_true")
-  ap.add_argument("--out", default="bench_out/prefill_cost.json")
   a = ap.parse_args()
   lengths = [int(x) for x in a.lengths.split(",")]
   chunks = [int(x) for x in a.chunks.split(",") if x]
@@ -102,10 +92,7 @@ def main():
       s = hf_prefill(P, a.reps)
       rows.append(dict(who="transformers", dtype="float32", P=P, chunk=None, s=s, tokens_per_s=P / s))
       print(rows[-1], flush=True)
-  out = pathlib.Path(a.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(machine=machine(), load_before=os.getloadavg(), rows=rows), indent=1))
-  print(f"wrote {out}")
+  save(a.out, dict(rows=rows))
 
 
 if __name__ == "__main__":

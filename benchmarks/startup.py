@@ -1,4 +1,4 @@
-"""From command to first token: where a fresh process's time goes (issue 10 item 4).
+"""From command to first token: where a fresh process's time goes.
 
     python benchmarks/startup.py [--new-tokens 32] [--out bench_out/startup.json]
 
@@ -9,7 +9,6 @@ program asked for one token: prefill and one step; `time_prefill` would leave th
 persistent cache). Twice on one fresh cache directory: "cold" compiles and fills the cache, "warm" loads from it.
 Then the whole `specjax generate` command's wall time, cold and warm, as a user sees it.
 """
-import argparse
 import json
 import os
 import pathlib
@@ -19,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import parser, save  # noqa: E402
 
 PROMPT = "Write a haiku about the sea."
 
@@ -40,11 +39,10 @@ print(json.dumps(dict(import_s=t1 - t0, load_s=t2 - t1, generate_call_s=t3 - t2,
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = parser(__doc__, "bench_out/startup.json", target=False)
   ap.add_argument("--new-tokens", type=int, default=32)
-  ap.add_argument("--out", default="bench_out/startup.json")
   a = ap.parse_args()
-  res = dict(machine=machine(), load_before=os.getloadavg(), phases={}, command={})
+  res = dict(phases={}, command_s={})
   with tempfile.TemporaryDirectory() as cache:
     env = dict(os.environ, SPECJAX_COMPILATION_CACHE=cache)
     for run in ("cold", "warm"):
@@ -59,10 +57,9 @@ def main():
       s = time.perf_counter()
       subprocess.run([sys.executable, "-m", "specjax.cli", "generate", "--max-new-tokens", str(a.new_tokens), PROMPT],
                      env=env, check=True, capture_output=True)
-      res["command"][run] = time.perf_counter() - s
+      res["command_s"][run] = time.perf_counter() - s
       print("specjax generate", run, f"{res['command'][run]:.2f} s", flush=True)
-  pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(a.out).write_text(json.dumps(res, indent=1))
+  save(a.out, res)
 
 
 if __name__ == "__main__":

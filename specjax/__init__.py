@@ -1,9 +1,9 @@
 """specjax: lossless speculative decoding in JAX, the whole loop in one compiled program."""
 import os as _os
 
-# XLA's CPU "concurrency optimized" scheduler makes small-M matmul chains (tree verification, T >= 2)
-# about 20-25% slower on the 2-core machines we measured (BENCHMARKS.md). Applies only if set before
-# JAX starts its CPU backend; an explicit setting in XLA_FLAGS wins.
+# XLA's CPU "concurrency optimized" scheduler slows small-M matmul chains (tree verification, T >= 2) on
+# the CPUs measured (docs/MEASUREMENTS.md#xla-cpu-scheduler). Applies only if set before JAX starts its CPU
+# backend; an explicit setting in XLA_FLAGS wins.
 # XLA aborts on flags it does not know, so only set it for the jaxlib versions we measured it on.
 def _tune_xla_cpu():
   try:

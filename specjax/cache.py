@@ -17,7 +17,7 @@ class KVCache:
   [.., S, KVH, D] XLA:CPU copied every layer's cache into this layout on every step. One array per
   layer rather than an [L, ...] stack for the reason the weights are (models/llama.py): XLA:CPU copies
   a layer's slice of a stack into a buffer of its own before a dot reads it, every layer, every step
-  (BENCHMARKS.md, issue 10). KV heads stay an axis of their own, so a mesh can shard them
+  (docs/MEASUREMENTS.md#cache-one-array-per-layer). KV heads stay an axis of their own, so a mesh can shard them
   (parallel/rules.py)."""
   k: tuple
   v: tuple
@@ -54,8 +54,8 @@ class KVCache:
 def put_rows(buf: jax.Array, x: jax.Array, start: jax.Array, *, batch_axis: int = 0, axis: int = 1) -> jax.Array:
   """For each row b of the batch axis: buf[.., b, .., start[b] : start[b] + n, ..] = x[.., b, .., :n, ..]
   (x shaped like buf but n long on `axis`). One dynamic_update_slice per row, each done in place: the
-  same update vmapped lowers to a scatter, which XLA:CPU runs by copying the whole buffer, 26 ms a step
-  for the default model's cache at batch 16 (BENCHMARKS.md, issue 10). Up to _UNROLL_ROWS rows the
+  same update vmapped lowers to a scatter, which XLA:CPU runs by copying the whole buffer every step
+  (docs/MEASUREMENTS.md#cache-writes-per-row). Up to _UNROLL_ROWS rows the
   updates are unrolled; more rows (statistical tests run thousands) loop, so the program stays small."""
   x = x.astype(buf.dtype)
 

@@ -2,8 +2,8 @@
 
 JAX's default for a float32 matmul is TF32 on recent NVIDIA GPUs and one bfloat16 pass on TPUs. A
 T-token tree forward and a one-token forward then round differently, far beyond float32 rounding, and
-every near-tie becomes a different token: on an H200 only 4-7 of 8 held-out outputs stayed identical
-to plain decoding with nothing pinned (issue 20). The CPU computes float32 exactly, so only a test on
+every near-tie becomes a different token: on a GPU, outputs left plain decoding's with nothing pinned
+(docs/MEASUREMENTS.md#pinned-numerics). The CPU computes float32 exactly, so only a test on
 the lowered program sees it (tests/test_numerics.py).
 
 Two policies:

@@ -1,4 +1,4 @@
-"""Arguments refused before long work, with a message naming the argument (issue 23): `specjax train`'s
+"""Arguments refused before long work, with a message naming the argument: `specjax train`'s
 --out and every other argument before any distillation; the multi-host start-up's timeout; the drafters
 the help texts list, from the registry; wrong argument types to the public API."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ def error(capsys):
   return run
 
 
-# ----------------------------------------------------------------------------- 4. train
+# ----------------------------------------------------------------------------- train
 
 def test_train_out_file_refused_before_the_model_loads(tmp_path, monkeypatch, error):
   monkeypatch.setattr(cli, "load_target", _no_model)
@@ -72,7 +72,7 @@ def test_train_drafter_wants_a_target(tmp_path):
     specjax.train_drafter("default", out=tmp_path / "o", prompts_dir=tmp_path)
 
 
-# ----------------------------------------------------------------------------- 5. multi-host start-up
+# ----------------------------------------------------------------------------- multi-host start-up
 
 def test_multihost_start_up_times_out_with_one_line(tmp_path):
   import socket
@@ -97,7 +97,7 @@ def test_init_timeout_checked(error):
   assert "--init-timeout" in error(["generate", "--init-timeout", "0", "Hi"])
 
 
-# ----------------------------------------------------------------------------- 6. the drafters the CLI names
+# ----------------------------------------------------------------------------- the drafters the CLI names
 
 @pytest.mark.parametrize("command", ["generate", "batch", "bench"])
 def test_help_lists_every_registered_drafter(command, capsys):
@@ -119,7 +119,7 @@ def test_train_choices_are_the_trainable_drafters():
   assert set(registry.shipped()) == {p.stem for p in registry.checkpoints_dir().glob("*.safetensors")}
 
 
-# ----------------------------------------------------------------------------- 7. API argument types
+# ----------------------------------------------------------------------------- API argument types
 
 @pytest.fixture(scope="module")
 def tiny():

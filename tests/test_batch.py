@@ -194,7 +194,7 @@ def test_two_process_job_each_answers_its_own_lines_and_merges(tmp_path, tiny_ch
     run_batch(inp, out, target=tiny_chat, batch_size=2, max_new_tokens=6, drafter="pld", progress=False)
 
 
-# ----------------------------------------------------------------------------- identity across edits (issue 23)
+# ----------------------------------------------------------------------------- identity across edits
 
 def _single(target, text: str, max_new: int) -> list[int]:
   """A fresh run of one prompt alone: what its answer must be whatever batch it was answered in."""

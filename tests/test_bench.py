@@ -5,6 +5,7 @@ directory for `--peers hf`), with Spec-Bench-like JSONL files written to tmp_pat
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 import pytest
@@ -13,9 +14,11 @@ from specjax import api, cli
 from specjax.bench import aggregate as agg_lib
 from specjax.bench import run as run_lib
 from specjax.bench import run_bench
+from specjax.drafters import registry
 from specjax.io.prompts import Prompt, group_of
 from specjax.program import Program
 from specjax.testing import tiny_target
+from test_cli import write_jsonl_bytes
 
 CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
 CATEGORIES = ["writing", "coding", "translation", "summarization", "qa", "math_reasoning", "rag"]
@@ -346,3 +349,38 @@ def test_target_on_a_mesh_is_recorded(prompts_file, tmp_path):
                   max_new_tokens=4, progress=False, tree_budget="auto")
   assert res["config"]["mesh"] == {"data": 1, "model": 1} and res["config"]["tree_budget"] == "auto"
   assert {r["settings"]["mesh"]["data"] for r in read_lines(tmp_path / "o" / run_lib.RECORDS)} == {1}
+
+
+def test_bench_resumes_with_an_option_given_at_its_default(tmp_path, tiny_chat, monkeypatch):
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2 t3"}', b'{"prompt": "t4 t5"}'])
+  kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=3, progress=False)
+  run_bench(f, **kw)
+  calls = []
+  real = Program.generate
+  monkeypatch.setattr(Program, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+  default = registry.make("pld").num_tokens
+  run_bench(f, drafter_options={"pld": {"num_tokens": default}}, **kw)
+  assert calls == []                                     # all records reused, nothing measured again
+  with pytest.raises(ValueError, match="num_tokens"):
+    run_bench(f, drafter_options={"pld": {"num_tokens": default + 1}}, **kw)
+
+
+def test_bench_resumes_records_of_older_versions(tmp_path, tiny_chat):
+  """Records written before options were recorded in full (only the given ones) still resume."""
+  f = write_jsonl_bytes(tmp_path / "p.jsonl", [b'{"prompt": "t1 t2 t3"}'])
+  kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=3, progress=False)
+  run_bench(f, **kw)
+  path = tmp_path / "o" / "records.jsonl"
+  recs = [json.loads(line) for line in path.read_text().splitlines()]
+  for r in recs:
+    r["settings"]["options"] = {}
+  path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+  assert len(run_bench(f, **kw)["records"]) == 2
+
+
+def test_nan_never_reaches_records(tmp_path, tiny_chat):
+  from specjax.io import records
+  log = records.RecordLog(tmp_path / "r.jsonl")
+  with pytest.raises(ValueError):
+    log.write([{"method": "none", "id": 1, "tau": math.nan}])
+  log.close()

@@ -51,6 +51,28 @@ def run_main(capsys, *argv):
   return code, out, err
 
 
+def cli_error(capsys, *argv) -> str:
+  """Runs the CLI expecting a bad-input error: exit 2, one stderr line, no stdout, no traceback.
+  Returns the message after `specjax: error: `."""
+  code, out, err = run_main(capsys, *argv)
+  assert code == 2, (code, out, err)
+  assert "Traceback" not in err and out == ""
+  lines = err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("specjax: error: "), err
+  return lines[0].removeprefix("specjax: error: ")
+
+
+def api_error(exc, call) -> str:
+  with pytest.raises(exc) as e:
+    call()
+  return str(e.value)
+
+
+def write_jsonl_bytes(path: pathlib.Path, lines: list[bytes]) -> pathlib.Path:
+  path.write_bytes(b"".join(line + b"\n" for line in lines))
+  return path
+
+
 def json_rows(out: str) -> list[dict]:
   return [json.loads(line) for line in out.splitlines() if line.strip()]
 

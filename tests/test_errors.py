@@ -12,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import specjax
 import specjax.io as sio
 from specjax.api import generate
 from specjax.testing import tiny_target
+from test_cli import api_error, cli_error
 
 # ----------------------------------------------------------------------------------------------------
 # tiny GGUF files
@@ -336,6 +338,53 @@ def test_hf_wrong_tensor_shape(tmp_path):
   with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight has shape \(32, 32\), expected \(32, 64\)"):
     sio.load(write_hf_dir(tmp_path / "m", tensors=t))
 
+
+
+def test_truncated_safetensors(tmp_path, capsys):
+  d = write_hf_dir(tmp_path / "m")
+  data = (d / "model.safetensors").read_bytes()
+  (d / "model.safetensors").write_bytes(data[:len(data) // 2])
+  msg = cli_error(capsys, "generate", "--model", str(d), "--no-chat", "w1 w2")
+  assert msg.startswith(f"{d / 'model.safetensors'}: not a readable safetensors file (")
+  assert api_error(ValueError, lambda: specjax.load(d)) == msg
+
+
+def test_safetensors_index_naming_a_missing_file(tmp_path, capsys):
+  d = write_hf_dir(tmp_path / "m")
+  (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00002.safetensors"}}))
+  msg = cli_error(capsys, "generate", "--model", str(d), "--no-chat", "w1")
+  assert msg == f"{d / 'model.safetensors.index.json'} names missing file(s): model-00002.safetensors"
+  assert api_error(FileNotFoundError, lambda: specjax.load(d)) == msg
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": "64"}, 'hidden_size must be an integer in [1, 65536], got "64"'),
+    ({"vocab_size": 1e12}, "vocab_size must be an integer in [1, 4194304], got 1000000000000.0"),
+    ({"vocab_size": 10 ** 12}, "vocab_size must be an integer in [1, 4194304], got 1000000000000"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads must be an integer in [1, 1024], got 0"),
+    ({"num_key_value_heads": 3}, "num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
+    ({"rms_norm_eps": float("nan")}, "rms_norm_eps must be a finite number > 0, got NaN"),
+    ({"tie_word_embeddings": "yes"}, 'tie_word_embeddings must be true or false, got "yes"'),
+    ({"rope_parameters": "default"}, 'rope_parameters must be an object, got "default"'),
+    ({"num_hidden_layers": 1000}, "config.json describes"),
+])
+def test_malformed_config_json(change, message, tmp_path, capsys):
+  cfg = hf_config()
+  tensors = hf_tensors(cfg)
+  d = write_hf_dir(tmp_path / "m", {**cfg, **change}, tensors)
+  msg = cli_error(capsys, "generate", "--model", str(d), "--no-chat", "w1")
+  assert message in msg and str(d) in msg
+  assert api_error(ValueError, lambda: specjax.load(d)) == msg
+
+
+def test_config_json_not_an_object(tmp_path, capsys):
+  d = write_hf_dir(tmp_path / "m")
+  (d / "config.json").write_text("[1, 2]")
+  msg = cli_error(capsys, "generate", "--model", str(d), "w1")
+  assert msg == f"{d / 'config.json'}: expected a JSON object, got [1, 2]"
+  (d / "config.json").write_text('{"model_type": "llama",\n "vocab_size": 16,,}')
+  assert cli_error(capsys, "generate", "--model", str(d), "w1") == \
+      f"{d / 'config.json'}: invalid JSON (Expecting property name enclosed in double quotes at line 2 column 19)"
 
 # ----------------------------------------------------------------------------------------------------
 # prompts and lengths (a tiny random target with a 32-token context; nothing here compiles a program

@@ -1,7 +1,7 @@
 """Ctrl-C (SIGINT) during `specjax generate` exits at once with status 130 and one line on stderr,
 `specjax: interrupted`, at every moment of a run: loading the model, compiling the program, decoding.
-(Issue 11: it used to die with a segmentation fault when interrupted while compiling, and to wait for
-the whole generation when interrupted while decoding.)
+(It used to die with a segmentation fault when interrupted while compiling, and to wait for the whole
+generation when interrupted while decoding.)
 
 Each try runs the CLI in a fresh process through a wrapper that prints a marker on stdout as each phase
 starts (around cli.load_target, jax.stages.Lowered.compile and jax.stages.Compiled.__call__, which the
@@ -124,7 +124,7 @@ def _interrupt_at(argv: list[str], at: float) -> tuple[int, str]:
 
 
 def test_sigint_in_the_first_instants_exits_130_with_one_line(slow_model):
-  """Issue 23: a Ctrl-C during `import jax` / `flax` used to print a traceback, or be ignored ("Exception
+  """A Ctrl-C during `import jax` / `flax` used to print a traceback, or be ignored ("Exception
   ignored in _xla_gc_callback") with the answer printed and exit 0."""
   loaded = subprocess.run([sys.executable, "-c", "import sys, specjax.cli; print(*sys.modules)"], check=True,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))).stdout.split()

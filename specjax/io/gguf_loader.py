@@ -29,9 +29,9 @@ class GGUFFile:
   """A GGUF file's metadata {key: int | float | bool | str | list} and tensors {name: Tensor}, the
   tensor data left in the memory-mapped file until dequantised.
 
-  Parsed here rather than with gguf.GGUFReader, which makes a numpy view per metadata element: 2.1 s
-  for the default model's 49,152 tokens and 48,900 merges against 0.06 s here, half of `specjax.load`
-  (BENCHMARKS.md, start-up). Little-endian GGUF versions 2 and 3; anything else raises ValueError."""
+  Parsed here rather than with gguf.GGUFReader, which makes a numpy view per metadata element: seconds
+  for a vocabulary's tokens and merges, most of `specjax.load` (docs/MEASUREMENTS.md#gguf-header).
+  Little-endian GGUF versions 2 and 3; anything else raises ValueError."""
 
   def __init__(self, path):
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType

@@ -4,7 +4,7 @@ Each layer's weights are their own arrays and the layers run as an unrolled Pyth
 over weights stacked on a layer axis compiles one layer body instead of L, but on the CPU every step of
 the scan copied its layer's weights out of the stacks before the matmuls could read them (XLA cannot
 hand a dynamic slice to a dot in place): a decode step read and wrote the weights three times instead
-of reading them once (BENCHMARKS.md, issue 10). The canonical (loader) layout keeps the layer axis
+of reading them once (docs/MEASUREMENTS.md#layers-unrolled). The canonical (loader) layout keeps the layer axis
 (`weight_shapes`); the model splits it at load and `stacked` puts it back.
 q/k/v and gate/up are fused into single matmuls: on CPU, few wide matmuls beat many narrow ones. Their
 layouts keep the KV-head axis and the gate/up axis apart (io/packing.py), so a split of heads or FFN
@@ -100,8 +100,8 @@ def _proj(eq, x, w):
   rounded), stacked on the token axis and multiplied in ONE matmul (the weights are read once). That
   carries x to about 16 bits instead of 8: a one-token and a multi-token forward, whose float32 inputs
   differ only by summation order, then round to the same matmul inputs nearly always. Rounding x to
-  bfloat16 alone turned those tiny differences into 0.4% jumps that 30 layers amplified into changed
-  tokens (top-2 gaps up to 0.02; BENCHMARKS.md, issue 10). It is also XLA:CPU's fast path on AMX /
+  bfloat16 alone turned those tiny differences into rounding jumps that 30 layers amplified into changed
+  tokens (docs/MEASUREMENTS.md#bfloat16-hi-lo). It is also XLA:CPU's fast path on AMX /
   AVX-512-BF16 CPUs, which runs a one-row bfloat16 dot on a slow generic kernel: here T = 1 is two rows."""
   if w.dtype != jnp.bfloat16:
     return numerics.einsum(eq, x, w, preferred_element_type=jnp.float32)
@@ -131,8 +131,7 @@ def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live):
   k = apply_rope(qkv[..., G, :], cos, sin)
   v = qkv[..., G + 1, :]
   # Each KV head's G*T queries form one [G*T, D] matrix (rows g-major): a dot batched over (b, k) with
-  # an explicit M = G*T runs 2-2.4x faster on XLA:CPU at batch >= 4 than the same einsum with g and t
-  # left apart (benchmarks/attention_variants.py).
+  # an explicit M = G*T is XLA:CPU's fastest form (docs/MEASUREMENTS.md#attention-one-dot-per-kv-head).
   qt = jnp.transpose(q, (0, 2, 3, 1, 4))                                        # [B, K, G, T, D]
   qm = qt.reshape(B, K, G * T, D)
   rows = lambda m: jnp.broadcast_to(m, (B, 1, G, T, m.shape[-1])).reshape(B, 1, G * T, m.shape[-1])

@@ -5,7 +5,7 @@ head and the T tokens as separate axes; new_merged (the library's, models/llama.
 M axis, dot_general batched over (b, k); mr_t: multiply-reduce over keys stored [B, KVH, D, S];
 vmapped: per-(b, k) 2-D dots.
 
-    python benchmarks/attention_variants.py cur,new,new_merged,mr_t,vmapped
+    python benchmarks/experiments/attention_variants.py cur,new,new_merged,mr_t,vmapped
 """
 import time, sys, jax, jax.numpy as jnp, numpy as np
 K, G, D = 3, 3, 64

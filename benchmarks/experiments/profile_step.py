@@ -1,6 +1,6 @@
 """Where a target step goes on the CPU: XLA's own per-operation trace of one forward over T tokens.
 
-    python benchmarks/profile_step.py [--sizes 1,8] [--context 256] [--batch 1] [--out bench_out/profile_step.json]
+    python benchmarks/experiments/profile_step.py [--sizes 1,8] [--context 256] [--batch 1] [--out bench_out/profile_step.json]
 
 Runs the jitted forward (the verify of a T-node tree; T = 1 is an autoregressive step) a few times
 under `jax.profiler` and reads the perfetto trace it writes: each XLA thunk (a fusion, a dot, a copy,
@@ -9,7 +9,6 @@ scan's slicing of stacked weights and cache, attention, elementwise/norm/rope fu
 step. The CPU runtime may run independent thunks on several threads at once, so the per-class sums
 can exceed the step's wall time; the busiest thread's total is printed beside it.
 """
-import argparse
 import collections
 import glob
 import gzip
@@ -21,14 +20,11 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import machine  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from common import forward_args, forward_fn, parser, save  # noqa: E402
 
 import specjax  # noqa: E402
-from specjax.cache import KVCache  # noqa: E402
 
 CLASSES = (("matmul", r"^(dot|.*dot_fusion|ynn_fusion)"),
            ("slice/copy", r"(dynamic-slice|dynamic-update-slice|copy|concatenate|transpose)"),
@@ -68,29 +64,18 @@ def profile(fwd, args, reps: int) -> dict:
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--model", default="default")
-  ap.add_argument("--dtype", default="float32")
+  ap = parser(__doc__, "bench_out/profile_step.json")
   ap.add_argument("--context", type=int, default=256)
   ap.add_argument("--batch", type=int, default=1)
   ap.add_argument("--sizes", default="1,8")
   ap.add_argument("--reps", type=int, default=10)
-  ap.add_argument("--out", default="bench_out/profile_step.json")
   a = ap.parse_args()
   t = specjax.load(a.model, dtype=a.dtype)
-  cfg, B, C = t.cfg, a.batch, a.context
-  gd, params = nnx.split(t.model)
-
-  @jax.jit
-  def fwd(params, tokens, positions, cache, mask):
-    return nnx.merge(gd, params)(tokens, positions, cache, mask).logits
-
-  cache = KVCache.zeros(layers=cfg.layers, batch=B, max_len=C + 128, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                        dtype=t.model.dtype).advance(jnp.full((B,), C))
+  B, C = a.batch, a.context
+  fwd, params = forward_fn(t)
   rows = []
   for T in map(int, a.sizes.split(",")):
-    args = (params, jnp.zeros((B, T), jnp.int32), jnp.broadcast_to(C + jnp.arange(T), (B, T)), cache,
-            jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T)))
+    args = (params, *forward_args(t, B=B, T=T, context=C, buffer=C + 128))
     for _ in range(3):
       jax.block_until_ready(fwd(*args))                      # compile and warm
     r = dict(T=T, batch=B, context=C, **profile(fwd, args, a.reps))
@@ -99,10 +84,7 @@ def main():
           + ", ".join(f"{k} {v:.1f}" for k, v in r["classes"].items()), flush=True)
     for k, v in r["top_ops"].items():
       print(f"    {v:7.2f} ms  {k}")
-  out = pathlib.Path(a.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(machine=machine(), command=" ".join(sys.argv), dtype=a.dtype, rows=rows), indent=1))
-  print("wrote", out)
+  save(a.out, dict(dtype=a.dtype, rows=rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Does pinning every matmul's numerics (issue 20) change what XLA compiles on this backend?
+"""Does a change alter what XLA compiles on this backend? (It showed that pinning every matmul's numerics did not.)
 
-    python benchmarks/numerics_hlo_diff.py BASE_CHECKOUT NEW_CHECKOUT
+    python benchmarks/experiments/numerics_hlo_diff.py BASE_CHECKOUT NEW_CHECKOUT
 
 Compiles, in each checkout (a subprocess each), the decode program of none, pld, lookahead, medusa, eagle3 and clover2 (random weights) on a random model of
 SmolLM2's layer shapes (4 layers, vocab 4096), float32 and bfloat16 weights, and compares the optimised
