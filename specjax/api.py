@@ -1,16 +1,32 @@
-"""Public entry points: `generate` (autoregressive or speculative) over a loaded target.
+"""Public entry points: `load` a target (on a device mesh, if given) and `generate` (autoregressive or
+speculative) over it.
 
-A thin façade over the program layer (specjax.program): it checks the arguments once (Settings.make),
-encodes the prompts and hands them to the target's `Program`.
+A thin façade over the loaders (specjax.io) and the program layer (specjax.program): it checks the
+arguments once (Settings.make), encodes the prompts and hands them to the target's `Program`.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import pathlib
+
 import jax
 
+from specjax import io as sio
 from specjax.io import Target
 from specjax.program import (MIN_TEMPERATURE, SEED_LIMIT, Generation, Prepared, Program, Settings,  # noqa: F401
                              check_fits, check_sampling, check_seed, check_target, check_tree_budget, divergence,
-                             encode_prompts, first_diff, next_token_gap)
+                             encode_prompts, first_diff, next_token_gap, sharded)
+
+
+def load(path: str | pathlib.Path = "default", *, mesh=None, **options) -> Target:
+  """specjax.io.load (options: dtype, chat_template, precision), with mesh: a device mesh (specjax.make_mesh)
+  to place the weights on, shard by shard, as their declared logical axes and the partition rules say
+  (specjax.program.sharded); generate then runs sharded over it."""
+  if sharded.check_mesh(mesh) is None:
+    return sio.load(path, **options)
+  target = sio.load(path, shardings=functools.partial(sharded.weight_shardings, mesh), **options)
+  return dataclasses.replace(target, mesh=mesh)
 
 
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,

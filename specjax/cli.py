@@ -20,9 +20,9 @@ from specjax.cli_args import EXIT_ERROR, build_parser, drafter_options, fail, pa
 
 
 def load_target(model: str, dtype: str, **kwargs):
-  """The one place the CLI loads a model (tests monkeypatch it). kwargs: chat_template."""
-  import specjax.io as sio
-  return sio.load(model, dtype=dtype, **kwargs)
+  """The one place the CLI loads a model (tests monkeypatch it). kwargs: chat_template, precision, mesh."""
+  from specjax import api     # not at the top: the command line parses its arguments without importing JAX
+  return api.load(model, dtype=dtype, **kwargs)
 
 
 def _load(a, local: bool = False):
