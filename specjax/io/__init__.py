@@ -82,14 +82,11 @@ def _dtype(dtype):
 
 def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None,
          shardings: Callable[[ModelConfig], dict] | None = None, precision: str = "exact") -> Target:
-  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors).
-  chat_template: which of the model's named chat templates to use (default: the one named "default").
-  shardings: where the weights go, chosen by the caller: a function of the model's config (read from the
-  file) returning {weight name: Sharding} as models/llama.Llama takes them; each device then receives only
-  its own shards (specjax.load(path, mesh=...) passes those of a device mesh); None: the default device.
-  precision: "exact" (every matmul in true float32, or exact bfloat16 products with float32 sums) or
-  "fast" (the backend's default: TF32 on GPUs, one bfloat16 pass on TPUs; outputs may then differ from
-  autoregressive decoding at near-ties): see specjax/numerics.py."""
+  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors); the
+  arguments as in specjax.load (specjax.api.load), but for shardings: where the weights go, chosen by the
+  caller: a function of the model's config (read from the file) returning {weight name: Sharding} as
+  models/llama.Llama takes them; each device then receives only its own shards (specjax.load(path,
+  mesh=...) passes those of a device mesh). None: the default device."""
   if not isinstance(path, (str, os.PathLike)):
     raise TypeError(f"path must be 'default', a .gguf file or a Hugging Face directory (a str or os.PathLike), "
                     f"got {type(path).__name__} {path!r:.60}")
