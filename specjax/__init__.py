@@ -32,7 +32,7 @@ _tune_xla_cpu()
 # The public names are imported on first use (PEP 562), not here: `import specjax.cli` must not start
 # JAX, so the command line installs its Ctrl-C handling before the seconds `import jax` takes.
 _PUBLIC = {"Generation": "specjax.api", "generate": "specjax.api", "bench": "specjax.bench:run_bench",
-           "Target": "specjax.io", "load": "specjax.io", "make_mesh": "specjax.parallel",
+           "Target": "specjax.io", "load": "specjax.api", "make_mesh": "specjax.parallel",
            "train_drafter": "specjax.train", "drafters": "specjax.drafters", "parallel": "specjax.parallel"}
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

@@ -1,16 +1,37 @@
-"""Public entry points: `generate` (autoregressive or speculative) over a loaded target.
+"""Public entry points: `load` a target (on a device mesh, if given) and `generate` (autoregressive or
+speculative) over it.
 
-A thin façade over the program layer (specjax.program): it checks the arguments once (Settings.make),
-encodes the prompts and hands them to the target's `Program`.
+A thin façade over the loaders (specjax.io) and the program layer (specjax.program): it checks the
+arguments once (Settings.make), encodes the prompts and hands them to the target's `Program`.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import pathlib
+
 import jax
 
+from specjax import io as sio
 from specjax.io import Target
 from specjax.program import (MIN_TEMPERATURE, SEED_LIMIT, Generation, Prepared, Program, Settings,  # noqa: F401
                              check_fits, check_sampling, check_seed, check_target, check_tree_budget, divergence,
-                             encode_prompts, first_diff, next_token_gap)
+                             encode_prompts, first_diff, next_token_gap, sharded)
+
+
+def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None, mesh=None,
+         precision: str = "exact") -> Target:
+  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors).
+  dtype: the weights' ("float32" or "bfloat16"). chat_template: which of the model's named chat templates
+  to use (default: the one named "default").
+  mesh: a device mesh (specjax.make_mesh) to place the weights on, shard by shard, as their declared logical
+  axes and the partition rules say (specjax.program.sharded); generate then runs sharded over it.
+  precision: "exact" (every matmul in true float32, or exact bfloat16 products with float32 sums) or
+  "fast" (the backend's default: TF32 on GPUs, one bfloat16 pass on TPUs; outputs may then differ from
+  autoregressive decoding at near-ties): see specjax/numerics.py."""
+  shardings = None if sharded.check_mesh(mesh) is None else functools.partial(sharded.weight_shardings, mesh)
+  target = sio.load(path, dtype=dtype, chat_template=chat_template, shardings=shardings, precision=precision)
+  return target if mesh is None else dataclasses.replace(target, mesh=mesh)
 
 
 def prepare(target: Target, prompt_ids: list[list[int]], *, max_new_tokens: int, drafter, temperature=0.0,

@@ -35,13 +35,17 @@ import re
 import sys
 import time
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from specjax.checks import positive_int
 from specjax.io import records as records_io
 from specjax.io import settings as settings_io
 from specjax.io.prompts import Prompt, count_lines, stream_prompts
 from specjax.program import Program, Settings, check_fits, encode_prompts
+
 
 def _has_id(r: dict) -> bool:
   """A record a results file may hold: one with a str or int id (its row's key)."""
@@ -200,7 +204,6 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
 
   target: a loaded Target or a zero-argument callable returning one (called after every check that
   needs no model)."""
-  import jax
   process, processes = jax.process_index(), jax.process_count()
   if str(inp) == "-":
     raise ValueError("a batch job reads its input twice when resumed: give a file, not standard input")
@@ -238,7 +241,6 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
   _keep_settings(out, settings, resuming=bool(done))
   records_io.write_all(errors_path, [])     # every run lists the input's bad rows anew
 
-  from tqdm import tqdm
   mine = (count_lines(inp) + processes - 1 - process) // processes      # lines with (line - 1) % N == process
   bar = tqdm(total=mine, unit="rec", desc="batch", file=sys.stderr, disable=not progress, dynamic_ncols=True)
   answers, errors = records_io.RecordLog(out), records_io.RecordLog(errors_path)
@@ -292,7 +294,6 @@ def run_batch(inp, out, *, target, drafter="none", drafter_options: dict | None 
   _renumber(out, rows)
   merged = False
   if processes > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("specjax batch: every shard written")
     merged = process == 0 and _merge_shards(final, processes)
   return {"written": stats["written"], "skipped": stats["skipped"], "errors": stats["errors"],

@@ -17,8 +17,10 @@ class KVCache:
   [.., S, KVH, D] XLA:CPU copied every layer's cache into this layout on every step. One array per
   layer rather than an [L, ...] stack for the reason the weights are (models/llama.py): XLA:CPU copies
   a layer's slice of a stack into a buffer of its own before a dot reads it, every layer, every step
-  (docs/MEASUREMENTS.md#cache-one-array-per-layer). KV heads stay an axis of their own, so a mesh can shard them
-  (parallel/rules.py)."""
+  (docs/MEASUREMENTS.md#cache-one-array-per-layer). KV heads stay an axis of their own, so a mesh can shard
+  them."""
+  # Logical axes of each layer's k and v (parallel/rules.py maps them to mesh axes); lengths are ("batch",).
+  AXES = ("batch", "kv_heads", "seq", "head_dim")
   k: tuple
   v: tuple
   lengths: jax.Array

@@ -18,11 +18,14 @@ from specjax.interrupt import EXIT_INTERRUPTED, exit_on_interrupt, interrupted  
 
 from specjax.cli_args import EXIT_ERROR, build_parser, drafter_options, fail, parse_options  # noqa: F401 (EXIT_ERROR)
 
+# Everything else is imported inside the command that needs it: help and argument errors must not wait for
+# JAX, and Ctrl-C handling is in place before `import jax` (tests/test_interrupt.py: no JAX, no numpy here).
+
 
 def load_target(model: str, dtype: str, **kwargs):
-  """The one place the CLI loads a model (tests monkeypatch it). kwargs: chat_template."""
-  import specjax.io as sio
-  return sio.load(model, dtype=dtype, **kwargs)
+  """The one place the CLI loads a model (tests monkeypatch it). kwargs: chat_template, precision, mesh."""
+  from specjax import api
+  return api.load(model, dtype=dtype, **kwargs)
 
 
 def _load(a, local: bool = False):

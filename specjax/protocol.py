@@ -137,7 +137,7 @@ class Drafter:
   capture = ()       # a class attribute or property of static layer indices, not an option
   budget_keys = ()   # the options a held-out tau key "a/b/c" sets, in order (see `budgets`)
   # The logical axes of the state dict's entries (a prefix; the rest replicated), pinned on a mesh by
-  # parallel/rules.StatePlacement; entries not declared (and None: all) are left to XLA's propagation.
+  # program/sharded.StatePlacement; entries not declared (and None: all) are left to XLA's propagation.
   state_axes = None
   params: object = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True,
                                   metadata=NOT_OPTION)

@@ -19,7 +19,7 @@ from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
 from specjax.drafters.medusa import Medusa
 from specjax.models.llama import Llama, _random_weights, weight_shapes
-from specjax.parallel import rules
+from specjax.program import sharded
 from specjax.testing import tiny_target
 
 MESHES = {"data=8": dict(data=8), "data=2,model=4": dict(data=2, model=4), "model=2": dict(model=2)}
@@ -55,12 +55,12 @@ def run_tiny():
   for name, kw in MESHES.items():
     mesh = specjax.make_mesh(**kw)
     w = {k: v * (1 if k.endswith("norm") else 10.0) for k, v in _random_weights(weight_shapes(t.cfg), 0).items()}
-    model = Llama(t.cfg, w, shardings=rules.weight_shardings(rules.layout(mesh, t.cfg), weight_shapes(t.cfg)))
+    model = Llama(t.cfg, w, shardings=sharded.weight_shardings(mesh, t.cfg))
     placed = specjax.Target(model, t.tokenizer, t.cfg, "tiny", mesh)
     same = {n: api.generate(placed, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids == base[n]
             for n, d in drafters.items() if only_on.get(n, name) == name}
-    lay = rules.layout(mesh, t.cfg)
-    state = jax.jit(lambda: rules.state_placement(lay, Clover2.state_axes)(      # declared drafter-state entries
+    lay = sharded.layout(mesh, t.cfg)
+    state = jax.jit(lambda: sharded.state_placement(lay, Clover2)(      # declared drafter-state entries
         {"k": jnp.zeros((1, 8, 16, 2, 8)), "u": jnp.zeros((8, 32)), "w": jnp.zeros((32, 64))}))()
     out[name] = {"same": same, "shardings": observed(model, mesh), "state": {k: spec_of(v) for k, v in state.items()}}
   return out

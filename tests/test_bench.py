@@ -12,10 +12,11 @@ import pytest
 
 from specjax import api, cli
 from specjax.bench import aggregate as agg_lib
+from specjax.bench import plan as plan_lib
 from specjax.bench import run as run_lib
 from specjax.bench import run_bench
 from specjax.drafters import registry
-from specjax.io.prompts import Prompt, group_of
+from specjax.io.prompts import Prompt, group_of, read_prompts
 from specjax.program import Program
 from specjax.testing import tiny_target
 from test_cli import write_jsonl_bytes
@@ -60,23 +61,23 @@ def read_lines(path: pathlib.Path) -> list[dict]:
 # ----------------------------------------------------------------------------- selection and maths
 
 def test_read_and_select(prompts_file):
-  ps = run_lib.read_prompts(prompts_file)
+  ps = read_prompts(prompts_file)
   assert len(ps) == 14 and ps[0].id == 100 and ps[0].category == "writing" and ps[0].group == "mt_bench"
   assert ps[0].text.startswith("t") and "second turn" not in ps[0].text
-  one = run_lib.select(ps, per_category=1)
+  one = plan_lib.select(ps, per_category=1)
   assert [p.group for p in one] == ["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"]
   assert [p.id for p in one] == [100, 102, 103, 104, 105, 106]
-  assert len(run_lib.select(ps, per_category=2)) == 12          # mt_bench holds 4 rows: 2 kept
-  assert [p.id for p in run_lib.select(ps, limit=3)] == [100, 101, 102]
-  assert [p.id for p in run_lib.select(ps, per_category=1, limit=2)] == [100, 102]
+  assert len(plan_lib.select(ps, per_category=2)) == 12          # mt_bench holds 4 rows: 2 kept
+  assert [p.id for p in plan_lib.select(ps, limit=3)] == [100, 101, 102]
+  assert [p.id for p in plan_lib.select(ps, per_category=1, limit=2)] == [100, 102]
   with pytest.raises(ValueError):
-    run_lib.select(ps, limit=0)
+    plan_lib.select(ps, limit=0)
   assert group_of("humanities") == "mt_bench" and group_of("rag") == "rag"
 
 
 def test_batches_never_mix_groups():
   ps = [Prompt(i, "x", c, group_of(c)) for i, c in enumerate(["qa", "writing", "qa", "rag", "stem", "qa"])]
-  bs = run_lib.batches(ps, 2)
+  bs = plan_lib.batches(ps, 2)
   assert [[p.id for p in b] for b in bs] == [[1, 4], [0, 2], [5], [3]]
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import specjax
 from specjax.drafters import clover, registry
 from specjax.drafters.clover import Clover1, Clover2
-from specjax.engine import decode
+from specjax.process_cache import CACHE
 from specjax.testing import tiny_target
 from specjax.train import loop
 
@@ -37,10 +37,10 @@ def test_random_weights_are_lossless_on_tiny_model(tiny, cls, config):
 def test_new_weights_take_effect_without_recompiling(tiny):
   a = Clover2.untrained(tiny, seed=1)
   ga = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=a)
-  traces = decode.TRACES
+  traces = CACHE.traces
   b = Clover2.untrained(tiny, seed=2, noise=0.5)
   gb = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=b)
-  assert decode.TRACES == traces and gb.token_ids == ga.token_ids
+  assert CACHE.traces == traces and gb.token_ids == ga.token_ids
   assert ga.target_forwards != gb.target_forwards
 
 

@@ -11,8 +11,8 @@ import pytest
 import specjax
 from specjax.drafters import eagle, registry
 from specjax.drafters.eagle import Eagle, Eagle3
-from specjax.engine import decode
 from specjax.models.llama import causal_mask
+from specjax.process_cache import CACHE
 from specjax.protocol import Context, Prefill
 from specjax.testing import tiny_target
 from specjax.train import data as data_lib
@@ -41,10 +41,10 @@ def test_random_weights_are_lossless_on_tiny_model(tiny, config):
 def test_new_weights_take_effect_without_recompiling(tiny):
   a = Eagle.untrained(tiny, seed=1)
   ga = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=a)
-  traces = decode.TRACES
+  traces = CACHE.traces
   b = Eagle.untrained(tiny, seed=2, noise=0.5)
   gb = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=b)
-  assert decode.TRACES == traces and gb.token_ids == ga.token_ids
+  assert CACHE.traces == traces and gb.token_ids == ga.token_ids
   assert ga.target_forwards != gb.target_forwards
 
 

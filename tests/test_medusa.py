@@ -8,7 +8,7 @@ import pytest
 import specjax
 from specjax.drafters import registry
 from specjax.drafters.medusa import Medusa
-from specjax.engine import decode
+from specjax.process_cache import CACHE
 from specjax.testing import tiny_target
 
 PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
@@ -31,16 +31,16 @@ def test_random_heads_are_lossless_on_tiny_model(tiny, config):
 def test_new_weights_take_effect_without_recompiling(tiny):
   a = Medusa.untrained(tiny, seed=1, nodes=6)
   specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=a)
-  traces = decode.TRACES
+  traces = CACHE.traces
   ga = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=a)
   b = Medusa.untrained(tiny, seed=2, nodes=6)             # same configuration, other values
   gb = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=b)
-  assert decode.TRACES == traces                           # no recompile for new values
+  assert CACHE.traces == traces                           # no recompile for new values
   assert ga.target_forwards != gb.target_forwards          # ... and the new values were used
   # Heads that copy the target's own next token guess the repeated token of a constant run.
   zero = dataclasses.replace(a, params=jax_zeros_like(a.params))
   gz = specjax.generate(tiny, PROMPTS, max_new_tokens=24, drafter=zero)
-  assert decode.TRACES == traces and gz.token_ids == ga.token_ids
+  assert CACHE.traces == traces and gz.token_ids == ga.token_ids
 
 
 def jax_zeros_like(state):

@@ -10,9 +10,15 @@ import pathlib
 import subprocess
 import sys
 
+import types
+
+import jax.numpy as jnp
 import pytest
 
+from specjax.models.llama import LAYER_WEIGHTS, weight_info
 from specjax.parallel import make_mesh, parse_mesh
+from specjax.program import sharded
+from specjax.testing import tiny_config, tiny_target
 from test_cli import tiny_chat, use_tiny  # noqa: F401 (fixtures)
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -58,6 +64,27 @@ def test_default_model_baseline_on_three_meshes():
   check_shardings(res["data=8"]["shardings"], heads_split=True)
   check_shardings(res["model=2"]["shardings"], heads_split=False)
   check_shardings(res["data=2,model=4"]["shardings"], heads_split=False)
+
+
+def test_every_weight_is_held_as_declared():
+  t = tiny_target(dtype=jnp.bfloat16, qkv_bias=True)
+  info = weight_info(t.cfg, jnp.bfloat16)
+  assert {"bqkv", "lm_head"} <= set(info) and info["attn_norm"].dtype == jnp.float32
+  for name, i in info.items():
+    held = getattr(t.model, name)
+    layered = i.axes[0] == "layers"
+    assert layered == (name in LAYER_WEIGHTS), name
+    for a in ([p[...] for p in held] if layered else [held[...]]):
+      assert (a.shape, a.dtype) == (i.shape[layered:], i.dtype), name
+
+
+def test_an_axis_is_split_only_where_the_mesh_divides_every_dimension_declared_with_it():
+  mesh = types.SimpleNamespace(shape={"data": 2, "model": 2})      # the layout reads only the axis sizes
+  assert sharded.layout(mesh, tiny_config()).split == {"batch", "vocab", "kv_heads", "ffn"}
+  # SmolLM2's 9 query heads over 3 KV heads: wo's 9*8 rows divide by 2, its KV-head groups do not
+  odd = tiny_config(heads=9, kv_heads=3, hidden=72)
+  assert sharded.layout(mesh, odd).split == {"batch", "vocab", "ffn"}
+  assert sharded.layout(types.SimpleNamespace(shape={"data": 1, "model": 3}), odd).split == {"batch", "kv_heads"}
 
 
 def test_mesh_arguments_are_checked():

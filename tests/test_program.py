@@ -34,14 +34,14 @@ def test_generation_runs_with_transfers_disallowed(t, drafter):
 
 def test_second_call_with_same_shapes_does_not_recompile(t):
   specjax.generate(t, [[1, 2, 3]], max_new_tokens=12, drafter="pld")
-  before = decode.TRACES
+  before = CACHE.traces
   g = specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=12, drafter="pld")   # same padded shapes
-  assert decode.TRACES == before
+  assert CACHE.traces == before
   assert g.compile_s < 0.05
   g13 = specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=13, drafter="pld")   # the budget is traced
-  assert decode.TRACES == before and g13.new_tokens == [13]
+  assert CACHE.traces == before and g13.new_tokens == [13]
   specjax.generate(t, [[4, 5, 6, 7]], max_new_tokens=100, drafter="pld")   # a longer buffer: new program
-  assert decode.TRACES == before + 1
+  assert CACHE.traces == before + 1
 
 
 def test_bad_inputs_fail_fast_with_clear_errors(t):
@@ -141,7 +141,8 @@ def test_process_state_lives_in_the_one_cache_object(t):
   """Compiled programs, trace counts and observed acceptance are kept in specjax.process_cache.CACHE."""
   from specjax import budget
   specjax.generate(t, [[1, 2, 3]], max_new_tokens=5)
-  assert CACHE.executables and decode.TRACES == CACHE.traces
+  assert CACHE.executables and CACHE.traces
+  assert not hasattr(decode, "TRACES") and not hasattr(decode, "PREFILL_DONE")     # no second home
   key = ("fingerprint", "a drafter")
   budget.observe(key, 2, 2.0, new_tokens=[4, 4], forwards=[2, 2])
   assert CACHE.seen[(key, 2)] == [1.0, 1.0]

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specjax.cache import KVCache, put_rows
-from specjax.process_cache import CACHE
 from specjax.engine import accept as accept_lib
 from specjax.models.llama import causal_mask
+from specjax.process_cache import CACHE
 from specjax.protocol import Context, Drafter, Models, Prefill, Step
 
 
@@ -29,8 +29,8 @@ class Spec:
   temperature: float = 0.0
   top_k: int | None = None
   top_p: float | None = None
-  cache_sharding: object = None     # NamedSharding of the KV cache on a device mesh (parallel/rules.py)
-  state_placement: object = None    # pins the drafter state's entries on a mesh (parallel/rules.StatePlacement)
+  cache_sharding: object = None     # NamedSharding of the KV cache on a device mesh (program/sharded.py)
+  state_placement: object = None    # pins the drafter state's entries on a mesh (program/sharded.StatePlacement)
   # Timing: run exactly max_new loop steps whatever the rows do (a finished row costs what a live one
   # does), so two runs give one step's cost (tree_budget="auto" measures its cost curve this way).
   timing: bool = False
@@ -70,15 +70,6 @@ def _constrain(cache: KVCache, sharding) -> KVCache:
 
 
 DRAFT_STREAM = 0x5EED   # fold_in constant of the drafters' random stream
-
-
-def __getattr__(name: str):
-  """TRACES (times the program was traced) and PREFILL_DONE (prefill end stamps), read from the process cache."""
-  if name == "TRACES":
-    return CACHE.traces
-  if name == "PREFILL_DONE":
-    return CACHE.prefill_done
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _stamp_prefill(_):

@@ -8,11 +8,14 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+from typing import Callable
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from specjax import numerics
+from specjax.io import gguf_loader, hf_loader, packing
 from specjax.io.tokenizer import Tokenizer
 from specjax.models.config import ModelConfig
 from specjax.models.llama import Llama, weight_shapes
@@ -42,9 +45,6 @@ def fingerprint(model: Llama, samples: int = 4096) -> str:
   """Hash of the config and of `samples` evenly spaced values of every weight, rounded to bfloat16
   so that the same checkpoint loaded in float32 or bfloat16 gives the same fingerprint. Drafter
   checkpoints record it: loading one beside another target is an error."""
-  import ml_dtypes
-
-  from specjax.io import packing
   h = hashlib.sha256(repr(sorted(dataclasses.asdict(model.cfg).items())).encode())
   # Every weight in its canonical (stacked) layout, whatever layout the model holds it in.
   for name in sorted(weight_shapes(model.cfg)):
@@ -80,26 +80,16 @@ def _dtype(dtype):
   return dtype
 
 
-def _check_load_args(path, mesh):
-  """TypeError naming the argument for a path that is not one, or a mesh that is not a Mesh."""
+def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None,
+         shardings: Callable[[ModelConfig], dict] | None = None, precision: str = "exact") -> Target:
+  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors); the
+  arguments as in specjax.load (specjax.api.load), but for shardings: where the weights go, chosen by the
+  caller: a function of the model's config (read from the file) returning {weight name: Sharding} as
+  models/llama.Llama takes them; each device then receives only its own shards (specjax.load(path,
+  mesh=...) passes those of a device mesh). None: the default device."""
   if not isinstance(path, (str, os.PathLike)):
     raise TypeError(f"path must be 'default', a .gguf file or a Hugging Face directory (a str or os.PathLike), "
                     f"got {type(path).__name__} {path!r:.60}")
-  import jax
-  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-    raise TypeError(f"mesh must be a device mesh from specjax.make_mesh(...), got {type(mesh).__name__}")
-
-
-def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template: str | None = None,
-         mesh=None, precision: str = "exact") -> Target:
-  """Loads a target: "default", a .gguf file, or a Hugging Face directory (config.json + safetensors).
-  chat_template: which of the model's named chat templates to use (default: the one named "default").
-  mesh: a device mesh (specjax.make_mesh) to place the weights on, shard by shard, by the partition
-  rules (specjax.parallel.rules); generate then runs sharded over it.
-  precision: "exact" (every matmul in true float32, or exact bfloat16 products with float32 sums) or
-  "fast" (the backend's default: TF32 on GPUs, one bfloat16 pass on TPUs; outputs may then differ from
-  autoregressive decoding at near-ties): see specjax/numerics.py."""
-  _check_load_args(path, mesh)
   dt = _dtype(dtype)
   numerics.check(precision)
   if chat_template is not None and not isinstance(chat_template, str):
@@ -109,14 +99,12 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template
   if not p.exists():
     raise FileNotFoundError(f"model not found: {p}")
   if p.is_dir():
-    from specjax.io import hf_loader
     if not (p / "config.json").exists():
       raise ValueError(f"{p}: not a Hugging Face model directory (config.json missing)")
     cfg = hf_loader.read_config(p)
     tok = Tokenizer.from_hf_dir(p, chat_template)
     weights = hf_loader.read_weights(p, cfg, np_dt)
   elif p.suffix == ".gguf":
-    from specjax.io import gguf_loader
     try:
       reader = gguf_loader.GGUFFile(p)
     except Exception as e:   # struct, numpy, enum and unicode errors on bytes that are not a GGUF file
@@ -129,9 +117,5 @@ def load(path: str | pathlib.Path = "default", *, dtype="float32", chat_template
   else:
     raise ValueError(f"{p}: unsupported model file; give a .gguf file or a Hugging Face directory "
                      "(pickled .bin/.pt checkpoints are never loaded)")
-  shardings = None
-  if mesh is not None:
-    from specjax.parallel import rules
-    shardings = rules.weight_shardings(rules.layout(mesh, cfg), weights)
-  model = Llama(cfg, weights, dtype=dt, shardings=shardings)
-  return Target(model, tok, cfg, str(p), mesh, precision)
+  model = Llama(cfg, weights, dtype=dt, shardings=None if shardings is None else shardings(cfg))
+  return Target(model, tok, cfg, str(p), precision=precision)

@@ -5,8 +5,12 @@ import dataclasses
 import struct
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize, quant_shape_to_byte_shape
 
+from specjax.io import packing
 from specjax.models.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
+from specjax.models.llama import weight_shapes
 
 SUPPORTED_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 
@@ -34,8 +38,6 @@ class GGUFFile:
   Little-endian GGUF versions 2 and 3; anything else raises ValueError."""
 
   def __init__(self, path):
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-    from gguf.quants import quant_shape_to_byte_shape
     # plain ndarray and memoryview views of the mapping: slicing a np.memmap runs Python code per slice
     self._buf = buf = np.memmap(path, np.uint8, mode="r").view(np.ndarray)
     self._mv = memoryview(buf)
@@ -147,11 +149,6 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def read_weights(reader, cfg: ModelConfig, path, dtype=np.float32) -> dict[str, np.ndarray]:
   """Dequantises one tensor at a time into preallocated stacked arrays (no second full copy)."""
-  from gguf.quants import dequantize
-
-  from specjax.io import packing
-  from specjax.models.llama import weight_shapes
-
   tensors = reader.tensors
   for t in tensors.values():
     if t.type.name not in SUPPORTED_QUANTS:

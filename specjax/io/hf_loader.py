@@ -6,10 +6,11 @@ import math
 import pathlib
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
-from specjax.io import jsonfile
-
+from specjax.io import jsonfile, packing
 from specjax.models.config import ModelConfig, RopeScaling
+from specjax.models.llama import weight_shapes
 
 _ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -133,7 +134,6 @@ def _tensor_files(d: pathlib.Path) -> list[pathlib.Path]:
 @contextlib.contextmanager
 def _open(f: pathlib.Path):
   """safe_open, with a truncated or corrupt file (SafetensorError) as a ValueError naming it."""
-  from safetensors import SafetensorError, safe_open
   try:
     with safe_open(str(f), framework="flax") as st:    # numpy has no bfloat16; flax gives jax arrays
       yield st
@@ -166,9 +166,6 @@ def _get(st, name, shape, d) -> np.ndarray:
 
 
 def read_weights(d: pathlib.Path, cfg: ModelConfig, dtype=np.float32) -> dict[str, np.ndarray]:
-  from specjax.io import packing
-  from specjax.models.llama import weight_shapes
-
   shapes = weight_shapes(cfg)
   files = _tensor_files(d)
   _check_sizes(files, cfg, d, shapes)

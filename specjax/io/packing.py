@@ -12,6 +12,7 @@ column; on one device each is still one matmul (a dot_general over H with contig
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from specjax.models.config import ModelConfig
@@ -42,7 +43,6 @@ def flat_layout(name: str, x, cfg: ModelConfig):
   all q columns, then k, then v; w_gate_up [L, H, 2F]; bqkv [L, (N+2K)D]); other weights unchanged. The
   target fingerprint that drafter checkpoints record is taken over this layout, so it did not change.
   x: a numpy or JAX array."""
-  import jax.numpy as jnp
   if name == "w_gate_up":
     return x.reshape(*x.shape[:-2], -1)
   if name not in ("wqkv", "bqkv"):

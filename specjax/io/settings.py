@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 
+import jax
 import numpy as np
 
 
@@ -24,7 +25,6 @@ def weights_hash(params) -> str | None:
   """sha256 (16 hex digits) over every weight's dtype, shape and bytes; None without weights."""
   if params is None:
     return None
-  import jax
   h = hashlib.sha256()
   for path, x in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0])):
     a = np.asarray(x)

@@ -5,10 +5,10 @@ over weights stacked on a layer axis compiles one layer body instead of L, but o
 the scan copied its layer's weights out of the stacks before the matmuls could read them (XLA cannot
 hand a dynamic slice to a dot in place): a decode step read and wrote the weights three times instead
 of reading them once (docs/MEASUREMENTS.md#layers-unrolled). The canonical (loader) layout keeps the layer axis
-(`weight_shapes`); the model splits it at load and `stacked` puts it back.
+(`weight_info`); the model splits it at load and `stacked` puts it back.
 q/k/v and gate/up are fused into single matmuls: on CPU, few wide matmuls beat many narrow ones. Their
 layouts keep the KV-head axis and the gate/up axis apart (io/packing.py), so a split of heads or FFN
-columns over a device mesh never cuts across q/k/v or gate/up (parallel/rules.py).
+columns over a device mesh never cuts across q/k/v or gate/up (`weight_info` declares the axes).
 """
 from __future__ import annotations
 
@@ -24,25 +24,51 @@ from specjax import numerics
 from specjax.cache import KVCache
 from specjax.models.config import ModelConfig
 
-# Canonical weight names and shapes ([in, out] for matmuls), shared by the loaders.
-def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-  L, H, F = cfg.layers, cfg.hidden, cfg.ffn
+
+@dataclasses.dataclass(frozen=True)
+class ArrayInfo:
+  """One array declared once: its shape, dtype and logical axes, one name per dimension (as jax-llm-examples'
+  ArrayInfo and MaxText's kernel_axes). A logical axis says what a dimension is ("vocab", "kv_heads", ...);
+  one table (parallel/rules.py) says which mesh axis splits it, so no declaration names a mesh."""
+  shape: tuple[int, ...]
+  dtype: object
+  axes: tuple[str, ...]
+
+  def __post_init__(self):
+    if len(self.shape) != len(self.axes):
+      raise ValueError(f"shape {self.shape} declared with {len(self.axes)} logical axes {self.axes}")
+
+
+def weight_info(cfg: ModelConfig, dtype=jnp.float32) -> dict[str, ArrayInfo]:
+  """Every target weight, declared once: canonical (loader) shape ([in, out] for matmuls), dtype (norms in
+  float32, the rest in `dtype`) and logical axes. Layer weights lead with a "layers" axis; the model holds
+  each layer's slice as an array of its own (see the module docstring)."""
+  L, H, F, V = cfg.layers, cfg.hidden, cfg.ffn, cfg.vocab
   K, G, D = cfg.kv_heads, cfg.heads // cfg.kv_heads, cfg.head_dim
-  shapes = {
-      "embed": (cfg.vocab, H),
-      "wqkv": (L, H, K, G + 2, D),          # per KV head: its G query heads, its key, its value (io/packing.py)
-      "wo": (L, cfg.heads * D, H),          # rows: query heads in order, so KV group k is rows [k*G*D, (k+1)*G*D)
-      "w_gate_up": (L, H, 2, F),
-      "w_down": (L, F, H),
-      "attn_norm": (L, H),
-      "mlp_norm": (L, H),
-      "final_norm": (H,),
+  w = lambda shape, *axes: ArrayInfo(shape, dtype, axes)
+  norm = lambda shape, *axes: ArrayInfo(shape, jnp.float32, axes)
+  info = {
+      "embed": w((V, H), "vocab", "embed"),
+      # per KV head: its G query heads, its key, its value (io/packing.py)
+      "wqkv": w((L, H, K, G + 2, D), "layers", "embed", "kv_heads", "qkv", "head_dim"),
+      # rows: query heads in order, so KV group k is rows [k*G*D, (k+1)*G*D): split by KV-head group
+      "wo": w((L, cfg.heads * D, H), "layers", "kv_heads", "embed"),
+      "w_gate_up": w((L, H, 2, F), "layers", "embed", "gate_up", "ffn"),
+      "w_down": w((L, F, H), "layers", "ffn", "embed"),
+      "attn_norm": norm((L, H), "layers", "embed"),
+      "mlp_norm": norm((L, H), "layers", "embed"),
+      "final_norm": norm((H,), "embed"),
   }
   if cfg.qkv_bias:
-    shapes["bqkv"] = (L, K, G + 2, D)
+    info["bqkv"] = w((L, K, G + 2, D), "layers", "kv_heads", "qkv", "head_dim")
   if not cfg.tie_embeddings:
-    shapes["lm_head"] = (H, cfg.vocab)
-  return shapes
+    info["lm_head"] = w((H, V), "embed", "vocab")
+  return info
+
+
+def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """{weight name: canonical shape}, from `weight_info`."""
+  return {name: i.shape for name, i in weight_info(cfg).items()}
 
 
 @jax.tree_util.register_dataclass
@@ -114,7 +140,7 @@ def _proj(eq, x, w):
 
 def decoder_layer(cfg: ModelConfig, w: dict, x, cos, sin, kv, new_mask, live):
   """One decoder layer. x [B, T, H] float32 (the residual stream; see `_proj`); w: this layer's weights
-  (see `weight_shapes`, layer axis removed); cos, sin [B, T, D/2]; kv: this layer's cached (k, v)
+  (see `weight_info`, layer axis removed); cos, sin [B, T, D/2]; kv: this layer's cached (k, v)
   [B, KVH, S, D] or None; new_mask [B, 1, 1, T, T]; live [B, 1, 1, 1 or T, S] (which cached keys are
   valid, for all or for each new token) or None. Returns (x, k, v): the new residual and the T fresh
   keys/values [B, T, KVH, D]."""
@@ -196,37 +222,36 @@ class Llama(nnx.Module):
   the LM head reads (what Hugging Face's model output and the Medusa/EAGLE trainers call the last
   hidden state).
 
-  `weights` (canonical names, see `weight_shapes`) is consumed: entries are popped as they are
-  moved to the device, so loading never holds two full copies. shardings: {weight name: Sharding}
-  (specjax.parallel.rules.weight_shardings) places each weight shard by shard over a device mesh."""
+  `weights` (canonical names and shapes, see `weight_info`) is consumed: entries are popped as they are
+  moved to the device, so loading never holds two full copies. shardings: {weight name: Sharding} of each
+  array as the model holds it (a layer weight: one layer's slice), chosen by the caller (for a mesh:
+  specjax.program.sharded.weight_shardings); each device then receives only its own shards. None: the
+  default device."""
 
   def __init__(self, cfg: ModelConfig, weights: dict[str, np.ndarray] | None = None, *,
                dtype=jnp.float32, seed: int = 0, shardings: dict | None = None):
     self.cfg = cfg
     self.dtype = dtype
-    shapes = weight_shapes(cfg)
+    info = weight_info(cfg, dtype)
     if weights is None:
-      weights = _random_weights(shapes, seed)
-    missing = set(shapes) - set(weights)
+      weights = _random_weights(weight_shapes(cfg), seed)
+    missing = set(info) - set(weights)
     if missing:
       raise ValueError(f"missing weights: {sorted(missing)}")
-    for name, shape in shapes.items():
+    for name, i in info.items():
       w = weights.pop(name)     # consumed tensor by tensor: host copies are freed as we go
-      if tuple(w.shape) != shape:
-        raise ValueError(f"weight {name} has shape {tuple(w.shape)}, expected {shape}")
-      dt = jnp.float32 if name.endswith("norm") else dtype
+      if tuple(w.shape) != i.shape:
+        raise ValueError(f"weight {name} has shape {tuple(w.shape)}, expected {i.shape}")
       s = None if shardings is None else shardings[name]
       if name in LAYER_WEIGHTS:        # one array per layer (see the module docstring)
-        if s is not None:
-          s = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(*s.spec[1:]))
-        setattr(self, name, nnx.List([nnx.Param(_place(w[i], dt, s)) for i in range(cfg.layers)]))
+        setattr(self, name, nnx.List([nnx.Param(_place(w[j], i.dtype, s)) for j in range(cfg.layers)]))
       else:
-        setattr(self, name, nnx.Param(_place(w, dt, s)))
+        setattr(self, name, nnx.Param(_place(w, i.dtype, s)))
       del w
     self.inv_freq = nnx.Variable(jnp.asarray(rope_frequencies(cfg)))
 
   def stacked(self, name: str) -> jax.Array:
-    """A weight in its canonical layout (`weight_shapes`): layer weights stacked on a leading [L] axis."""
+    """A weight in its canonical layout (`weight_info`): layer weights stacked on a leading [L] axis."""
     a = getattr(self, name)
     return jnp.stack([p[...] for p in a]) if name in LAYER_WEIGHTS else a[...]
 

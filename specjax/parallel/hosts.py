@@ -13,6 +13,8 @@ import os
 import sys
 import threading
 
+import jax
+
 AUTO = "auto"
 DEFAULT_TIMEOUT = 300.0     # seconds; jax.distributed's own default
 
@@ -22,7 +24,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   """coordinator "HOST:PORT" with num_processes and process_id, or "auto" (jax.distributed detects the
   cluster), or None (one process: nothing to do). Returns whether jax.distributed was started. timeout:
   seconds to wait for every process to start (see the module docstring)."""
-  import jax
   if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6:
     raise ValueError(f"--init-timeout must be a number of seconds in (0, 1e6), got {timeout!r}")
   if coordinator is None:

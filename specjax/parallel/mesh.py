@@ -2,7 +2,9 @@
 line (`--mesh data=2,model=4`)."""
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from specjax.checks import positive_int
 
@@ -13,8 +15,6 @@ def make_mesh(data: int = 1, model: int = 1, *, devices=None):
   """A jax.sharding.Mesh of data x model devices (the first data*model of `devices`, default all of
   jax.devices(), which spans every process of a multi-host job). "data" splits the batch, "model" the
   weights (heads, FFN, vocabulary) Megatron-style."""
-  import jax
-  from jax.sharding import Mesh
   for name, v in (("data", data), ("model", model)):
     positive_int(v, f"mesh axis {name}")
   devices = list(jax.devices() if devices is None else devices)

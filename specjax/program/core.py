@@ -89,9 +89,7 @@ class Program:
 
   def __init__(self, target: Target, mesh=None):
     self.target = check_target(target)
-    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-      raise TypeError(f"mesh must be a device mesh from specjax.make_mesh(...), got {type(mesh).__name__}")
-    self.mesh = target.mesh if mesh is None else mesh
+    self.mesh = target.mesh if sharded.check_mesh(mesh) is None else mesh
     self.layout = None if self.mesh is None else sharded.layout(self.mesh, target.cfg)
 
   @property
