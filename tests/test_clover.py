@@ -14,6 +14,7 @@ from specjax.drafters.clover import Clover1, Clover2
 from specjax.engine import decode
 from specjax.testing import tiny_target
 from specjax.train import loop
+from specjax.train.clover import CloverRecipe
 
 PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
 
@@ -99,7 +100,7 @@ CFG = dict(steps=30, batch=4, lr=1e-2, warmup=3, eval_every=15, save_every=10, h
 def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_path, name):
   t, train, held = tiny_full
   c = loop.TrainConfig(drafter=name, **CFG).resolved()
-  recipe = loop.CloverRecipe(t, train, held, c)
+  recipe = CloverRecipe(t, train, held, c)
   batch = recipe.batch(np.arange(8), 0)
   before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
   d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)

@@ -99,12 +99,13 @@ def test_early_exit_adapter_trains_saves_and_decodes_losslessly(tiny_distilled, 
   from specjax.io import checkpoint
   from specjax.train import data as data_lib
   from specjax.train import loop
+  from specjax.train.early_exit import EarlyExitRecipe
   t, seqs, d = tiny_distilled
   feats = [data_lib.features(t, s, d / f"exit-{n}", shard_size=8, capture=(0,), progress=False)
            for n, s in (("train", seqs[:32]), ("held", seqs[32:]))]
   c = loop.TrainConfig(drafter="early-exit", exit_layer=1, steps=30, batch=64, lr=2e-2, warmup=5, eval_every=30,
                        save_every=30, draft_vocab=32, eval_positions=256).resolved()
-  recipe = loop.EarlyExitRecipe(t, *feats, c)
+  recipe = EarlyExitRecipe(t, *feats, c)
   batch = recipe.batch(np.arange(256), 0)
   before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
   drafter, summary = loop.fit(t, *feats, c, tmp_path / "run", progress=False, log=lambda m: None)

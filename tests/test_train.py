@@ -15,6 +15,7 @@ from specjax.io import checkpoint
 from specjax.testing import tiny_target
 from specjax.train import data as data_lib
 from specjax.train import loop
+from specjax.train.medusa import MedusaRecipe
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ CFG = dict(steps=40, batch=64, lr=2e-2, warmup=5, eval_every=20, save_every=10, 
 def test_training_lowers_the_loss_and_improves_heads(tiny_data, tmp_path):
   t, train, held, _, _ = tiny_data
   c = loop.TrainConfig(**CFG).resolved()
-  recipe = loop.MedusaRecipe(t, train, held, c)
+  recipe = MedusaRecipe(t, train, held, c)
   batch = recipe.batch(np.arange(256), 0)
   before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
   d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)

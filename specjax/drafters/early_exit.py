@@ -10,7 +10,7 @@ Why: without an adapter the exit head at layer K of SmolLM2 rarely agrees with t
 residual. The reduced vocabulary also cuts the draft's LM head (576 x 49152 float32 is 113 MB read
 per draft call, as much as 8 decoder layers) to a twelfth at N = 4096.
 
-Trained by `specjax train --drafter early-exit --exit-layer K` (train/loop.py `EarlyExitRecipe`);
+Trained by `specjax train --drafter early-exit --exit-layer K` (train/early_exit.py);
 the shipped checkpoint (if any) is checkpoints/early-exit.safetensors, loaded as "early-exit".
 """
 from __future__ import annotations

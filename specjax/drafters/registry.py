@@ -38,7 +38,19 @@ def _classes() -> dict:
   return out
 
 
-TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3", "early-exit")
+def module_of(name: str) -> str | None:
+  """The module of specjax.drafters that defines drafter `name` (None for one registered from elsewhere)."""
+  where = _CLASSES[name]
+  module = where.partition(":")[0] if isinstance(where, str) else ""
+  return module if module and "." not in module else None
+
+
+def trained() -> list[str]:
+  """The drafters whose weights are trained: those whose method has its training beside it,
+  specjax/train/<module>.py (its losses and recipe), so `specjax train` makes their checkpoints and a
+  name loads one. Read from the file layout: imports nothing (the CLI's help lists them without JAX)."""
+  train = pathlib.Path(__file__).resolve().parents[1] / "train"
+  return [k for k in names() if module_of(k) and (train / f"{module_of(k)}.py").is_file()]
 NAMED_OPTION = {"draft-model": "model", "self-spec": "exit_layer", "staged": "exit_layer"}   # "NAME:VALUE"
 
 
@@ -48,13 +60,13 @@ def names() -> list[str]:
 
 def shipped() -> list[str]:
   """Trained drafters with a checkpoint shipped for the default model (usable by name alone)."""
-  return [k for k in TRAINED if checkpoint_path(k).is_file()]
+  return [k for k in trained() if checkpoint_path(k).is_file()]
 
 
 def describe() -> str:
   """The drafters for a help text, from this registry (so the text cannot go stale)."""
-  weightless = [k for k in names() if k not in TRAINED and k not in NAMED_OPTION]
-  return (f"{', '.join(weightless)}; trained: {', '.join(TRAINED)} (NAME:PATH for a file from `specjax train`; "
+  weightless = [k for k in names() if k not in trained() and k not in NAMED_OPTION]
+  return (f"{', '.join(weightless)}; trained: {', '.join(trained())} (NAME:PATH for a file from `specjax train`; "
           f"by name alone: the checkpoint shipped for the default model, for {', '.join(shipped()) or 'none'}); "
           f"{', '.join(f'{k}:{_METAVAR[NAMED_OPTION[k]]}' for k in NAMED_OPTION)} (or NAME with -O "
           f"{' / -O '.join(f'{o}={m}' for o, m in _METAVAR.items())})")
@@ -118,7 +130,7 @@ def make(drafter, **options):
           raise ValueError(f"drafter {drafter!r} names {opt} already; do not pass it as an option too")
         options = {**options, opt: _named_value(kind, opt, value)}
       drafter = cls.load(**options) if hasattr(cls, "load") else cls(**options)
-    elif kind in TRAINED:
+    elif kind in trained():
       check_option_types(cls(**options))        # wrong option types are refused before any file is read
       drafter = load_trained(drafter, **options)
     else:

@@ -81,7 +81,7 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
                              capture=loop.RECIPES[drafter].capture_for(target.cfg, c),
-                             full=getattr(loop.RECIPES[drafter], "full", True), progress=progress)
+                             full=loop.RECIPES[drafter].full, progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
   d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, max_seconds=max_seconds,
                         progress=progress, log=log)
