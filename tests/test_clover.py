@@ -126,8 +126,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tiny_full, tmp_path):
 
 def _write(t, d, path):
   from specjax.io import checkpoint
-  tensors, meta = d.to_checkpoint()
-  return checkpoint.save(path, tensors, {"drafter": meta, "target": checkpoint.target_info(t), "training": {}})
+  return checkpoint.save_drafter(path, d, t)
 
 
 @pytest.mark.parametrize("name,cls", [("clover", Clover1), ("clover2", Clover2)])

@@ -111,8 +111,7 @@ def test_early_exit_adapter_trains_saves_and_decodes_losslessly(tiny_distilled, 
   drafter, summary = loop.fit(t, *feats, c, tmp_path / "run", progress=False, log=lambda m: None)
   after = float(recipe.loss({k: drafter.params[k][...] for k in ("w", "b")}, recipe.consts, batch)[0])
   assert after < before
-  tensors, meta = drafter.to_checkpoint()
-  path = checkpoint.save(tmp_path / "ee.safetensors", tensors, {"drafter": meta, "target": checkpoint.target_info(t)})
+  path = checkpoint.save_drafter(tmp_path / "ee.safetensors", drafter, t)
   g = specjax.generate(t, PROMPTS, max_new_tokens=12, drafter=f"early-exit:{path}", gamma=2)
   assert g.token_ids == specjax.generate(t, PROMPTS, max_new_tokens=12).token_ids
   with pytest.raises(checkpoint.CheckpointError, match="trained for another target"):

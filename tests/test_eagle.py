@@ -256,9 +256,7 @@ def test_checkpoint_round_trip_loads_by_name_and_refuses_other_targets(tmp_path)
   from specjax.io import checkpoint
   t = tiny_target(seed=1, scale=8.0)
   d = Eagle.untrained(t, seed=2, draft_vocab=16, depth=3, top_k=3, nodes=5)
-  tensors, meta = d.to_checkpoint()
-  path = checkpoint.save(tmp_path / "eagle.safetensors", tensors,
-                         {"drafter": meta, "target": checkpoint.target_info(t), "training": {}})
+  path = checkpoint.save_drafter(tmp_path / "eagle.safetensors", d, t)
   loaded = registry.make(f"eagle:{path}")
   assert loaded.name == "eagle" and loaded.draft_vocab == 16
   assert (loaded.depth, loaded.top_k, loaded.nodes) == (Eagle().depth, Eagle().top_k, Eagle().nodes)   # the budget is the decoder's
@@ -373,9 +371,7 @@ def test_training_time_test_loss_weights_steps_and_trains():
 def test_eagle3_checkpoint_keeps_its_layers(tmp_path, tiny4):
   from specjax.io import checkpoint
   d = Eagle3.untrained(tiny4, seed=2, draft_vocab=16)
-  tensors, meta = d.to_checkpoint()
-  path = checkpoint.save(tmp_path / "eagle3.safetensors", tensors,
-                         {"drafter": meta, "target": checkpoint.target_info(tiny4), "training": {}})
+  path = checkpoint.save_drafter(tmp_path / "eagle3.safetensors", d, tiny4)
   loaded = registry.make(f"eagle3:{path}")
   assert loaded.fuse == d.fuse and loaded.capture == d.capture and set(loaded.params["p"].get_value()) == set(d.shapes())
   base = specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16)

@@ -74,8 +74,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tiny_data, tmp_path):
 
 
 def _write(t, d: Medusa, path):
-  tensors, meta = d.to_checkpoint()
-  return checkpoint.save(path, tensors, {"drafter": meta, "target": checkpoint.target_info(t), "training": {}})
+  return checkpoint.save_drafter(path, d, t)
 
 
 def test_checkpoint_round_trip_is_exact_and_generates(tmp_path):

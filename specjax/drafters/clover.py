@@ -38,7 +38,8 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import apply_rope, decoder_layer, rms_norm
-from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step,
+                              check_option_types)
 
 
 # ------------------------------------------------------------------ weights
@@ -239,13 +240,13 @@ class Clover(flat.FlatDrafter):
   # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
   # Xeon (benchmarks/clover_cost.py): a 7-node verify costs 1.3-1.4x a one-token step and the
   # estimated speedup peaks at 6 nodes and falls beyond; accelerators want 20-64.
-  nodes: int = 6
-  width: int = 4                # frontier nodes expanded per depth
-  children: int = 4             # most children a node may take
-  threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
+  nodes: int = dataclasses.field(default=6, metadata=BUDGET)
+  width: int = dataclasses.field(default=4, metadata=BUDGET)          # frontier nodes expanded per depth
+  children: int = dataclasses.field(default=4, metadata=BUDGET)       # most children a node may take
+  # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
+  threshold: float = dataclasses.field(default=-1.0, metadata=BUDGET)
   name = "clover"
   state_axes = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
-  budget = ("nodes", "width", "children")
   budget_keys = ("nodes", "width")     # held-out tau is measured per nodes/width
 
   @property

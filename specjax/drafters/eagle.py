@@ -49,7 +49,8 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
-from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step,
+                              check_option_types)
 
 
 # ------------------------------------------------------------------ weights
@@ -187,13 +188,12 @@ class Eagle(flat.FlatDrafter):
   # 1.41x at 4/4/8, 1.55x at 5/4/10 and 1.87x at 5/6/16, nearly all of it the verify of the wider
   # tree (the draft is under 10%), while the shipped checkpoint's held-out tau only grows from 1.57
   # to 1.67, 1.70 and 1.78: 3/4/4 gives the most tokens per second. Accelerators: 6/8/24 and up.
-  depth: int = 3                # tree depth (EAGLE-2's `depth` + 1): depth - 1 draft-layer calls
-  top_k: int = 4                # children per frontier node, and the frontier's width
-  nodes: int = 4                # candidate nodes kept (the root not counted)
+  depth: int = dataclasses.field(default=3, metadata=BUDGET)   # tree depth (EAGLE-2's `depth` + 1): depth - 1 layer calls
+  top_k: int = dataclasses.field(default=4, metadata=BUDGET)   # children per frontier node, and the frontier's width
+  nodes: int = dataclasses.field(default=4, metadata=BUDGET)   # candidate nodes kept (the root not counted)
   name = "eagle"
   state_axes = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}  # k, v [B, KVH, S, D]; g [B, H]
-  budget = ("depth", "top_k", "nodes")
-  budget_keys = budget
+  budget_keys = ("depth", "top_k", "nodes")
 
   def shapes(self):
     return shapes(self.dims)

@@ -27,6 +27,11 @@ def register(name: str, where) -> None:
   _CLASSES[name] = where
 
 
+def drafter_class(name: str):
+  """The class registered under `name` (imported on use)."""
+  return _classes()[name]
+
+
 def _classes() -> dict:
   out = {}
   for name, where in _CLASSES.items():
@@ -94,13 +99,7 @@ def load_trained(name: str, **options):
   if ":" not in name and not path.is_file():
     raise checkpoint.CheckpointError(f"no {kind!r} checkpoint is shipped for the default model ({path}); train one with "
                                      f"`specjax train --drafter {kind}` and pass {kind}:PATH")
-  tensors, meta = checkpoint.load(path)
-  recorded = meta.get("drafter", {}).get("name")
-  if recorded != kind:
-    raise checkpoint.CheckpointError(f"{path} holds a {recorded!r} drafter, not {kind!r}")
-  d = _classes()[kind].from_checkpoint(tensors, meta["drafter"], meta["target"], **options)
-  tau = meta.get("training", {}).get("eval", {}).get("tau_by_nodes") or {}
-  return dataclasses.replace(d, heldout_tau=tuple((str(k), float(v)) for k, v in tau.items()))
+  return checkpoint.load_drafter(path, drafter_class(kind), **options)
 
 
 def make(drafter, **options):
