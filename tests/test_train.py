@@ -1,10 +1,7 @@
-"""Drafter training: data order, loss goes down, exact resume, checkpoint round trip and its errors."""
+"""Drafter training: data order, loss goes down, exact resume, checkpoint errors (the round trip itself:
+tests/test_drafter_contract.py)."""
 import dataclasses
-import json
-import pathlib
 
-import jax
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -75,22 +72,6 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tiny_data, tmp_path):
 
 def _write(t, d: Medusa, path):
   return checkpoint.save_drafter(path, d, t)
-
-
-def test_checkpoint_round_trip_is_exact_and_generates(tmp_path):
-  t = tiny_target(seed=1, scale=8.0)
-  d = Medusa.untrained(t, seed=2, draft_vocab=16, nodes=5)
-  path = _write(t, d, tmp_path / "m.safetensors")
-  loaded = registry.make(f"medusa:{path}")
-  # The same static configuration, but the tree budget, which belongs to the machine that decodes.
-  assert dataclasses.replace(loaded, trained_for="", nodes=d.nodes) == d and loaded.nodes == Medusa().nodes
-  for k in ("w", "b"):   # stored in bfloat16: equal to the weights rounded to bfloat16, exactly
-    want = np.asarray(d.params[k][...]).astype(ml_dtypes.bfloat16).astype(np.float32)
-    assert np.array_equal(np.asarray(loaded.params[k][...]), want)
-  assert np.array_equal(np.asarray(loaded.params["vocab"][...]), np.asarray(d.params["vocab"][...]))
-  prompts = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 21]]
-  base = specjax.generate(t, prompts, max_new_tokens=20)
-  assert specjax.generate(t, prompts, max_new_tokens=20, drafter=f"medusa:{path}").token_ids == base.token_ids
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):

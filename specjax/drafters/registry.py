@@ -1,8 +1,8 @@
 """Drafter names -> classes, and construction with validated options.
 
-Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (medusa, clover,
-clover2, eagle, eagle3, early-exit) load a checkpoint: "medusa" is the checkpoint shipped for the default model
-(checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`. The draft-model
+Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (`trained()`: those
+whose method has a training module, specjax/train/<module>.py) load a checkpoint: "medusa" is the checkpoint
+shipped for the default model (checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`. The draft-model
 family names its main option after a colon, so one benchmark can run several: "draft-model:PATH"
 (option model), "self-spec:K" and "staged:K" (option exit_layer).
 """
@@ -108,19 +108,18 @@ def make(drafter, **options):
   if not isinstance(drafter, (str, Drafter)):
     raise TypeError(f"drafter must be a name such as 'pld' or 'medusa:PATH' (a str) or a Drafter, got "
                     f"{type(drafter).__name__} {drafter!r:.60}")
+  kind = drafter.name if isinstance(drafter, Drafter) else drafter.partition(":")[0]
+  if not isinstance(drafter, Drafter) and kind not in _classes():
+    raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(_classes())} (or medusa:PATH)")
+  cls = type(drafter) if isinstance(drafter, Drafter) else drafter_class(kind)
+  fields = set(options_of(cls))
+  unknown = set(options) - fields
+  if unknown:
+    raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
   if isinstance(drafter, Drafter):
     if options:
       drafter = dataclasses.replace(drafter, **options)
   else:
-    classes = _classes()
-    kind = drafter.partition(":")[0] if isinstance(drafter, str) else drafter
-    if kind not in classes:
-      raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(classes)} (or medusa:PATH)")
-    cls = classes[kind]
-    fields = set(options_of(cls))
-    unknown = set(options) - fields
-    if unknown:
-      raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
     if kind in NAMED_OPTION:
       _, sep, value = drafter.partition(":")
       if sep:

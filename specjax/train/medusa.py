@@ -14,7 +14,7 @@ from specjax import numerics
 from specjax.drafters import medusa
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
-from specjax.train.data import draft_vocab
+from specjax.train.recipe import Recipe
 
 KMAX = 10   # ranks measured per head (a tree never uses more siblings than this)
 
@@ -83,26 +83,12 @@ def summarize(held_ranks: np.ndarray, train_ranks: np.ndarray, nodes: int) -> di
                            for n in (4, 8, 12, 16, 24, 32)}}
 
 
-class MedusaRecipe:
-  """What the loop needs from a drafter: units to sample batches from, a batch, initial weights, the
-  loss, a held-out summary (with the exact tau of the tree it will use) and the drafter itself.
-  c: a loop.TrainConfig."""
+class MedusaRecipe(Recipe):
+  """Medusa's heads, trained at single answer positions (a batch: `batch` positions)."""
   defaults = dict(batch=256, clip=1.0, b2=0.999)
-  clip_by = "norm"
-  full = True         # features of the prompts' positions too (the features Clover and EAGLE share)
-
-  @staticmethod
-  def capture_for(cfg, c=None) -> tuple:
-    """Target layers whose residuals the features must keep (none: the last hidden state only)."""
-    return ()
 
   def __init__(self, target, train, held, c):
-    self.c, self.target, self.train, self.held = c, target, train, held
-    model = target.model
-    self.vocab, self.coverage, self.index = draft_vocab(train, target.cfg.vocab, c.draft_vocab)
-    self.consts = dict(norm_w=model.final_norm[...],
-                       head_w=jnp.asarray(model.head_weight(None if self.vocab is None else jnp.asarray(self.vocab)),
-                                          jnp.float32))
+    super().__init__(target, train, held, c)
     self.eps = target.cfg.norm_eps
     self.lab_train, self.lab_held = self.labels(train), self.labels(held)
     self.pos_train = np.flatnonzero((self.lab_train[:, 0] >= 0) & (train.pos >= 0))     # answer positions only

@@ -3,7 +3,7 @@ batch is a few sequences of full features (the prompt's positions too), gathered
 held-out evaluation scores the drafter's own dynamic trees against the target's greedy continuation.
 
 A recipe is what `loop.fit` needs from a drafter: `units` to sample batches from, `batch`, `init`,
-`loss`, `summarize` and `drafter` (see train/medusa.py MedusaRecipe).
+`loss`, `summarize` and `drafter` (see train/recipe.py).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.train.data import draft_vocab
+from specjax.train.recipe import Recipe
 
 
 def spans(feat) -> np.ndarray:
@@ -46,27 +46,17 @@ def _gather(a, idx):
   return jnp.where((idx >= 0).reshape(idx.shape + (1,) * (x.ndim - 2)), x, 0.0)
 
 
-class SequenceRecipe:
+class SequenceRecipe(Recipe):
   """Drafters trained on whole sequences (full features: the prompt's positions too), a batch being
   `batch` sequences padded to a multiple of `bucket`: Clover's augmenting block and EAGLE's draft
   layer attend over the prompt and the answer."""
   defaults = dict(batch=4, clip=0.5, b2=0.95)
   clip_by = "value"                 # the public Clover-2 and EAGLE trainers clip gradient values at 0.5
   bucket = 128
-  full = True
-
-  @staticmethod
-  def capture_for(cfg, c=None) -> tuple:
-    """Target layers whose residuals the features must keep (none: the last hidden state only)."""
-    return ()
 
   def __init__(self, target, train, held, c):
-    self.c, self.target, self.train, self.held = c, target, train, held
-    model = target.model
-    self.vocab, self.coverage, self.index = draft_vocab(train, target.cfg.vocab, c.draft_vocab)
-    self.consts = dict(embed=jnp.asarray(model.embed[...], jnp.float32), norm_w=model.final_norm[...],
-                       head_w=jnp.asarray(model.head_weight(None if self.vocab is None else jnp.asarray(self.vocab)),
-                                          jnp.float32))
+    super().__init__(target, train, held, c)
+    self.consts["embed"] = jnp.asarray(target.model.embed[...], jnp.float32)
     self.spans_train, self.spans_held = spans(train), spans(held)
     self.units = len(self.spans_train)
     if self.units < c.batch:
