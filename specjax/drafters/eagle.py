@@ -290,7 +290,7 @@ class Eagle(flat.FlatDrafter):
 
 @dataclasses.dataclass(frozen=True)
 class Eagle3(Eagle):
-  """EAGLE-3: features fused from three captured target layers; normed output; (trained with `ttt_loss`)."""
+  """EAGLE-3: features fused from three captured target layers; normed output; (trained with train/eagle.py `ttt_loss`)."""
   # the captured (low, mid, high) target layers: set by for_target / the checkpoint
   fuse: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
   name = "eagle3"
