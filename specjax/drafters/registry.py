@@ -2,7 +2,8 @@
 
 Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (`trained()`: those
 whose method has a training module, specjax/train/<module>.py) load a checkpoint: "medusa" is the checkpoint
-shipped for the default model (checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`. The draft-model
+shipped for the default model (checkpoints/medusa.safetensors), "medusa:PATH" any file written by
+`specjax train`. The draft-model
 family names its main option after a colon, so one benchmark can run several: "draft-model:PATH"
 (option model), "self-spec:K" and "staged:K" (option exit_layer).
 """
