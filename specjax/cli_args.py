@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train a drafter on the target's own answers to the shared train prompts and write "
                      "OUT/<drafter>.safetensors. Rerunning the same command resumes (data, features and optimiser "
                      "state are cached).")
-  t.add_argument("--drafter", default="medusa", choices=registry.TRAINED)
+  t.add_argument("--drafter", default="medusa", choices=registry.trained())
   t.add_argument("--out", required=True, metavar="DIR")
   t.add_argument("--data", default="distill", choices=["distill", "teacher"],
                  help="distill: the target's own greedy answers (default); teacher: the files' own answers")

@@ -13,7 +13,10 @@ fields are static configuration; weights are never fields of the static part (se
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import pathlib
 import types
 import typing
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +113,45 @@ class Models:
   drafter: Any = None
 
 
-# Field metadata of a drafter field that is not a user option (weights, the architecture read from a
-# checkpoint, records): `options` leaves it out, and so does registry.make.
+# Field metadata of drafter fields. Unmarked: a user option, stored with trained weights (a load refuses
+# another value). NOT_OPTION: not an option (the architecture a checkpoint records, measurements); stored.
+# BUDGET: an option that sizes the tree, which suits the machine that decodes: never stored, a load takes
+# the given value or the default. DERIVED: set when the drafter is built or loaded (its weights, the
+# target's record): neither an option nor stored as configuration.
 NOT_OPTION = types.MappingProxyType({"option": False})
+BUDGET = types.MappingProxyType({"budget": True})
+DERIVED = types.MappingProxyType({"option": False, "stored": False})
 
 
 def options(cls) -> list[str]:
-  """The names of a drafter class's (or instance's) options: its fields not marked NOT_OPTION."""
+  """The names of a drafter class's (or instance's) options: its fields not marked NOT_OPTION or DERIVED."""
   return [f.name for f in dataclasses.fields(cls) if f.metadata.get("option", True)]
+
+
+def stored(cls) -> list[str]:
+  """The fields a checkpoint of this drafter keeps beside its weights: all but BUDGET and DERIVED ones."""
+  return [f.name for f in dataclasses.fields(cls) if f.metadata.get("stored", True) and not f.metadata.get("budget")]
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: missing, truncated, corrupted, or for another target."""
+
+
+def target_record(target) -> dict:
+  """What trained weights record about the target they were made for (a checkpoint's "target")."""
+  c = target.cfg
+  return {"arch": c.arch, "hidden": c.hidden, "layers": c.layers, "heads": c.heads, "kv_heads": c.kv_heads,
+          "vocab": c.vocab, "fingerprint": target.fingerprint, "path": pathlib.Path(target.path).name}
+
+
+def check_record(recorded: dict, target, where: str) -> None:
+  """Raises CheckpointError when `target` is not the model `recorded` (a target_record) describes."""
+  mine = target_record(target)
+  for key in ("arch", "hidden", "layers", "vocab", "fingerprint"):
+    if recorded.get(key) != mine[key]:
+      raise CheckpointError(f"{where} was trained for another target ({key} {recorded.get(key)!r}, this target has "
+                            f"{mine[key]!r}; trained for {recorded.get('path', '?')}); train one for this model "
+                            "with `specjax train`")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +175,24 @@ class Drafter:
   # program/sharded.StatePlacement; entries not declared (and None: all) are left to XLA's propagation.
   state_axes = None
   params: object = dataclasses.field(default=None, compare=False, hash=False, repr=False, kw_only=True,
-                                  metadata=NOT_OPTION)
+                                     metadata=DERIVED)
   # ((budget key, held-out tau), ...) recorded when the weights were trained; not an option and not part
   # of the program (no effect on equality, hashing or the executable cache).
   heldout_tau: tuple = dataclasses.field(default=(), compare=False, hash=False, repr=False, kw_only=True,
-                                         metadata=NOT_OPTION)
+                                         metadata=DERIVED)
+  # JSON of the target_record of the model the weights were trained for ("": none recorded), set at load
+  trained_for: str = dataclasses.field(default="", compare=False, hash=False, repr=False, kw_only=True,
+                                       metadata=DERIVED)
 
-  @property
-  def graphdef(self):
+  def module(self):
+    """Drafters with weights: their NNX module with placeholder weights shaped by the static fields (built
+    under nnx.eval_shape, nothing allocated). `graphdef` is split from it; a checkpoint's tensors are read
+    against it (io/checkpoint.py). None: no weights of this kind."""
     return None
+
+  @functools.cached_property
+  def graphdef(self):
+    return None if type(self).module is Drafter.module else nnx.split(nnx.eval_shape(self.module))[0]
 
   @property
   def num_nodes(self) -> int:
@@ -171,7 +215,10 @@ class Drafter:
     check_option_types(self)
 
   def check_target(self, target) -> None:
-    """Raises ValueError when this drafter's weights were made for another target."""
+    """Raises ValueError when this drafter's weights were made for another target. Overrides call
+    super().check_target(target) first: the recorded target's check is the most telling error."""
+    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):
+      check_record(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
 
   def init(self, m: Models, ctx: Context, prefill: Prefill):
     return ()

@@ -115,7 +115,7 @@ def test_train_choices_are_the_trainable_drafters():
   from specjax.train import loop
   drafter = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions
                  if a.dest == "drafter")
-  assert list(drafter.choices) == list(registry.TRAINED) == list(loop.RECIPES)
+  assert list(drafter.choices) == registry.trained() == list(loop.RECIPES)
   assert set(registry.shipped()) == {p.stem for p in registry.checkpoints_dir().glob("*.safetensors")}
 
 

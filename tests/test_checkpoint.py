@@ -20,10 +20,9 @@ from specjax.testing import tiny_target
 def saved(tmp_path_factory):
   t = tiny_target(seed=1, scale=8.0)
   d = Medusa.untrained(t, seed=2, draft_vocab=16, nodes=5)
-  tensors, meta = d.to_checkpoint()
-  path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
-  full = {"drafter": meta, "target": checkpoint.target_info(t), "training": {"eval": {"tau_by_nodes": {"5": 1.5}}}}
-  checkpoint.save(path, tensors, full)
+  path = checkpoint.save_drafter(tmp_path_factory.mktemp("ckpt") / "m.safetensors", d, t,
+                                 {"eval": {"tau_by_nodes": {"5": 1.5}}})
+  tensors, full = checkpoint.load(path)
   return path, tensors, full
 
 

@@ -1,5 +1,5 @@
 """Draft-model speculation, self-speculation and staged speculation: greedy output equals
-autoregressive output (tiny random target/draft pairs and the default model, batch 4); the
+autoregressive output on the default model, batch 4 (tiny random models: tests/test_drafter_contract.py); the
 target as its own draft accepts every drafted token (the draft cache stays right after every kind of
 acceptance); a draft with another tokenizer is refused. The sampled-draft chain's statistical test
 is in test_sampling.py ("draft-model-q")."""
@@ -20,19 +20,6 @@ def pair():
   """A tiny 3-layer target and an unrelated tiny draft of the same sizes and tokenizer (same sizes: the
   target drafting for itself reuses the pair's compiled program, only the weights differ)."""
   return tiny_target(seed=1, scale=8.0, eos_id=17, layers=3), tiny_target(seed=5, scale=8.0, eos_id=17, layers=3)
-
-
-def variants(t, d):
-  return {"self-spec": SelfSpec(exit_layer=2, gamma=3, width=2), "staged": Staged(exit_layer=1, gamma=2, lookup=3),
-          "draft-model": DraftModel.from_target(d, gamma=3)}
-
-
-@pytest.mark.parametrize("name", ["self-spec", "staged", "draft-model"])
-def test_greedy_equals_autoregressive_on_tiny_pairs(pair, name):
-  t, d = pair
-  drafter = variants(t, d)[name]
-  g = specjax.generate(t, PROMPTS, max_new_tokens=16, drafter=drafter)
-  assert g.token_ids == specjax.generate(t, PROMPTS, max_new_tokens=16).token_ids
 
 
 def test_target_as_its_own_draft_accepts_everything(pair):
@@ -95,27 +82,25 @@ def test_greedy_equals_autoregressive_on_the_default_model(default_target, defau
 
 def test_early_exit_adapter_trains_saves_and_decodes_losslessly(tiny_distilled, tmp_path):
   """The adapter recipe on the tiny target (a few steps): the loss falls from the plain exit head's, the
-  checkpoint loads by path and decodes greedy == autoregressive at batch 4, and another target is refused."""
+  checkpoint loads by path and decodes greedy == autoregressive at batch 4, and keeps its exit layer."""
   from specjax.io import checkpoint
   from specjax.train import data as data_lib
   from specjax.train import loop
+  from specjax.train.early_exit import EarlyExitRecipe
   t, seqs, d = tiny_distilled
   feats = [data_lib.features(t, s, d / f"exit-{n}", shard_size=8, capture=(0,), progress=False)
            for n, s in (("train", seqs[:32]), ("held", seqs[32:]))]
   c = loop.TrainConfig(drafter="early-exit", exit_layer=1, steps=30, batch=64, lr=2e-2, warmup=5, eval_every=30,
                        save_every=30, draft_vocab=32, eval_positions=256).resolved()
-  recipe = loop.EarlyExitRecipe(t, *feats, c)
+  recipe = EarlyExitRecipe(t, *feats, c)
   batch = recipe.batch(np.arange(256), 0)
   before = float(recipe.loss(recipe.init(), recipe.consts, batch)[0])
   drafter, summary = loop.fit(t, *feats, c, tmp_path / "run", progress=False, log=lambda m: None)
   after = float(recipe.loss({k: drafter.params[k][...] for k in ("w", "b")}, recipe.consts, batch)[0])
   assert after < before
-  tensors, meta = drafter.to_checkpoint()
-  path = checkpoint.save(tmp_path / "ee.safetensors", tensors, {"drafter": meta, "target": checkpoint.target_info(t)})
+  path = checkpoint.save_drafter(tmp_path / "ee.safetensors", drafter, t)
   g = specjax.generate(t, PROMPTS, max_new_tokens=12, drafter=f"early-exit:{path}", gamma=2)
   assert g.token_ids == specjax.generate(t, PROMPTS, max_new_tokens=12).token_ids
-  with pytest.raises(checkpoint.CheckpointError, match="trained for another target"):
-    specjax.generate(tiny_target(seed=9, scale=6.0, eos_id=999), PROMPTS, max_new_tokens=2, drafter=f"early-exit:{path}")
   with pytest.raises(ValueError, match="trained for exit_layer 1"):
     registry.make(f"early-exit:{path}", exit_layer=2)
 

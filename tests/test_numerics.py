@@ -79,7 +79,7 @@ def test_training_steps_pin_every_dot(tiny_distilled):
     c = loop.TrainConfig(drafter=name, steps=2, draft_vocab=32, nodes=6, eval_positions=64, heads=3,
                          exit_layer=1).resolved()
     cap = recipe_cls.capture_for(t.cfg, c)
-    full = getattr(recipe_cls, "full", True)
+    full = recipe_cls.full
     feats = [data_lib.features(t, s, d / f"numerics-{name}-{k}", shard_size=8, full=full, capture=cap, progress=False)
              for k, s in (("train", seqs[:32]), ("held", seqs[32:]))]
     recipe = recipe_cls(t, *feats, c)

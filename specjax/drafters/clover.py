@@ -38,7 +38,8 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import apply_rope, decoder_layer, rms_norm
-from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step,
+                              check_option_types)
 
 
 # ------------------------------------------------------------------ weights
@@ -239,13 +240,13 @@ class Clover(flat.FlatDrafter):
   # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
   # Xeon (benchmarks/clover_cost.py): a 7-node verify costs 1.3-1.4x a one-token step and the
   # estimated speedup peaks at 6 nodes and falls beyond; accelerators want 20-64.
-  nodes: int = 6
-  width: int = 4                # frontier nodes expanded per depth
-  children: int = 4             # most children a node may take
-  threshold: float = -1.0       # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
+  nodes: int = dataclasses.field(default=6, metadata=BUDGET)
+  width: int = dataclasses.field(default=4, metadata=BUDGET)          # frontier nodes expanded per depth
+  children: int = dataclasses.field(default=4, metadata=BUDGET)       # most children a node may take
+  # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
+  threshold: float = dataclasses.field(default=-1.0, metadata=BUDGET)
   name = "clover"
   state_axes = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
-  budget = ("nodes", "width", "children")
   budget_keys = ("nodes", "width")     # held-out tau is measured per nodes/width
 
   @property
@@ -354,74 +355,3 @@ class Clover1(Clover):
   """Clover (version 1; the registry's 'clover')."""
   version: int = dataclasses.field(default=1, metadata=NOT_OPTION)
   name = "clover"
-
-
-# ------------------------------------------------------------------ training
-
-def sequence_features(heads: Heads, p, embed_w, h, nxt, length):
-  """Teacher-forced augmenting block over whole sequences. h [B, L, H] target last residuals (prompt
-  and answer), nxt [B, L] the token after each position, length [B]. Returns (u [B, L, H] normed
-  features, k, v [B, KVH, L, D] the last augmenting layer's keys/values)."""
-  cfg = heads.cfg
-  B, L, _ = h.shape
-  x = heads.merge(p, h, embed_w[nxt])
-  pos = jnp.broadcast_to(jnp.arange(L), (B, L))
-  u, k, v = augment(cfg, p, x, pos, jnp.broadcast_to(jnp.tril(jnp.ones((L, L), bool)), (B, L, L)))
-  return rms_norm(u, p["aug_norm"], cfg.norm_eps), flat.heads_first(k[-1]), flat.heads_first(v[-1])
-
-
-def head_outputs(heads: Heads, p, embed_w, u, k, v, sel, ys):
-  """Head outputs along the TRUE continuation (teacher forcing). u [B, L, H], k, v [B, KVH, L, D]
-  (see sequence_features); sel [B, P] positions t; ys [B, P, K] tokens x_{t+1} .. x_{t+K}.
-  Returns [B, P, K, H]: head i's output at t (it predicts x_{t+2+i})."""
-  us = jnp.take_along_axis(u, sel[..., None], 1)                                  # [B, P, H]
-  ctx = (k, v, sel + 1, sel)
-  e = embed_w[ys]                                                                 # [B, P, K, H]
-  outs = []
-  if heads.version == 2:
-    out, s = rms_norm(numerics.dot(us, p["w0"]) + p["b0"], p["head_norm"], heads.cfg.norm_eps), us
-    outs.append(out)
-    for i in range(1, ys.shape[2]):
-      out, s = heads.step(p, s, e[:, :, i], ctx)
-      outs.append(out)
-  else:
-    s = us
-    for i in range(ys.shape[2]):
-      out, s = heads.step(p, s, e[:, :, i], ctx)
-      outs.append(out)
-  return jnp.stack(outs, 2)
-
-
-def loss_fn(heads: Heads, p, consts, batch):
-  """Clover-2: per head i, (10 SmoothL1(out_i, normed target state at t+1+i) + soft cross-entropy
-  against the target's top-8 distribution there) x 0.7^i. Clover-1: cross-entropy against the
-  target's top-1 x 0.8^i (Medusa's weighting, as the Clover paper trains its heads).
-  batch: h [B, L, H], nxt [B, L], length [B], sel [B, P], ys [B, P, K], valid [B, P, K],
-  tgt [B, P, K] positions t+1+i, top_idx [B, P, K, 8] draft-vocab indices (-1 absent), top_p.
-  Returns (loss, top-1 accuracy per head [K])."""
-  cfg = heads.cfg
-  u, k, v = sequence_features(heads, p, consts["embed"], batch["h"], batch["nxt"], batch["length"])
-  out = head_outputs(heads, p, consts["embed"], u, k, v, batch["sel"], batch["ys"])          # [B, P, K, H]
-  logits = numerics.dot(out, consts["head_w"], preferred_element_type=jnp.float32)               # [B, P, K, N]
-  logp = jax.nn.log_softmax(logits, -1)
-  valid = batch["valid"]
-  cnt = jnp.maximum(valid.sum((0, 1)), 1)
-  top_idx, top_p = batch["top_idx"], batch["top_p"]
-  K = valid.shape[2]
-  if heads.version == 2:
-    want = jnp.take_along_axis(batch["h"], batch["tgt"].reshape(batch["tgt"].shape[0], -1)[..., None], 1)
-    want = rms_norm(want.reshape(out.shape), consts["norm_w"], cfg.norm_eps)
-    d = jnp.abs(out - want)
-    sl1 = jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), -1)
-    ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
-    per = jnp.sum(jnp.where(valid, 10.0 * sl1 + ce, 0.0), (0, 1)) / cnt
-    decay = 0.7
-  else:
-    lab = top_idx[..., 0]
-    ok = valid & (lab >= 0)
-    nll = -jnp.take_along_axis(logp, jnp.maximum(lab, 0)[..., None], -1)[..., 0]
-    per = jnp.sum(jnp.where(ok, nll, 0.0), (0, 1)) / jnp.maximum(ok.sum((0, 1)), 1)
-    decay = 0.8
-  loss = jnp.sum(per * decay ** jnp.arange(K))
-  acc = jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0]), (0, 1)) / cnt
-  return loss, acc

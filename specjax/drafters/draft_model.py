@@ -57,7 +57,7 @@ from specjax.drafters.ngram import PromptLookup
 from specjax.engine import tree as tree_lib
 from specjax.models.config import ModelConfig
 from specjax.models.llama import LAYER_WEIGHTS, Llama, causal_mask, weight_shapes
-from specjax.protocol import (NOT_OPTION, MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill,
+from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, Drafter, DraftTree, Models, Prefill,
                               check_option_types)
 
 
@@ -69,9 +69,10 @@ def _take(x, idx):
 @dataclasses.dataclass(frozen=True)
 class _DraftNetwork(Drafter):
   """Base: a draft network (embedding, decoder layers [0, stop), norm + LM head) with its own cache."""
-  gamma: int = 4                # draft tokens per step along the chain (draft calls per step)
-  width: int = 1                # candidates per depth: the chain's token and width - 1 sibling leaves
-  temperature: float = 0.0      # draft sampling temperature; 0: deterministic top-`width` candidates
+  gamma: int = dataclasses.field(default=4, metadata=BUDGET)         # draft tokens (calls) per step along the chain
+  width: int = dataclasses.field(default=1, metadata=BUDGET)         # per depth: the chain's token + width - 1 siblings
+  # draft sampling temperature; 0: deterministic top-`width` candidates
+  temperature: float = dataclasses.field(default=0.0, metadata=BUDGET)
   lookup = 0                    # staged: prompt-lookup tokens checked by the first draft call
 
   def validate(self):
@@ -214,6 +215,7 @@ class SelfSpec(_DraftNetwork):
       raise ValueError(f"{self.name}: exit_layer must be a positive integer, got {self.exit_layer}")
 
   def check_target(self, target):
+    super().check_target(target)
     if self.exit_layer > target.cfg.layers:
       raise ValueError(f"{self.name}: exit_layer {self.exit_layer} exceeds the target's {target.cfg.layers} layers")
 
@@ -265,6 +267,7 @@ class DraftModel(_DraftNetwork):
     return m.drafter
 
   def check_target(self, target):
+    super().check_target(target)
     if self.params is None or self.cfg is None:
       raise ValueError(f"{self.name}: no weights; build it with DraftModel.load or DraftModel.from_target")
     want = _tokens_of(target)

@@ -27,7 +27,7 @@ the target's distribution exactly, as EAGLE-2's own sampling does.
 EAGLE-3 (Li et al. 2025; `eagle/traineagle3/cnets.py`), `Eagle3`: the feature is fused from a low, a
 middle and a high target layer, f_t = W [n(l_t), n(m_t), n(h_t)] (3H -> H, n a weightless RMS
 normalisation; the layers declared in `capture`), the draft's output is normed before the frozen
-head over a reduced draft vocabulary, and training is "training-time test" (`unroll`): the draft
+head over a reduced draft vocabulary, and training is "training-time test" (train/eagle.py `unroll`): the draft
 runs on its own outputs for several steps, step i reading step i-1's output as its feature with
 the attention pattern the tree has when decoding, soft cross-entropy only, weights 0.8^i.
 
@@ -49,7 +49,8 @@ from specjax.cache import put_rows
 from specjax.drafters import flat
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
-from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step, check_option_types
+from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step,
+                              check_option_types)
 
 
 # ------------------------------------------------------------------ weights
@@ -187,13 +188,12 @@ class Eagle(flat.FlatDrafter):
   # 1.41x at 4/4/8, 1.55x at 5/4/10 and 1.87x at 5/6/16, nearly all of it the verify of the wider
   # tree (the draft is under 10%), while the shipped checkpoint's held-out tau only grows from 1.57
   # to 1.67, 1.70 and 1.78: 3/4/4 gives the most tokens per second. Accelerators: 6/8/24 and up.
-  depth: int = 3                # tree depth (EAGLE-2's `depth` + 1): depth - 1 draft-layer calls
-  top_k: int = 4                # children per frontier node, and the frontier's width
-  nodes: int = 4                # candidate nodes kept (the root not counted)
+  depth: int = dataclasses.field(default=3, metadata=BUDGET)   # tree depth (EAGLE-2's `depth` + 1): depth - 1 layer calls
+  top_k: int = dataclasses.field(default=4, metadata=BUDGET)   # children per frontier node, and the frontier's width
+  nodes: int = dataclasses.field(default=4, metadata=BUDGET)   # candidate nodes kept (the root not counted)
   name = "eagle"
   state_axes = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}  # k, v [B, KVH, S, D]; g [B, H]
-  budget = ("depth", "top_k", "nodes")
-  budget_keys = budget
+  budget_keys = ("depth", "top_k", "nodes")
 
   def shapes(self):
     return shapes(self.dims)
@@ -290,7 +290,7 @@ class Eagle(flat.FlatDrafter):
 
 @dataclasses.dataclass(frozen=True)
 class Eagle3(Eagle):
-  """EAGLE-3: features fused from three captured target layers; normed output; (trained with `ttt_loss`)."""
+  """EAGLE-3: features fused from three captured target layers; normed output; (trained with train/eagle.py `ttt_loss`)."""
   # the captured (low, mid, high) target layers: set by for_target / the checkpoint
   fuse: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
   name = "eagle3"
@@ -318,79 +318,3 @@ class Eagle3(Eagle):
   @classmethod
   def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "Eagle3":
     return cls.for_target(target, **config).with_weights(initial(target, seed=seed, noise=noise, three=True))
-
-
-# ------------------------------------------------------------------ training
-
-def sequence_outputs(cfg, p, embed_w, f, nxt):
-  """Teacher-forced draft over whole sequences: f [B, L, H] input features (noised in training),
-  nxt [B, L] the token after each position. Returns (g [B, L, H], k, v [B, KVH, L, D]: a draft cache)."""
-  B, L, _ = f.shape
-  g, k, v = entries(cfg, p, embed_w[nxt], f, jnp.broadcast_to(jnp.arange(L), (B, L)), causal(B, L))
-  return g, flat.heads_first(k), flat.heads_first(v)
-
-
-def loss_fn(cfg, p, consts, batch, *, feature_weight: float = 1.0, token_weight: float = 0.1):
-  """EAGLE-1's loss: SmoothL1(g_t, f_{t+1}) (mean over H) + 0.1 x soft cross-entropy of head(g_t)
-  against the target's top-8 distribution at t+1, averaged over valid entries.
-  batch: h [B, L, H] last residuals, nxt [B, L], noise [B, L, H] added to the input features,
-  valid [B, L] entries with a loss, top_idx [B, L, 8] draft-vocab indices at t+1 (-1 absent), top_p.
-  Returns (loss, [top-1 accuracy])."""
-  f = rms_norm(batch["h"], consts["norm_w"], cfg.norm_eps)
-  g, _, _ = sequence_outputs(cfg, p, consts["embed"], f + batch["noise"], batch["nxt"])
-  want = jnp.concatenate([f[:, 1:], f[:, -1:]], 1)                              # f_{t+1}
-  d = jnp.abs(g - want)
-  sl1 = jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), -1)
-  logits = numerics.dot(g, consts["head_w"], preferred_element_type=jnp.float32)
-  logp = jax.nn.log_softmax(logits, -1)
-  top_idx, top_p, valid = batch["top_idx"], batch["top_p"], batch["valid"]
-  ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
-  cnt = jnp.maximum(valid.sum(), 1)
-  loss = jnp.sum(jnp.where(valid, feature_weight * sl1 + token_weight * ce, 0.0)) / cnt
-  acc = jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0])) / cnt
-  return loss, acc[None]
-
-
-def unroll(cfg, p, embed_w, f0, nxt, steps: int):
-  """Training-time test (EAGLE-3): the draft over whole sequences, run `steps` times on its own
-  outputs. f0 [B, L, H] step 0's input features (the target's at each position t), nxt [B, L] the
-  token after each position. Step i's entry t reads step i-1's output at t as its feature and the
-  token x_{t+1+i}, sits at rope position t + i and sees step 0's entries up to t (the committed
-  sequence) and its own chain (steps 1..i-1 at t): the tree's view of a depth-i node when decoding.
-  Returns [steps] outputs [B, L, H]: step i's prediction of the feature at t+1+i."""
-  B, L, _ = f0.shape
-  eye = jnp.eye(L, dtype=bool)
-  f, ks, vs, outs = f0, [], [], []
-  for i in range(steps):
-    e = embed_w[jnp.pad(nxt[:, i:], ((0, 0), (0, i)))]
-    pos = jnp.broadcast_to(jnp.arange(L) + i, (B, L))
-    if i == 0:
-      g, k, v = entries(cfg, p, e, f, pos, causal(B, L))
-    else:
-      live = jnp.broadcast_to(jnp.concatenate([jnp.tril(jnp.ones((L, L), bool))] + [eye] * (i - 1), 1), (B, L, i * L))
-      g, k, v = entries(cfg, p, e, f, pos, jnp.broadcast_to(eye, (B, L, L)),
-                        (jnp.concatenate(ks, 2), jnp.concatenate(vs, 2)), live)
-    ks.append(flat.heads_first(k))
-    vs.append(flat.heads_first(v))
-    outs.append(g)
-    f = g
-  return outs
-
-
-def ttt_loss(cfg, p, consts, batch, *, steps: int = 7, decay: float = 0.8):
-  """EAGLE-3's loss: sum over steps i of decay^i x the soft cross-entropy of head(norm(g_i)) at t
-  against the target's top-8 distribution at t+1+i (valid where t+1+i is an answer position).
-  batch: layers [B, L, 3, H] the captured residuals, nxt [B, L], valid, top_idx, top_p as in
-  `loss_fn` (at t+1). Returns (loss, top-1 accuracy per step [steps])."""
-  outs = unroll(cfg, p, consts["embed"], fuse(cfg, p, batch["layers"]), batch["nxt"], steps)
-  shift = lambda x, i, fill: jnp.pad(x[:, i:], ((0, 0), (0, i)) + ((0, 0),) * (x.ndim - 2), constant_values=fill)
-  loss, accs = 0.0, []
-  for i, g in enumerate(outs):
-    logits = numerics.dot(head_input(cfg, p, g), consts["head_w"], preferred_element_type=jnp.float32)
-    logp = jax.nn.log_softmax(logits, -1)
-    top_idx, top_p, valid = shift(batch["top_idx"], i, -1), shift(batch["top_p"], i, 0.0), shift(batch["valid"], i, False)
-    ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
-    cnt = jnp.maximum(valid.sum(), 1)
-    loss = loss + decay ** i * jnp.sum(jnp.where(valid, ce, 0.0)) / cnt
-    accs.append(jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0])) / cnt)
-  return loss, jnp.stack(accs)

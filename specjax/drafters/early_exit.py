@@ -10,14 +10,12 @@ Why: without an adapter the exit head at layer K of SmolLM2 rarely agrees with t
 residual. The reduced vocabulary also cuts the draft's LM head (576 x 49152 float32 is 113 MB read
 per draft call, as much as 8 decoder layers) to a twelfth at N = 4096.
 
-Trained by `specjax train --drafter early-exit --exit-layer K` (train/loop.py `EarlyExitRecipe`);
+Trained by `specjax train --drafter early-exit --exit-layer K` (train/early_exit.py);
 the shipped checkpoint (if any) is checkpoints/early-exit.safetensors, loaded as "early-exit".
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,12 +31,10 @@ class EarlyExit(SelfSpec):
   """SelfSpec whose exit head has a trained adapter: a one-head `MedusaHeads` module (w [1, L, H, H],
   b [1, L, H], vocab [N]) as the drafter's params."""
   layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)               # ResBlocks in the adapter
-  # the target's hidden size (set by from_checkpoint / untrained)
+  # the target's hidden size (set by the checkpoint / untrained)
   hidden: int = dataclasses.field(default=0, metadata=NOT_OPTION)
   # N most frequent tokens; 0 = the full vocabulary
   draft_vocab: int = dataclasses.field(default=0, metadata=NOT_OPTION)
-  # JSON of the target the weights were trained for ("" = untrained)
-  trained_for: str = dataclasses.field(default="", metadata=NOT_OPTION)
   name = "early-exit"
 
   def validate(self):
@@ -47,9 +43,8 @@ class EarlyExit(SelfSpec):
       raise ValueError(f"{self.name}: layers and hidden must be positive, draft_vocab >= 0; "
                        f"got {self.layers}, {self.hidden}, {self.draft_vocab}")
 
-  @functools.cached_property
-  def graphdef(self):
-    return nnx.split(nnx.eval_shape(lambda: self._module_of(None)))[0]
+  def module(self):
+    return self._module_of(None)
 
   def _module_of(self, vocab):
     if vocab is None and self.draft_vocab:
@@ -57,10 +52,7 @@ class EarlyExit(SelfSpec):
     return medusa.MedusaHeads(hidden=self.hidden, heads=1, layers=self.layers, vocab=vocab)
 
   def check_target(self, target):
-    from specjax.io import checkpoint
-    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):    # first: the most telling error
-      checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
-    super().check_target(target)
+    super().check_target(target)                  # first: the recorded target, the most telling error
     if self.hidden != target.cfg.hidden:
       raise ValueError(f"{self.name}: adapter for hidden size {self.hidden}, the target has {target.cfg.hidden}")
     if self.params is None:
@@ -99,28 +91,3 @@ class EarlyExit(SelfSpec):
     module.w[...] = jnp.asarray(p["w"], jnp.float32)
     module.b[...] = jnp.asarray(p["b"], jnp.float32)
     return dataclasses.replace(self, params=nnx.state(module))
-
-  def to_checkpoint(self) -> tuple[dict, dict]:
-    """(flat tensors, drafter metadata): the weights and what shapes them; the tree options (gamma,
-    width, temperature) suit the machine that decodes and are not stored."""
-    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(self.params)}
-    cfg = {f: getattr(self, f) for f in ("exit_layer", "layers", "hidden", "draft_vocab")}
-    return flat, {"name": self.name, "config": cfg}
-
-  @classmethod
-  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "EarlyExit":
-    cfg = dict(drafter_meta["config"])
-    if options.get("exit_layer", cfg["exit_layer"]) != cfg["exit_layer"]:
-      raise ValueError(f"early-exit: the checkpoint's adapter was trained for exit_layer {cfg['exit_layer']}, "
-                       f"not {options['exit_layer']}")
-    cfg.update(options)
-    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
-    d.validate()
-    want = {"w": (1, d.layers, d.hidden, d.hidden), "b": (1, d.layers, d.hidden), "vocab": (d.draft_vocab,)}
-    for name, shape in want.items():
-      if name not in tensors:
-        raise ValueError(f"{d.name} checkpoint lacks tensor {name!r}")
-      if tuple(tensors[name].shape) != shape:
-        raise ValueError(f"{d.name} checkpoint tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
-    return d.with_weights({k: np.asarray(tensors[k], np.float32) for k in ("w", "b")},
-                          np.asarray(tensors["vocab"], np.int32) if d.draft_vocab else None)

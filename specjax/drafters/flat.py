@@ -1,5 +1,5 @@
 """Drafters whose weights are one flat dict of named tensors (Clover, EAGLE): the NNX module holding
-them, the decoder layers they build like the target's, the checkpoint round trip and the target check.
+them, the decoder layers they build like the target's, and the check of the target's sizes.
 
 Decoder-layer weights are declared only through the target's own `weight_shapes` and run only
 through its `decoder_layer`, so a change of the target's fused layouts changes the drafters with it.
@@ -7,7 +7,6 @@ through its `decoder_layer`, so a change of the target's fused layouts changes t
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import jax
@@ -17,7 +16,7 @@ from flax import nnx
 
 from specjax.models.config import ModelConfig
 from specjax.models.llama import LAYER_WEIGHTS, decoder_layer, rope_frequencies, weight_shapes
-from specjax.protocol import NOT_OPTION, Drafter
+from specjax.protocol import NOT_OPTION, Drafter, target_record
 
 
 def dims_of(cfg) -> tuple:
@@ -77,32 +76,25 @@ class FlatNet(nnx.Module):
 @dataclasses.dataclass(frozen=True)
 class FlatDrafter(Drafter):
   """Base of drafters with FlatNet weights. Subclasses define `shapes()` (name -> shape of every
-  weight, from the static fields) and list in `budget` the options that size the tree: they suit the
-  machine that decodes, so a checkpoint does not restore them."""
-  # the target's sizes (dims_of): set by from_checkpoint / untrained
+  weight, from the static fields); the options that size the tree carry BUDGET metadata."""
+  # the target's sizes (dims_of): set by for_target / the checkpoint
   dims: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
   # N most frequent tokens; 0 = the full vocabulary
   draft_vocab: int = dataclasses.field(default=0, metadata=NOT_OPTION)
-  # JSON of the target the weights were made for
-  trained_for: str = dataclasses.field(default="", metadata=NOT_OPTION)
-  budget = ()
 
   def shapes(self) -> dict[str, tuple[int, ...]]:
     raise NotImplementedError
 
-  @functools.cached_property
-  def graphdef(self):
-    return nnx.split(nnx.eval_shape(lambda: FlatNet(self._zeros(), np.zeros(self.draft_vocab, np.int32))))[0]
+  def module(self):
+    return FlatNet(self._zeros(), np.zeros(self.draft_vocab, np.int32))
 
   def _zeros(self):
     if not self.dims:
-      raise ValueError(f"{self.name}: no target sizes; build it with from_checkpoint or untrained")
+      raise ValueError(f"{self.name}: no target sizes; load a checkpoint or build it with for_target or untrained")
     return {k: np.zeros(s, np.float32) for k, s in self.shapes().items()}
 
   def check_target(self, target):
-    from specjax.io import checkpoint
-    if self.trained_for and json.loads(self.trained_for).get("fingerprint"):
-      checkpoint.check_target(json.loads(self.trained_for), target, f"the {self.name} checkpoint")
+    super().check_target(target)
     if tuple(self.dims) != dims_of(target.cfg):
       raise ValueError(f"{self.name}: weights for target sizes {tuple(self.dims)} do not fit this target's {dims_of(target.cfg)} "
                        "(hidden, heads, kv_heads, head_dim, ffn, qkv_bias)")
@@ -117,41 +109,11 @@ class FlatDrafter(Drafter):
   # ---------------------------------------------------------------- construction
   @classmethod
   def for_target(cls, target, **config):
-    """The configuration (no weights) for `target`."""
-    from specjax.io import checkpoint
-    return cls(dims=dims_of(target.cfg), trained_for=json.dumps(checkpoint.target_info(target), sort_keys=True), **config)
+    """The configuration (no weights) for `target`, recording it (`trained_for`)."""
+    return cls(dims=dims_of(target.cfg), trained_for=json.dumps(target_record(target), sort_keys=True), **config)
 
   def with_weights(self, weights: dict, vocab=None):
     """This configuration with float32 `weights` (see shapes) and the draft vocabulary `vocab` [N]."""
     if self.draft_vocab and vocab is None:
       vocab = np.arange(self.draft_vocab, dtype=np.int32)
     return dataclasses.replace(self, params=nnx.state(FlatNet(weights, vocab if self.draft_vocab else None)))
-
-  def to_checkpoint(self) -> tuple[dict, dict]:
-    pure = nnx.to_pure_dict(self.params)
-    flat = {f"p/{k}": np.asarray(v) for k, v in pure["p"].items()}
-    flat["vocab"] = np.asarray(pure["vocab"])
-    cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "trained_for")}
-    return flat, {"name": self.name, "config": cfg}
-
-  @classmethod
-  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options):
-    cfg = dict(drafter_meta["config"])
-    for f in cls.budget:
-      cfg.pop(f, None)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}     # JSON lists back to tuples
-    cfg.update(options)
-    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
-    d.validate()
-    weights = {}
-    for name, z in d._zeros().items():
-      t = tensors.get(f"p/{name}")
-      if t is None:
-        raise ValueError(f"{d.name} checkpoint lacks tensor {name!r}")
-      if tuple(t.shape) != z.shape:
-        raise ValueError(f"{d.name} checkpoint tensor {name!r} has shape {tuple(t.shape)}, expected {z.shape}")
-      weights[name] = np.asarray(t, np.float32)
-    vocab = tensors.get("vocab")
-    if vocab is None or len(vocab) != d.draft_vocab:
-      raise ValueError(f"{d.name} checkpoint vocabulary does not match draft_vocab={d.draft_vocab}")
-    return d.with_weights(weights, vocab)

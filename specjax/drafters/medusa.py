@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,8 @@ from flax import nnx
 
 from specjax import numerics
 from specjax.engine import tree as tree_lib
-from specjax.protocol import NOT_OPTION, MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step, check_option_types
+from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step,
+                              check_option_types)
 
 
 class MedusaHeads(nnx.Module):
@@ -69,11 +69,9 @@ class Medusa(Drafter):
   # 5-node verify costs 1.18x a one-token step and a 13-node one 1.48x, while held-out tau only grows
   # from 2.02 to 2.36, so 4 nodes gives the most tokens per second (BENCHMARKS.md). Accelerators,
   # where a wide verify is nearly free, want 16-64.
-  nodes: int = 4
+  nodes: int = dataclasses.field(default=4, metadata=BUDGET)
   # measured [heads][ranks] acceptance rates (from the checkpoint)
   accuracy: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
-  # JSON of the target the weights were trained for ("" = untrained)
-  trained_for: str = dataclasses.field(default="", metadata=NOT_OPTION)
   name = "medusa"
   state_axes = {"h": ("batch",), "w": ()}     # h [B, H]; w [H, N] head columns
   budget_keys = ("nodes",)
@@ -86,14 +84,9 @@ class Medusa(Drafter):
     if self.nodes >= MAX_TREE_NODES:
       raise ValueError(f"medusa: nodes must be below {MAX_TREE_NODES}, got {self.nodes}")
 
-  def _abstract(self):
-    """(graphdef, abstract state) of this configuration's heads; no weights are allocated."""
-    return nnx.split(nnx.eval_shape(lambda: MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
-                                                        vocab=np.zeros(self.draft_vocab, np.int32))))
-
-  @functools.cached_property
-  def graphdef(self):
-    return self._abstract()[0]
+  def module(self):
+    return MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
+                       vocab=np.zeros(self.draft_vocab, np.int32))
 
   @functools.cached_property
   def shape(self) -> tree_lib.StaticTree:
@@ -109,9 +102,7 @@ class Medusa(Drafter):
     return self.shape.max_depth
 
   def check_target(self, target):
-    from specjax.io import checkpoint
-    if self.trained_for:
-      checkpoint.check_target(json.loads(self.trained_for), target, "the medusa checkpoint")
+    super().check_target(target)
     if self.hidden != target.cfg.hidden:
       raise ValueError(f"medusa: heads of hidden size {self.hidden} do not fit a target of hidden size {target.cfg.hidden}")
     if self.params is None:
@@ -153,68 +144,3 @@ class Medusa(Drafter):
     rng = np.random.default_rng(seed)
     module.w[...] = jnp.asarray(scale / np.sqrt(d.hidden) * rng.standard_normal(module.w.shape), jnp.float32)
     return dataclasses.replace(d, params=nnx.state(module))
-
-  def to_checkpoint(self) -> tuple[dict, dict]:
-    """(flat tensors, drafter metadata) for io.checkpoint.save."""
-    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(self.params)}
-    cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("params", "trained_for")}
-    return flat, {"name": self.name, "config": cfg}
-
-  @classmethod
-  def from_checkpoint(cls, tensors: dict, drafter_meta: dict, target_meta: dict, **options) -> "Medusa":
-    cfg = dict(drafter_meta["config"])
-    cfg["accuracy"] = tuple(tuple(r) for r in cfg.get("accuracy", ()))
-    cfg.pop("nodes", None)      # the budget suits the machine that decodes, not the one that trained
-    cfg.update(options)
-    d = cls(**cfg, trained_for=json.dumps(target_meta, sort_keys=True))
-    d.validate()
-    state = d._abstract()[1]
-    pure = nnx.to_pure_dict(state)            # flat: {"w", "b", "vocab"}
-    for name, want in pure.items():
-      if name not in tensors:
-        raise ValueError(f"medusa checkpoint lacks tensor {name!r}")
-      if tuple(tensors[name].shape) != tuple(want.shape):
-        raise ValueError(f"medusa checkpoint tensor {name!r} has shape {tensors[name].shape}, expected {want.shape}")
-      pure[name] = jnp.asarray(tensors[name], want.dtype)
-    nnx.replace_by_pure_dict(state, pure)
-    return dataclasses.replace(d, params=state)
-
-
-# ------------------------------------------------------------------ training
-
-def labels(feat, heads: int) -> np.ndarray:
-  """[N, K] target ids head k must predict at each position (-1 where the sequence ends first):
-  the target's own top-1 prediction at position i+k+1 (for self-distilled text, the next-but-k token)."""
-  out = np.full((len(feat), heads), -1, np.int32)
-  top1 = feat.top_ids[:, 0]
-  n = len(feat)
-  for k in range(heads):
-    ok = feat.valid_ahead(k + 1)
-    out[ok, k] = top1[np.minimum(np.arange(n) + k + 1, n - 1)][ok]
-  return out
-
-
-def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8):
-  """Cross-entropy of every head against its label, weighted decay^k. h [b, H] last residual
-  (normed here, as in decoding); lab [b, K] indices into the head's vocabulary (-1: no label).
-  Returns (loss, top-1 accuracy per head [K])."""
-  from specjax.models.llama import rms_norm
-  hn = rms_norm(h.astype(jnp.float32), norm_w, eps)
-  logits = numerics.dot(apply(p, hn), head_w, preferred_element_type=jnp.float32)     # [b, K, N]
-  valid = lab >= 0
-  logp = jax.nn.log_softmax(logits, -1)
-  nll = -jnp.take_along_axis(logp, jnp.maximum(lab, 0)[..., None], -1)[..., 0]
-  per_head = jnp.sum(jnp.where(valid, nll, 0.0), 0) / jnp.maximum(valid.sum(0), 1)
-  K = lab.shape[1]
-  loss = jnp.sum(per_head * decay ** jnp.arange(K))
-  acc = jnp.sum(valid & (jnp.argmax(logits, -1) == lab), 0) / jnp.maximum(valid.sum(0), 1)
-  return loss, acc
-
-
-def ranks(p, norm_w, head_w, h, lab, *, eps: float, kmax: int):
-  """[b, K] rank of each label among its head's top-kmax (kmax where absent or no label)."""
-  from specjax.models.llama import rms_norm
-  logits = numerics.dot(apply(p, rms_norm(h.astype(jnp.float32), norm_w, eps)), head_w, preferred_element_type=jnp.float32)
-  top = jax.lax.top_k(logits, kmax)[1]
-  hit = top == lab[..., None]
-  return jnp.where(jnp.any(hit, -1) & (lab >= 0), jnp.argmax(hit, -1), kmax)

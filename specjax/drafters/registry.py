@@ -1,8 +1,9 @@
 """Drafter names -> classes, and construction with validated options.
 
-Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (medusa, clover,
-clover2, eagle, eagle3, early-exit) load a checkpoint: "medusa" is the checkpoint shipped for the default model
-(checkpoints/medusa.safetensors), "medusa:PATH" any file written by `specjax train`. The draft-model
+Weightless drafters are built from their options ("pld", "lookahead"). Trained ones (`trained()`: those
+whose method has a training module, specjax/train/<module>.py) load a checkpoint: "medusa" is the checkpoint
+shipped for the default model (checkpoints/medusa.safetensors), "medusa:PATH" any file written by
+`specjax train`. The draft-model
 family names its main option after a colon, so one benchmark can run several: "draft-model:PATH"
 (option model), "self-spec:K" and "staged:K" (option exit_layer).
 """
@@ -27,6 +28,11 @@ def register(name: str, where) -> None:
   _CLASSES[name] = where
 
 
+def drafter_class(name: str):
+  """The class registered under `name` (imported on use)."""
+  return _classes()[name]
+
+
 def _classes() -> dict:
   out = {}
   for name, where in _CLASSES.items():
@@ -38,7 +44,19 @@ def _classes() -> dict:
   return out
 
 
-TRAINED = ("medusa", "clover", "clover2", "eagle", "eagle3", "early-exit")
+def module_of(name: str) -> str | None:
+  """The module of specjax.drafters that defines drafter `name` (None for one registered from elsewhere)."""
+  where = _CLASSES[name]
+  module = where.partition(":")[0] if isinstance(where, str) else ""
+  return module if module and "." not in module else None
+
+
+def trained() -> list[str]:
+  """The drafters whose weights are trained: those whose method has its training beside it,
+  specjax/train/<module>.py (its losses and recipe), so `specjax train` makes their checkpoints and a
+  name loads one. Read from the file layout: imports nothing (the CLI's help lists them without JAX)."""
+  train = pathlib.Path(__file__).resolve().parents[1] / "train"
+  return [k for k in names() if module_of(k) and (train / f"{module_of(k)}.py").is_file()]
 NAMED_OPTION = {"draft-model": "model", "self-spec": "exit_layer", "staged": "exit_layer"}   # "NAME:VALUE"
 
 
@@ -48,13 +66,13 @@ def names() -> list[str]:
 
 def shipped() -> list[str]:
   """Trained drafters with a checkpoint shipped for the default model (usable by name alone)."""
-  return [k for k in TRAINED if checkpoint_path(k).is_file()]
+  return [k for k in trained() if checkpoint_path(k).is_file()]
 
 
 def describe() -> str:
   """The drafters for a help text, from this registry (so the text cannot go stale)."""
-  weightless = [k for k in names() if k not in TRAINED and k not in NAMED_OPTION]
-  return (f"{', '.join(weightless)}; trained: {', '.join(TRAINED)} (NAME:PATH for a file from `specjax train`; "
+  weightless = [k for k in names() if k not in trained() and k not in NAMED_OPTION]
+  return (f"{', '.join(weightless)}; trained: {', '.join(trained())} (NAME:PATH for a file from `specjax train`; "
           f"by name alone: the checkpoint shipped for the default model, for {', '.join(shipped()) or 'none'}); "
           f"{', '.join(f'{k}:{_METAVAR[NAMED_OPTION[k]]}' for k in NAMED_OPTION)} (or NAME with -O "
           f"{' / -O '.join(f'{o}={m}' for o, m in _METAVAR.items())})")
@@ -82,13 +100,7 @@ def load_trained(name: str, **options):
   if ":" not in name and not path.is_file():
     raise checkpoint.CheckpointError(f"no {kind!r} checkpoint is shipped for the default model ({path}); train one with "
                                      f"`specjax train --drafter {kind}` and pass {kind}:PATH")
-  tensors, meta = checkpoint.load(path)
-  recorded = meta.get("drafter", {}).get("name")
-  if recorded != kind:
-    raise checkpoint.CheckpointError(f"{path} holds a {recorded!r} drafter, not {kind!r}")
-  d = _classes()[kind].from_checkpoint(tensors, meta["drafter"], meta["target"], **options)
-  tau = meta.get("training", {}).get("eval", {}).get("tau_by_nodes") or {}
-  return dataclasses.replace(d, heldout_tau=tuple((str(k), float(v)) for k, v in tau.items()))
+  return checkpoint.load_drafter(path, drafter_class(kind), **options)
 
 
 def make(drafter, **options):
@@ -97,19 +109,18 @@ def make(drafter, **options):
   if not isinstance(drafter, (str, Drafter)):
     raise TypeError(f"drafter must be a name such as 'pld' or 'medusa:PATH' (a str) or a Drafter, got "
                     f"{type(drafter).__name__} {drafter!r:.60}")
+  kind = drafter.name if isinstance(drafter, Drafter) else drafter.partition(":")[0]
+  if not isinstance(drafter, Drafter) and kind not in _classes():
+    raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(_classes())} (or medusa:PATH)")
+  cls = type(drafter) if isinstance(drafter, Drafter) else drafter_class(kind)
+  fields = set(options_of(cls))
+  unknown = set(options) - fields
+  if unknown:
+    raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
   if isinstance(drafter, Drafter):
     if options:
       drafter = dataclasses.replace(drafter, **options)
   else:
-    classes = _classes()
-    kind = drafter.partition(":")[0] if isinstance(drafter, str) else drafter
-    if kind not in classes:
-      raise ValueError(f"unknown drafter {drafter!r}; choose from {', '.join(classes)} (or medusa:PATH)")
-    cls = classes[kind]
-    fields = set(options_of(cls))
-    unknown = set(options) - fields
-    if unknown:
-      raise ValueError(f"drafter {kind!r} has no option(s) {sorted(unknown)}; its options: {sorted(fields) or 'none'}")
     if kind in NAMED_OPTION:
       _, sep, value = drafter.partition(":")
       if sep:
@@ -118,7 +129,7 @@ def make(drafter, **options):
           raise ValueError(f"drafter {drafter!r} names {opt} already; do not pass it as an option too")
         options = {**options, opt: _named_value(kind, opt, value)}
       drafter = cls.load(**options) if hasattr(cls, "load") else cls(**options)
-    elif kind in TRAINED:
+    elif kind in trained():
       check_option_types(cls(**options))        # wrong option types are refused before any file is read
       drafter = load_trained(drafter, **options)
     else:

@@ -11,26 +11,32 @@ use: a bad file gives one line, "... is corrupted: ...". Nothing is ever unpickl
 
 Version 1 files (sha256 of the tensor bytes only) are refused: accepting them would let a header edit
 through. `upgrade(path)` re-hashes one whose tensor bytes still match its version 1 hash, for a file you trust.
+
+One round trip serves every trained drafter: `save_drafter` writes its weights (the leaves of its params,
+named by their path "a/b") and its stored fields (protocol.stored: neither BUDGET nor DERIVED);
+`load_drafter` rebuilds it from them, reading each tensor against the drafter's own `module()`.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import pathlib
 import struct
 
+import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from flax import nnx
+
+from specjax.protocol import CheckpointError, stored, target_record
 
 FORMAT = "specjax-drafter"
 VERSION = "2"
 _DTYPES = {"BF16": ml_dtypes.bfloat16, "F32": np.float32, "I32": np.int32}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be used: missing, truncated, corrupted, or for another target."""
 
 
 def save(path, tensors: dict[str, np.ndarray], meta: dict) -> pathlib.Path:
@@ -160,18 +166,51 @@ def upgrade(path) -> pathlib.Path:
   return _write(path, header, {k: v for k, v in meta.items() if k not in ("format", "sha256")}, data)
 
 
-def target_info(target) -> dict:
-  """What a checkpoint records about the target it was trained for."""
-  c = target.cfg
-  return {"arch": c.arch, "hidden": c.hidden, "layers": c.layers, "heads": c.heads, "kv_heads": c.kv_heads,
-          "vocab": c.vocab, "fingerprint": target.fingerprint, "path": pathlib.Path(target.path).name}
+def _names(state) -> list[str]:
+  """The checkpoint names of a params state's leaves, in its leaves' order: their paths, "a/b"."""
+  pure = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+  return ["/".join(str(k.key) for k in path) for path, _ in pure]
 
 
-def check_target(recorded: dict, target, where: str) -> None:
-  """Raises CheckpointError when `target` is not the model the checkpoint was trained for."""
-  mine = target_info(target)
-  for key in ("arch", "hidden", "layers", "vocab", "fingerprint"):
-    if recorded.get(key) != mine[key]:
-      raise CheckpointError(f"{where} was trained for another target ({key} {recorded.get(key)!r}, this target has "
-                            f"{mine[key]!r}; trained for {recorded.get('path', '?')}); train one for this model "
-                            "with `specjax train`")
+def save_drafter(path, drafter, target, training: dict | None = None) -> pathlib.Path:
+  """Writes a trained drafter: its weights, its stored fields, the target's record and `training`."""
+  tensors = dict(zip(_names(drafter.params), map(np.asarray, jax.tree.leaves(drafter.params))))
+  config = {f: getattr(drafter, f) for f in stored(drafter)}
+  return save(path, tensors, {"drafter": {"name": drafter.name, "config": config}, "target": target_record(target),
+                              "training": training or {}})
+
+
+def _tuples(v):
+  """JSON lists back to the tuples a frozen drafter holds."""
+  return tuple(map(_tuples, v)) if isinstance(v, list) else v
+
+
+def load_drafter(path, cls, **options):
+  """The drafter of class `cls` a checkpoint holds, with `options` (BUDGET ones, or stored ones at their
+  stored value), its weights and what training measured; raises CheckpointError with a one-line reason."""
+  path = pathlib.Path(path)
+  tensors, meta = load(path)
+  recorded = meta.get("drafter", {}).get("name")
+  if recorded != cls.name:
+    raise CheckpointError(f"{path} holds a {recorded!r} drafter, not {cls.name!r}")
+  keep = set(stored(cls))
+  config = {k: _tuples(v) for k, v in meta["drafter"].get("config", {}).items() if k in keep}
+  for k, v in options.items():
+    if k in config and v != config[k]:
+      raise CheckpointError(f"{cls.name}: the checkpoint's weights were trained for {k} {config[k]!r}, not {v!r}")
+  tau = meta.get("training", {}).get("eval", {}).get("tau_by_nodes") or {}
+  d = cls(**{**config, **options}, trained_for=json.dumps(meta["target"], sort_keys=True),
+          heldout_tau=tuple((str(k), float(v)) for k, v in tau.items()))
+  d.validate()
+  abstract = nnx.split(nnx.eval_shape(d.module))[1]
+  leaves, tree = jax.tree.flatten(abstract)
+  out = []
+  for name, want in zip(_names(abstract), leaves):
+    t = tensors.get(name)
+    if t is None:
+      raise CheckpointError(f"{path}: the {d.name} checkpoint lacks tensor {name!r}")
+    if tuple(t.shape) != tuple(want.shape):
+      raise CheckpointError(f"{path}: the {d.name} checkpoint's tensor {name!r} has shape {tuple(t.shape)}, "
+                            f"expected {tuple(want.shape)}")
+    out.append(jnp.asarray(t, want.dtype))
+  return dataclasses.replace(d, params=jax.tree.unflatten(tree, out))

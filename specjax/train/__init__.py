@@ -81,16 +81,14 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
                              capture=loop.RECIPES[drafter].capture_for(target.cfg, c),
-                             full=getattr(loop.RECIPES[drafter], "full", True), progress=progress)
+                             full=loop.RECIPES[drafter].full, progress=progress)
   log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
   d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, max_seconds=max_seconds,
                         progress=progress, log=log)
-  tensors, dmeta = d.to_checkpoint()
-  meta = {"drafter": dmeta, "target": checkpoint.target_info(target),
-          "training": {"data": data, "prompts": max_prompts, "heldout_prompts": heldout_prompts,
-                       "answer_tokens": answer_tokens, "train_positions": len(train), "heldout_positions": len(held),
-                       "config": dataclasses.asdict(c), "eval": {k: v for k, v in summary.items() if k != "table"}}}
-  path = checkpoint.save(out / f"{drafter}.safetensors", tensors, meta)
+  training = {"data": data, "prompts": max_prompts, "heldout_prompts": heldout_prompts, "answer_tokens": answer_tokens,
+              "train_positions": len(train), "heldout_positions": len(held), "config": dataclasses.asdict(c),
+              "eval": {k: v for k, v in summary.items() if k != "table"}}
+  path = checkpoint.save_drafter(out / f"{drafter}.safetensors", d, target, training)
   log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): held-out top1 {[round(x, 3) for x in summary['top1']]}, "
       f"tau {summary['tau']:.3f} at {summary['tree_nodes']} nodes")
   return d, summary

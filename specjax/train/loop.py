@@ -1,8 +1,9 @@
 """The drafter training loop: optax AdamW with warm-up + cosine decay and gradient clipping, a jitted
 step, orbax checkpoints every `save_every` steps, exact resume (same optimiser state, same data
 order: batch s is a function of the seed and s alone), held-out evaluation with the expected
-acceptance length of the tree the drafter will use. Medusa's recipe (single positions) is here; the
-whole-sequence recipes (Clover, EAGLE) are in train/sequence.py.
+acceptance length of the tree the drafter will use. Each method's recipe and losses sit beside it
+(train/medusa.py, train/early_exit.py, train/clover.py, train/eagle.py; what the whole-sequence ones share
+in train/sequence.py); `RECIPES` is read from them.
 
 Training runs in float32: the heads are small (a few M parameters), the CPU's float32 matmuls are
 several times faster than its bfloat16 ones (DESIGN.md), and the shipped checkpoint is cast to
@@ -11,21 +12,16 @@ bfloat16 once at the end.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from specjax import numerics
-from specjax.engine import tree as tree_lib
-from specjax.train.data import draft_vocab
-from specjax.train.sequence import CloverRecipe, Eagle3Recipe, EagleRecipe
-
-KMAX = 10   # ranks measured per head (a tree never uses more siblings than this)
+from specjax.drafters import registry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,146 +68,14 @@ def batch_indices(n: int, step: int, batch: int, seed: int) -> np.ndarray:
   return perm[i * batch:(i + 1) * batch]
 
 
-class MedusaRecipe:
-  """What the loop needs from a drafter: units to sample batches from, a batch, initial weights, the
-  loss, a held-out summary (with the exact tau of the tree it will use) and the drafter itself."""
-  defaults = dict(batch=256, clip=1.0, b2=0.999)
-  clip_by = "norm"
-
-  @staticmethod
-  def capture_for(cfg, c: TrainConfig | None = None) -> tuple:
-    """Target layers whose residuals the features must keep (none: the last hidden state only)."""
-    return ()
-
-  def __init__(self, target, train, held, c: TrainConfig):
-    from specjax.drafters import medusa
-    self.m, self.c, self.target, self.train, self.held = medusa, c, target, train, held
-    model = target.model
-    self.vocab, self.coverage, self.index = draft_vocab(train, target.cfg.vocab, c.draft_vocab)
-    self.consts = dict(norm_w=model.final_norm[...],
-                       head_w=jnp.asarray(model.head_weight(None if self.vocab is None else jnp.asarray(self.vocab)),
-                                          jnp.float32))
-    self.eps = target.cfg.norm_eps
-    self.lab_train, self.lab_held = self.labels(train), self.labels(held)
-    self.pos_train = np.flatnonzero((self.lab_train[:, 0] >= 0) & (train.pos >= 0))     # answer positions only
-    pos_held = np.flatnonzero((self.lab_held[:, 0] >= 0) & (held.pos >= 0))
-    if len(self.pos_train) < c.batch:
-      raise ValueError(f"only {len(self.pos_train)} training positions, fewer than a batch of {c.batch}")
-    rng = np.random.default_rng(c.seed)
-    self.ev_held = np.sort(rng.choice(pos_held, min(len(pos_held), c.eval_positions), replace=False))
-    self.ev_train = np.sort(rng.choice(self.pos_train, min(len(self.pos_train), c.eval_positions), replace=False))
-    self.units = len(self.pos_train)
-    self._rank_fn = jax.jit(self.ranks)           # one compile for every evaluation of the run
-
-  def labels(self, feat):
-    lab = self.m.labels(feat, self.c.heads)
-    return np.where(lab >= 0, self.index[np.maximum(lab, 0)], -1)
-
-  def batch(self, units, step):
-    idx = self.pos_train[units]
-    return {"h": jnp.asarray(np.asarray(self.train.hidden[idx], np.float32)), "lab": jnp.asarray(self.lab_train[idx])}
-
-  def init(self):
-    H = self.target.cfg.hidden
-    return {"w": jnp.zeros((self.c.heads, self.c.layers, H, H)), "b": jnp.zeros((self.c.heads, self.c.layers, H))}
-
-  def loss(self, p, consts, batch):
-    return self.m.loss_fn(p, consts["norm_w"], consts["head_w"], batch["h"], batch["lab"], eps=self.eps)
-
-  def ranks(self, p, consts, h, lab):
-    return self.m.ranks(p, consts["norm_w"], consts["head_w"], h, lab, eps=self.eps, kmax=KMAX)
-
-  def summarize(self, p):
-    return summarize(evaluate(self._rank_fn, p, self.consts, self.held, self.lab_held, self.ev_held),
-                     evaluate(self._rank_fn, p, self.consts, self.train, self.lab_train, self.ev_train), self.c.nodes)
-
-  def drafter(self, p, summary):
-    from flax import nnx
-    c = self.c
-    d = self.m.Medusa(heads=c.heads, layers=c.layers, hidden=self.target.cfg.hidden,
-                      draft_vocab=0 if self.vocab is None else len(self.vocab), nodes=c.nodes,
-                      accuracy=tuple(tuple(round(float(x), 4) for x in row) for row in summary["table"]))
-    module = self.m.MedusaHeads(hidden=d.hidden, heads=d.heads, layers=d.layers, vocab=self.vocab)
-    module.w[...] = jnp.asarray(p["w"], jnp.float32)
-    module.b[...] = jnp.asarray(p["b"], jnp.float32)
-    return dataclasses.replace(d, params=nnx.state(module))
+def _recipes() -> dict:
+  """drafter name -> its recipe: the `RECIPE` of its method's training module, specjax/train/<module>.py
+  (the registry lists the drafters whose method has one)."""
+  return {name: importlib.import_module(f"specjax.train.{registry.module_of(name)}").RECIPE
+          for name in registry.trained()}
 
 
-class EarlyExitRecipe(MedusaRecipe):
-  """The early-exit adapter (drafters/early_exit.py): one Medusa head of `layers` ResBlocks on the
-  final-normed residual after the target's first `exit_layer` layers, predicting the target's next
-  token at the same position, trained with soft cross-entropy against the target's top-8
-  (renormalised over the draft vocabulary). Held-out top-1 = how often the draft's token is the
-  target's: the chain's per-token acceptance under greedy decoding."""
-  defaults = dict(batch=256, clip=1.0, b2=0.999)
-  full = False        # answer positions only: the adapter reads one position at a time
-
-  @staticmethod
-  def capture_for(cfg, c: TrainConfig) -> tuple:
-    if not 1 <= c.exit_layer < cfg.layers:
-      raise ValueError(f"early-exit: --exit-layer must be in [1, {cfg.layers - 1}] for this target, got {c.exit_layer}")
-    return (c.exit_layer - 1,)
-
-  def __init__(self, target, train, held, c: TrainConfig):
-    # The adapter's input is the captured residual: Medusa's machinery then runs unchanged on `hidden`.
-    train, held = (dataclasses.replace(f, hidden=f.layers[:, 0], layers=None) for f in (train, held))
-    super().__init__(target, train, held, dataclasses.replace(c, heads=1))
-
-  def labels(self, feat):
-    """[N, 1] the target's own next token at each position (draft-vocabulary index, -1 outside)."""
-    return self.index[feat.top_ids[:, :1]]
-
-  def batch(self, units, step):
-    idx = self.pos_train[units]
-    ids = self.index[self.train.top_ids[idx]]                                   # [b, 8], -1 outside the vocabulary
-    p = np.where(ids >= 0, self.train.top_p[idx].astype(np.float32), 0)
-    return {"h": jnp.asarray(np.asarray(self.train.hidden[idx], np.float32)), "ids": jnp.asarray(np.maximum(ids, 0)),
-            "p": jnp.asarray(p / np.maximum(p.sum(1, keepdims=True), 1e-9)), "lab": jnp.asarray(self.lab_train[idx])}
-
-  def loss(self, p, consts, batch):
-    from specjax.models.llama import rms_norm
-    hn = rms_norm(batch["h"], consts["norm_w"], self.eps)
-    logits = numerics.dot(self.m.apply(p, hn)[:, 0], consts["head_w"], preferred_element_type=jnp.float32)   # [b, N]
-    logp = jax.nn.log_softmax(logits, -1)
-    loss = -(jnp.take_along_axis(logp, batch["ids"], -1) * batch["p"]).sum(-1).mean()
-    acc = (jnp.argmax(logits, -1) == batch["lab"][:, 0]).mean()
-    return loss, acc[None]
-
-  def drafter(self, p, summary):
-    from specjax.drafters.early_exit import EarlyExit
-    c = self.c
-    d = EarlyExit(exit_layer=c.exit_layer, layers=c.layers, hidden=self.target.cfg.hidden,
-                  draft_vocab=0 if self.vocab is None else len(self.vocab))
-    return d.with_weights(p, self.vocab)
-
-
-RECIPES = {"medusa": MedusaRecipe, "clover": CloverRecipe, "clover2": CloverRecipe, "eagle": EagleRecipe,
-           "eagle3": Eagle3Recipe, "early-exit": EarlyExitRecipe}
-
-
-def evaluate(fn, p, consts, feat, lab, positions: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
-  """[n, K] label ranks (KMAX = absent) at the given positions; fn: the recipe's jitted `ranks`."""
-  out = []
-  for s in range(0, len(positions), chunk):
-    idx = positions[s:s + chunk]
-    pad = chunk - len(idx)
-    idx_p = np.pad(idx, (0, pad))
-    r = np.asarray(fn(p, consts, jnp.asarray(np.asarray(feat.hidden[idx_p], np.float32)), jnp.asarray(lab[idx_p])))
-    out.append(r[:len(idx)])
-  return np.concatenate(out) if out else np.zeros((0, lab.shape[1]), np.int64)
-
-
-def summarize(held_ranks: np.ndarray, train_ranks: np.ndarray, nodes: int) -> dict:
-  """Per-head top-1 / top-5 accuracy on held-out positions, the acceptance table (from training
-  positions) and the exact tau of the tree grown from it, on held-out positions."""
-  table = tree_lib.acceptance_table(train_ranks, KMAX)
-  shape = tree_lib.grow(table, nodes)
-  acc_len = tree_lib.accepted_lengths(held_ranks, shape)
-  return {"top1": [float(x) for x in (held_ranks == 0).mean(0)],
-          "top5": [float(x) for x in (held_ranks < 5).mean(0)],
-          "tau": 1.0 + float(acc_len.mean()), "table": table.tolist(), "tree_nodes": nodes,
-          "tau_by_nodes": {n: 1.0 + float(tree_lib.accepted_lengths(held_ranks, tree_lib.grow(table, n)).mean())
-                           for n in (4, 8, 12, 16, 24, 32)}}
+RECIPES = _recipes()
 
 
 def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: int | None = None,
