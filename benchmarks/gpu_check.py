@@ -21,7 +21,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-GPU_TREES = {"medusa": dict(nodes=32), "clover2": dict(nodes=24, width=8), "eagle3": dict(depth=6, top_k=8, nodes=32),
+GPU_TREES = {"medusa": dict(nodes=32), "clover2": dict(nodes=24), "eagle3": dict(depth=6, top_k=8, nodes=32),
              "pld": dict(num_tokens=8, branches=4)}
 ALL = [("pld", {}), ("eagle3", {}), ("medusa", {}), ("clover2", {}), ("eagle", {}), ("lookahead", {}),
        ("self-spec", {}), ("staged", {}), ("early-exit", {}), *[(k, v) for k, v in GPU_TREES.items()]]

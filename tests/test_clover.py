@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import specjax
-from specjax.drafters import clover, registry
+from specjax.drafters import clover, clover_tree, registry
 from specjax.drafters.clover import Clover1, Clover2
 from specjax.process_cache import CACHE
 from specjax.testing import tiny_target
@@ -25,8 +25,8 @@ def tiny():
 
 
 @pytest.mark.parametrize("cls", [Clover1, Clover2])
-@pytest.mark.parametrize("config", [dict(nodes=5, width=2, children=3, heads=3, aug_layers=2, draft_vocab=24),
-                                    dict(nodes=12, width=6, children=4, threshold=0.5)])   # defaults: the contract test
+@pytest.mark.parametrize("config", [dict(nodes=5, heads=3, aug_layers=2, draft_vocab=24),   # defaults: the contract test
+                                    dict(nodes=12, threshold=0.5), dict(nodes=9, tree="static", draft_vocab=24)])
 def test_random_weights_are_lossless_on_tiny_model(tiny, cls, config):
   d = cls.untrained(tiny, seed=4, **config)
   for batch, max_new in ((PROMPTS, 33), (PROMPTS[1:2], 9)):
@@ -60,34 +60,99 @@ def _sequential_states(heads, p, embed_w, u, root, tokens, parent, ctx_row):
   return out
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), version=st.sampled_from([1, 2]), depth=st.integers(1, 4),
-       children=st.integers(1, 4), width=st.integers(1, 5), nodes=st.integers(1, 14))
-def test_level_at_a_time_equals_sequential_cell(seed, version, depth, children, width, nodes):
+def _setup(seed, version, B=3, S=7):
   t = tiny_target(seed=2)
   cfg = t.cfg
   heads = clover.Heads(version, cfg)
   p = {k: jnp.asarray(v) for k, v in clover.initial(t, version=version, aug_layers=1, seed=seed, noise=0.3).items()}
   rng = np.random.default_rng(seed)
-  B, S = 3, 7
   u = jnp.asarray(rng.normal(size=(B, cfg.hidden)), jnp.float32)
   root = jnp.asarray(rng.integers(0, cfg.vocab, B), jnp.int32)
   kv = jnp.asarray(rng.normal(size=(2, B, cfg.kv_heads, S, cfg.head_dim)), jnp.float32)
   lengths = jnp.asarray(rng.integers(1, S + 1, B), jnp.int32)
-  ctx = (kv[0], kv[1], lengths, lengths - 1)
   embed_w = jnp.asarray(t.model.embed[...], jnp.float32)
-  logits_fn = lambda out: jax.nn.log_softmax(jnp.dot(out, embed_w.T), -1)
+  logits_fn = lambda out: jax.nn.log_softmax(jnp.dot(out, embed_w.T, precision="highest"), -1)
+  row_ctx = lambda b: (kv[0][b:b + 1], kv[1][b:b + 1], lengths[b:b + 1], lengths[b:b + 1] - 1)
   embed = lambda i: (i, embed_w[i])
-  tok, parent, states = clover.grow(heads, p, logits_fn, embed, u, root, ctx, depth=depth, children=children,
-                                    width=width, nodes=nodes, threshold=0.95 if version == 2 else 0.0)
+  return heads, p, u, root, (kv[0], kv[1], lengths, lengths - 1), row_ctx, embed_w, logits_fn, embed
+
+
+def _path_logp(heads, p, embed_w, logits_fn, u, root, ctx):
+  """log p of the children of the node reached by a token path, the cell run along the path one node at a time."""
+  def f(path):
+    out, s = heads.first(p, u[None], embed_w[root][None], ctx)
+    for tok in path:
+      out, s = heads.step(p, s[:, None], embed_w[tok][None, None], ctx)
+      out, s = out[:, 0], s[:, 0]
+    return np.asarray(logits_fn(out)[0], np.float64)
+  return f
+
+
+def beam_genrate(logp_of, depth, nodes, top_p, quarter=False, top=clover_tree.TOP):
+  """A port of Clover-2's `beam_genrate` selection (greedy; XiaoBin1992/clover, clover/model/clover2.py), plus
+  Clover-1's quarter rule: the set of token paths in the tree. Not ported: at the last head the public code
+  lacks the `k > 0` guard and drops a node's top child when its renormalised mass alone exceeds top_p."""
+  frontier, tree, left = [((), 1.0)], [], nodes
+  for _ in range(depth):
+    level = []
+    for path, joint in frontier:
+      lp = logp_of(path)
+      idx = np.argsort(-lp, kind="stable")[:top]
+      pr = np.exp(lp[idx] - lp[idx].max())
+      pr /= pr.sum()                                                 # softmax over the top logits
+      mass = 0.0
+      for k in range(top):
+        mass += pr[k]
+        if k > 0 and (mass > top_p or (quarter and pr[k] < pr[0] / 4)):
+          break
+        level.append((path + (int(idx[k]),), joint * pr[k]))
+    if len(level) >= left:                                            # the level that fills the budget ends it
+      tree += sorted(level, key=lambda x: -x[1])[:left]
+      break
+    tree, left, frontier = tree + level, left - len(level), level
+  return {path for path, _ in tree}
+
+
+def _paths(tok, parent):
+  out = {0: ()}
+  for j in range(1, len(tok)):
+    if parent[j] >= 0:
+      out[j] = out[int(parent[j])] + (int(tok[j]),)
+  return set(list(out.values())[1:]), out
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), version=st.sampled_from([1, 2]), depth=st.integers(1, 4),
+       nodes=st.integers(1, 14), top_p=st.sampled_from([0.3, 0.8, 0.95]))
+def test_dynamic_tree_is_beam_genrate_and_its_states_the_sequential_cell(seed, version, depth, nodes, top_p):
+  heads, p, u, root, ctx, row_ctx, embed_w, logits_fn, embed = _setup(seed, version)
+  tok, parent, states = clover_tree.grow(heads, p, logits_fn, embed, u, root, ctx, depth=depth, nodes=nodes,
+                                         top_p=top_p, quarter=version == 1)
   tok, parent, states = map(np.asarray, (tok, parent, states))
-  assert tok.shape[1] == 1 + min(nodes, sum(clover.level_widths(depth, children, width)))
-  for b in range(B):
+  assert tok.shape[1] == 1 + min(nodes, sum(clover_tree.level_widths(depth, nodes)))
+  for b in range(u.shape[0]):
     assert all(parent[b, j] < j for j in range(1, tok.shape[1]))          # topological
-    row_ctx = (kv[0][b:b + 1], kv[1][b:b + 1], lengths[b:b + 1], lengths[b:b + 1] - 1)
-    want = _sequential_states(heads, p, embed_w, u[b], root[b], tok[b], parent[b], row_ctx)
+    got, _ = _paths(tok[b], parent[b])
+    logp_of = _path_logp(heads, p, embed_w, logits_fn, u[b], root[b], row_ctx(b))
+    assert got == beam_genrate(logp_of, depth, nodes, top_p, quarter=version == 1)
+    want = _sequential_states(heads, p, embed_w, u[b], root[b], tok[b], parent[b], row_ctx(b))
     live = parent[b] >= 0
     np.testing.assert_allclose(states[b][live], want[live], rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("version,depth,nodes", [(2, 4, 25), (2, 3, 7), (1, 2, 30)])
+def test_static_tree_takes_the_ranked_child_of_each_parent(version, depth, nodes):
+  heads, p, u, root, ctx, row_ctx, embed_w, logits_fn, embed = _setup(3, version)
+  shape = clover_tree.static_tree(depth, nodes)
+  assert shape.max_depth <= depth
+  assert shape.size == 1 + min(nodes, sum(len(c) <= depth for c in clover_tree.EVAL_TREE))
+  tok = np.asarray(clover_tree.grow_static(heads, p, logits_fn, embed, u, root, ctx, shape))
+  for b in range(u.shape[0]):
+    logp_of = _path_logp(heads, p, embed_w, logits_fn, u[b], root[b], row_ctx(b))
+    path = {(): ()}
+    for i, c in enumerate(shape.choices, 1):                             # node order: by depth, then ranks
+      path[c] = path[c[:-1]] + (int(np.argsort(-logp_of(path[c[:-1]]), kind="stable")[c[-1]]),)
+      assert tok[b, i] == path[c][-1]
 
 
 # ------------------------------------------------------------------ training
@@ -159,7 +224,7 @@ REAL_PROMPTS = [
 def test_shipped_checkpoint_is_lossless_on_default_model(default_target):
   d = registry.make("clover2")
   assert d.trained_for
-  for n, opts in ((1, {}), (4, {}), (4, dict(nodes=16, width=8))):
+  for n, opts in ((1, {}), (4, {}), (4, dict(nodes=16)), (4, dict(tree="static", nodes=25))):
     base = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48)
     g = specjax.generate(default_target, REAL_PROMPTS[:n], max_new_tokens=48, drafter="clover2", **opts)
     assert g.token_ids == base.token_ids

@@ -136,6 +136,61 @@ def test_tree_expansion_equals_the_draft_along_each_path(depth, top_k, nodes):
   np.testing.assert_allclose(-np.sort(-joint[:, 1:], 1), want, rtol=1e-5, atol=1e-5)
 
 
+def topK_genrate(logp, top_k, total_tokens):
+  """A port of EAGLE-2's selection in `topK_genrate` (SafeAILab/EAGLE, eagle/model/cnets.py), one row.
+  logp[0] [V]: the draft's log-probabilities at the root; logp[i] [top_k, V]: at the frontier of step i (its
+  nodes in the order the previous step ranked them). Returns (tokens [n], parents [n]: 0 the root, j the
+  j-th kept node), n = total_tokens. Equal scores: the lower index first (torch.topk leaves it unspecified)."""
+  topk = lambda x, k: np.argsort(-x, axis=-1, kind="stable")[..., :k]
+  idx = topk(logp[0], top_k)
+  scores = logp[0][idx]
+  scores_list, parents_list, tokens = [scores], [np.zeros(1, np.int64)], [idx]
+  cs_index = np.arange(top_k)
+  for i in range(len(logp) - 1):
+    parents_list.append(cs_index + 1 + top_k ** 2 * max(0, i - 1) + (top_k if i > 0 else 0))
+    idx = topk(logp[i + 1], top_k)                                            # [top_k, top_k]
+    cu = np.take_along_axis(logp[i + 1], idx, 1) + scores[:, None]
+    cs_index = topk(cu.reshape(-1), top_k)
+    scores = cu.reshape(-1)[cs_index]
+    tokens.append(idx)
+    scores_list.append(cu)
+  every = np.concatenate([x.reshape(-1) for x in scores_list])
+  sel = np.sort(topk(every, total_tokens))
+  parents = np.concatenate(parents_list)[sel // top_k]
+  index = np.searchsorted(sel, parents - 1) + 1
+  return np.concatenate([x.reshape(-1) for x in tokens])[sel], np.where(parents == 0, 0, index)
+
+
+@pytest.mark.parametrize("depth,top_k,nodes,grid", [(3, 4, 10, 0.0), (5, 3, 16, 0.0), (6, 10, 60, 0.0),
+                                                    (4, 4, 12, 0.25), (5, 3, 9, 0.5), (6, 10, 60, 0.5)])
+def test_tree_selection_is_topK_genrate(depth, top_k, nodes, grid):
+  """Fed the same log-probabilities at every step, our dynamic tree keeps the nodes and parents that
+  EAGLE-2's `topK_genrate` keeps. grid > 0: log-probabilities on a grid plus noise under 1e-4, so joint
+  scores of different depths tie or nearly tie (a depth penalty in the rerank would reorder them)."""
+  t = tiny_target(seed=2, scale=4.0)
+  p = {k: jnp.asarray(v) for k, v in eagle.initial(t, seed=3).items()}
+  rng = np.random.default_rng([depth, top_k])
+  B, V, S = 2, t.cfg.vocab, 4
+
+  def draw(*shape):
+    x = rng.normal(size=shape) * 2
+    if grid:                                     # not normalised, so that sums over different rows stay on the grid
+      return (-np.round(np.abs(x) / grid) * grid - rng.uniform(0, 5e-5, shape)).astype(np.float32)
+    return (x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(np.float32)
+
+  logp = [draw(B, V)] + [draw(B, top_k, V) for _ in range(depth - 1)]
+  calls = iter(logp)
+  zeros = jnp.zeros((B, t.cfg.kv_heads, S, t.cfg.head_dim))
+  tok, parent, _ = eagle.grow(t.cfg, p, lambda g: jnp.asarray(next(calls)),
+                              lambda i: (i, t.model.embed_tokens(i).astype(jnp.float32)),
+                              jnp.zeros((B, t.cfg.hidden)), jnp.zeros(B, jnp.int32), zeros, zeros,
+                              jnp.ones(B, jnp.int32), depth=depth, top_k=top_k, nodes=nodes)
+  for b in range(B):
+    want_tok, want_parent = topK_genrate([x[b] for x in logp], top_k, nodes)
+    np.testing.assert_array_equal(np.asarray(tok[b, 1:]), want_tok)
+    np.testing.assert_array_equal(np.asarray(parent[b, 1:]), want_parent)
+
+
 # ------------------------------------------------------------------ the draft cache holds the committed path
 
 @dataclasses.dataclass(frozen=True)

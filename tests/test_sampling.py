@@ -207,7 +207,7 @@ def make_drafter(name, target):
     return Medusa.untrained(target, seed=1, nodes=6, draft_vocab=8), {}
   if name in ("clover", "clover2"):
     cls = Clover1 if name == "clover" else Clover2
-    return cls.untrained(target, seed=1, nodes=6, width=3, children=3, draft_vocab=8), {}
+    return cls.untrained(target, seed=1, nodes=6, draft_vocab=8), {}
   if name == "draft-model-q":      # an unrelated tiny draft sampling its chain (and a sibling) from its q
     draft = tiny_target(seed=7, scale=6.0, vocab=V, eos_id=999)
     return DraftModel.from_target(draft, gamma=2, width=2, temperature=1.0), {}

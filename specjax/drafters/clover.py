@@ -17,12 +17,9 @@ Pieces (H hidden, e(y) the target's frozen token embedding, N(.) an RMSNorm):
     s' = r + Wo attn(Wq N(r); the augmenting layer's cached keys/values), out = N(s' + SiLU(W s' + b));
     head 0 already sees the root token this way.
   `out` goes through the target's frozen LM head (optionally a reduced draft vocabulary).
-- Tree, built inside the program level by level (one batched head call per depth, never per node):
-  every frontier node takes its children in probability order while the mass before them is under
-  `threshold` (Clover-2: 0.95), or (Clover-1) while p >= p_top1 / 4, at most `children`; the best
-  `width` by joint probability form the next frontier; at the end the `nodes` best of all drafted
-  nodes by joint probability form the tree (ancestor-closed: a child's joint probability never
-  exceeds its parent's). With sampling the candidates are deterministic (q one-hot) and the engine's
+- Tree (clover_tree.py, with the deviations from the authors' decoding): `tree="dynamic"` grows it level by
+  level as `beam_genrate` does (one batched head call per depth, never per node); `tree="static"` drafts the
+  public evaluation's fixed tree. Candidates are deterministic (q one-hot), so with sampling the engine's
   recursive rejection keeps the target's distribution exactly.
 """
 from __future__ import annotations
@@ -36,6 +33,7 @@ import numpy as np
 from specjax import numerics
 from specjax.cache import put_rows
 from specjax.drafters import flat
+from specjax.drafters.clover_tree import TOP_P, grow, grow_static, level_widths, static_tree
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import apply_rope, decoder_layer, rms_norm
 from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, DraftTree, Models, Prefill, Step,
@@ -175,61 +173,6 @@ class Heads:
     return out, s
 
 
-def level_widths(depth: int, children: int, width: int) -> list[int]:
-  """Drafted nodes per depth: the root has one frontier node, each level at most `width`."""
-  out, m = [], 1
-  for _ in range(depth):
-    m = min(width, m * children)
-    out.append(m)
-  return out
-
-
-def grow(heads: Heads, p, logits_fn, embed, u, root, ctx, *, depth: int, children: int, width: int, nodes: int,
-         threshold: float):
-  """Builds each row's draft tree inside the program.
-
-  u [B, H] the augmented feature at the last committed entry; root [B] the root token; logits_fn:
-  out [..., H] -> log-probabilities [..., N] over the draft vocabulary; embed: draft-vocab index ->
-  (target id, embedding). Returns (tokens [B, 1+nodes], parent [B, 1+nodes], states [B, 1+nodes, H]:
-  the head state each node's children were drawn from (the root's is u)). Nodes that do not exist
-  (pruned by the rule) have parent -1 and are never accepted."""
-  B, H = u.shape
-  out0, s0 = heads.first(p, u, embed(root[:, None])[1][:, 0], ctx)
-  logp = logits_fn(out0)[:, None]                                                  # [B, 1, N]
-  base = jnp.zeros((B, 1))
-  par_state = s0[:, None]                                                          # states of the frontier
-  par_index = jnp.zeros((B, 1), jnp.int32)                                         # their flat node index (0 = root)
-  toks, joints, parents, states = [], [], [], []
-  count = 1
-  for d in range(depth):
-    idx, joint = tree_lib.top_children(logp, base, children, threshold)             # [B, M, c]
-    M = idx.shape[1]
-    flat_joint = joint.reshape(B, M * children)
-    w = min(width, M * children)
-    top_joint, pick = jax.lax.top_k(flat_joint, w)                                 # [B, w]
-    from_m = pick // children
-    vidx = jnp.take_along_axis(idx.reshape(B, -1), pick, 1)
-    tok, e = embed(vidx)
-    parent = jnp.take_along_axis(par_index, from_m, 1)
-    s_par = jnp.take_along_axis(par_state, from_m[..., None], 1)
-    toks.append(tok)
-    joints.append(top_joint)
-    parents.append(parent)
-    states.append(s_par)
-    par_index = count + jnp.arange(w, dtype=jnp.int32)[None].repeat(B, 0)
-    count += w
-    base = top_joint
-    if d + 1 < depth:
-      out, par_state = heads.step(p, s_par, e, ctx)
-      logp = logits_fn(out)
-  lvl = np.concatenate([np.full(j.shape[1], i) for i, j in enumerate(joints)])
-  out_tok, out_par, keep = tree_lib.keep_best(root, jnp.concatenate(toks, 1), jnp.concatenate(joints, 1),
-                                              jnp.concatenate(parents, 1), lvl, nodes)
-  st = jnp.concatenate(states, 1)
-  out_states = jnp.concatenate([jnp.zeros((B, 1, H), st.dtype), jnp.take_along_axis(st, keep[..., None], 1)], 1)
-  return out_tok, out_par, out_states
-
-
 # ------------------------------------------------------------------ the drafter
 
 @dataclasses.dataclass(frozen=True)
@@ -238,42 +181,45 @@ class Clover(flat.FlatDrafter):
   heads: int = dataclasses.field(default=4, metadata=NOT_OPTION)                # tree depth: regressive steps
   aug_layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)
   # Tree budget: candidate nodes (the root not counted). 6 is the CPU default, measured on the 2-core
-  # Xeon (benchmarks/clover_cost.py): a 7-node verify costs 1.3-1.4x a one-token step and the
+  # Xeon (benchmarks/drafter_cost.py): a 7-node verify costs 1.3-1.4x a one-token step and the
   # estimated speedup peaks at 6 nodes and falls beyond; accelerators want 20-64.
   nodes: int = dataclasses.field(default=6, metadata=BUDGET)
-  width: int = dataclasses.field(default=4, metadata=BUDGET)          # frontier nodes expanded per depth
-  children: int = dataclasses.field(default=4, metadata=BUDGET)       # most children a node may take
-  # cumulative-mass rule (<0: the version's own: 0.95 for v2, 1/4-of-top-1 for v1)
+  # "dynamic": `beam_genrate`'s rule (`grow`); "static": the public evaluation's tree (EVAL_TREE cut to the
+  # heads and to `nodes`, `grow_static`)
+  tree: str = dataclasses.field(default="dynamic", metadata=BUDGET)
+  # the token rule's top-p (<0: the version's own, TOP_P)
   threshold: float = dataclasses.field(default=-1.0, metadata=BUDGET)
   name = "clover"
   state_axes = {"k": (None, "batch"), "v": (None, "batch"), "u": ("batch",), "w": ()}  # k, v [A, B, KVH, S, D]
-  budget_keys = ("nodes", "width")     # held-out tau is measured per nodes/width
+  budget_keys = ("nodes",)     # held-out tau is measured per nodes
 
   @property
   def rule_threshold(self) -> float:
-    if self.threshold >= 0:
-      return self.threshold
-    return 0.95 if self.version == 2 else 0.0
+    return self.threshold if self.threshold >= 0 else TOP_P[self.version]
 
   def validate(self):
     check_option_types(self)
     if self.version not in (1, 2):
       raise ValueError(f"{self.name}: version must be 1 or 2, got {self.version!r}")
-    for f in ("heads", "aug_layers", "nodes", "width", "children"):
+    for f in ("heads", "aug_layers", "nodes"):
       if getattr(self, f) < 1:
         raise ValueError(f"{self.name}: {f} must be a positive integer, got {getattr(self, f)!r}")
     if self.nodes >= MAX_TREE_NODES:
       raise ValueError(f"{self.name}: nodes must be below {MAX_TREE_NODES}, got {self.nodes}")
     if self.threshold > 1:
       raise ValueError(f"{self.name}: threshold must be at most 1, got {self.threshold}")
+    if self.tree not in ("dynamic", "static"):
+      raise ValueError(f"{self.name}: tree must be 'dynamic' or 'static', got {self.tree!r}")
 
   @property
   def num_nodes(self):
-    return 1 + min(self.nodes, sum(level_widths(self.heads, self.children, self.width)))
+    if self.tree == "static":
+      return static_tree(self.heads, self.nodes).size
+    return 1 + min(self.nodes, sum(level_widths(self.heads, self.nodes)))
 
   @property
   def max_depth(self):
-    return self.heads
+    return self.heads if self.tree == "dynamic" else static_tree(self.heads, self.nodes).max_depth
 
   def shapes(self):
     return shapes(self.dims, version=self.version, aug_layers=self.aug_layers)
@@ -308,13 +254,17 @@ class Clover(flat.FlatDrafter):
       return tok, m.target.embed_tokens(tok).astype(jnp.float32)
 
     ctx = (state["k"][-1], state["v"][-1], ctx_len, ctx_len - 1)
-    return grow(self._heads(m), p, logits_fn, embed, state["u"], root, ctx, depth=self.heads,
-                children=self.children, width=self.width, nodes=self.nodes, threshold=self.rule_threshold)
+    args = (self._heads(m), p, logits_fn, embed, state["u"], root, ctx)
+    if self.tree == "static":
+      return grow_static(*args, static_tree(self.heads, self.nodes))
+    return grow(*args, depth=self.heads, nodes=self.nodes, top_p=self.rule_threshold, quarter=self.version == 1)[:2]
 
   def propose(self, m: Models, state, ctx: Context):
-    tok, parent, _ = self._tree(m, state, ctx.root_token(), ctx.root)
-    mask, depth = tree_lib.ancestors_from_parents(parent)
-    return DraftTree(tok, parent, depth, mask, None, self.heads), state
+    out = self._tree(m, state, ctx.root_token(), ctx.root)
+    if self.tree == "static":
+      return static_tree(self.heads, self.nodes).draft(out), state
+    mask, depth = tree_lib.ancestors_from_parents(out[1])
+    return DraftTree(*out, depth, mask, None, self.heads), state
 
   def update(self, m: Models, state, ctx: Context, step: Step):
     cfg = m.target.cfg

@@ -22,7 +22,10 @@ standing in for the target's), each takes its top_k children, and the best top_k
 form the next frontier. Finally all drafted nodes (top_k + (depth - 1) top_k^2) are ranked by
 cumulative log-probability and the best `nodes` form the tree (ancestor-closed). Candidates are
 deterministic (the top-k), so with sampling q is one-hot and the engine's recursive rejection keeps
-the target's distribution exactly, as EAGLE-2's own sampling does.
+the target's distribution exactly, as EAGLE-2's own sampling does. Given the same log-probabilities at
+every step, the nodes and parents kept are those of a port of `topK_genrate` (tests/test_eagle.py);
+the one difference: equal scores go to the lower index (a parent before its child), where torch.topk
+leaves the order unspecified.
 
 EAGLE-3 (Li et al. 2025; `eagle/traineagle3/cnets.py`), `Eagle3`: the feature is fused from a low, a
 middle and a high target layer, f_t = W [n(l_t), n(m_t), n(h_t)] (3H -> H, n a weightless RMS
@@ -141,7 +144,7 @@ def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: 
   S = kc.shape[2]
   lp, idx = jax.lax.top_k(logp_fn(g), top_k)                                      # level 1: [B, k]
   tok, e = embed(idx)
-  toks, joints, parents, levels = [tok], [lp], [jnp.zeros((B, top_k), jnp.int32)], [np.zeros(top_k)]
+  toks, joints, parents = [tok], [lp], [jnp.zeros((B, top_k), jnp.int32)]
   front = 1 + jnp.broadcast_to(jnp.arange(top_k, dtype=jnp.int32), (B, top_k))    # flat indices of the frontier
   f_par = jnp.broadcast_to(g[:, None], (B, top_k, H))                              # their parents' drafted feature
   base = lp
@@ -163,7 +166,6 @@ def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: 
     toks.append(tok)
     joints.append(joint)
     parents.append(jnp.repeat(front, top_k, 1))
-    levels.append(np.full(w * top_k, d))
     if d + 1 < depth:
       base, pick = jax.lax.top_k(joint, top_k)                                     # the next frontier
       from_m = pick // top_k
@@ -174,8 +176,7 @@ def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: 
       front = count + pick
     count += w * top_k
   joint = jnp.concatenate(joints, 1)
-  out_tok, out_par, keep = tree_lib.keep_best(root, jnp.concatenate(toks, 1), joint, jnp.concatenate(parents, 1),
-                                              np.concatenate(levels), nodes)
+  out_tok, out_par, keep = tree_lib.keep_best(root, jnp.concatenate(toks, 1), joint, jnp.concatenate(parents, 1), nodes)
   return out_tok, out_par, jnp.concatenate([jnp.zeros((B, 1)), jnp.take_along_axis(joint, keep, 1)], 1)
 
 

@@ -151,34 +151,38 @@ def accepted_lengths(ranks: np.ndarray, shape: StaticTree) -> np.ndarray:
 
 # ------------------------------------------------------------------ dynamic trees (built inside the program)
 
-def top_children(logp: jax.Array, base: jax.Array, children: int, threshold: float | None = None):
+def top_children(logp: jax.Array, base: jax.Array, children: int, top_p: float | None = None, quarter: bool = False):
   """Each frontier node's `children` most likely children. logp [B, M, N] their log-probabilities,
   base [B, M] the frontier nodes' joint log-probabilities (-inf: no node). Returns (idx [B, M, c]
   vocabulary indices, joint [B, M, c]: base + log p, -inf for children a rule drops).
-  threshold: None keeps every child (EAGLE-2); > 0 keeps children while the mass before them is
-  under it (Clover-2); 0 keeps children with p >= p_top1 / 4 (Clover-1). The top child is always kept."""
+  top_p None keeps every child (EAGLE-2). Otherwise Clover's token rule as its `beam_genrate` applies it:
+  p is renormalised over the `children` candidates (a softmax over their logits), child k is kept while
+  the mass of children 0..k, itself included, is at most top_p, and (quarter, Clover-1's README) while
+  p >= p_top1 / 4; joint then adds the renormalised log p. The top child is always kept."""
   lp, idx = jax.lax.top_k(logp, children)
   alive = base[..., None] > -jnp.inf
-  if threshold is not None:
+  if top_p is not None:
+    lp = jax.nn.log_softmax(lp, -1)
     pr = jnp.exp(lp)
-    keep = (jnp.cumsum(pr, -1) - pr) < threshold if threshold > 0 else pr >= pr[..., :1] / 4
+    keep = jnp.cumsum(pr, -1) <= top_p
+    if quarter:
+      keep = keep & (pr >= pr[..., :1] / 4)
     alive = alive & keep.at[..., 0].set(True)
   return idx, jnp.where(alive, base[..., None] + lp, -jnp.inf)
 
 
-def keep_best(root: jax.Array, tok: jax.Array, joint: jax.Array, parent: jax.Array, level: np.ndarray, nodes: int):
+def keep_best(root: jax.Array, tok: jax.Array, joint: jax.Array, parent: jax.Array, nodes: int):
   """The `nodes` best drafted nodes by joint log-probability, as a tree (EAGLE-2's global rerank).
 
   root [B] the root tokens; tok, joint, parent [B, F]: every drafted node in topological order,
-  parent the flat index of its parent (0 = root, f + 1 = drafted node f); level [F] (static) each
-  node's depth. Returns (tokens [B, 1+n], parent [B, 1+n] (-1 for the root and for kept nodes whose
-  joint is -inf: never accepted), keep [B, n] the kept nodes' flat indices), n = min(nodes, F).
-  A child's joint log-probability never exceeds its parent's; a depth penalty breaks exact ties
-  in the parent's favour, so the kept set is ancestor-closed."""
+  parent the flat index of its parent (0 = root, f + 1 = drafted node f). Returns (tokens [B, 1+n],
+  parent [B, 1+n] (-1 for the root and for kept nodes whose joint is -inf: never accepted), keep [B, n]
+  the kept nodes' flat indices), n = min(nodes, F). The kept set is ancestor-closed: a child's joint
+  log-probability never exceeds its parent's (log p <= 0 in floating point too), and top_k puts the
+  lower index, the parent, first on an exact tie."""
   B, F = tok.shape
   n = min(nodes, F)
-  _, keep = jax.lax.top_k(joint - 1e-4 * np.asarray(level, np.float32)[None], n)
-  keep = jnp.sort(keep, 1)                                                         # flat order is topological
+  keep = jnp.sort(jax.lax.top_k(joint, n)[1], 1)                                   # flat order is topological
   new_pos = jnp.zeros((B, F + 1), jnp.int32).at[jnp.arange(B)[:, None], keep + 1].set(1 + jnp.arange(n)[None])
   alive = jnp.take_along_axis(joint, keep, 1) > -jnp.inf
   par = jnp.where(alive, jnp.take_along_axis(new_pos, jnp.take_along_axis(parent, keep, 1), 1), -1)

@@ -132,7 +132,7 @@ class CloverRecipe(SequenceRecipe):
   def loss(self, p, consts, batch):
     return loss_fn(self.heads, p, consts, batch)
 
-  BUDGETS = ((4, 4), (6, 4), (8, 4), (12, 6), (16, 8), (24, 8))     # (nodes, width) of the tau estimates
+  BUDGETS = (4, 6, 8, 12, 16, 24)                                    # nodes of the tau estimates
   EVAL_POSITIONS = 64                                                # head positions per held-out sequence
 
   def _eval_fn(self):
@@ -150,8 +150,8 @@ class CloverRecipe(SequenceRecipe):
         logits_fn = lambda out: jax.nn.log_softmax(numerics.dot(out, consts["head_w"]), -1)
         bc = lambda x: jnp.broadcast_to(x, (P,) + x.shape[1:])
         ctx = (bc(k), bc(v), sel + 1, sel)
-        trees = [clover.grow(heads, p, logits_fn, embed, u[0, sel], batch["nxt"][0, sel], ctx, depth=K, children=4,
-                         width=w, nodes=n, threshold=0.95 if self.version == 2 else 0.0)[:2] for n, w in self.BUDGETS]
+        trees = [clover.grow(heads, p, logits_fn, embed, u[0, sel], batch["nxt"][0, sel], ctx, depth=K, nodes=n,
+                             top_p=clover.TOP_P[self.version], quarter=self.version == 1)[:2] for n in self.BUDGETS]
         out = head_outputs(heads, p, consts["embed"], u, k, v, batch["sel"], batch["ys"])[0]
         return trees, jax.lax.top_k(numerics.dot(out, consts["head_w"]), 5)[1]
       self._eval_fns["f"] = jax.jit(f)
@@ -181,10 +181,10 @@ class CloverRecipe(SequenceRecipe):
         acc[b].append(accepted(tok[:m], parent[:m], truth))
       hits.append(np.where(lab[..., None] == top5[:m], np.arange(5), 5).min(-1))
     ranks = np.concatenate(hits)                                                     # [n, K] rank (5 = absent)
-    tau_by = {f"{n}/{w}": 1.0 + float(np.concatenate(acc[(n, w)]).mean()) for n, w in self.BUDGETS}
-    main = min(self.BUDGETS, key=lambda b: abs(b[0] - self.c.nodes))
+    tau_by = {str(n): 1.0 + float(np.concatenate(acc[n]).mean()) for n in self.BUDGETS}
+    main = min(self.BUDGETS, key=lambda n: abs(n - self.c.nodes))
     return {"top1": [float(x) for x in (ranks == 0).mean(0)], "top5": [float(x) for x in (ranks < 5).mean(0)],
-            "tau": tau_by[f"{main[0]}/{main[1]}"], "tree_nodes": main[0], "tau_by_nodes": tau_by,
+            "tau": tau_by[str(main)], "tree_nodes": main, "tau_by_nodes": tau_by,
             "positions": int(sum(len(a) for a in acc[main]))}
 
   def drafter(self, p, summary):
