@@ -62,8 +62,8 @@ _EYE = {"w0", "w1", "in_gate/wq", "in_gate/wk", "gate/wq", "gate/wk", "dec/wq"}
 
 
 def initial(target, *, version: int, aug_layers: int, seed: int = 0, noise: float = 0.01) -> dict:
-  """Float32 starting weights, as the public code initialises them: the augmenting layers copy the
-  target's last layer, the norms its final norm; biases 0; query/key and head projections identity
+  """Float32 starting weights, nearly as the public code initialises them: the augmenting layers copy the
+  target's last layer, the norms its final norm (the public gates' norms start at ones); biases 0; query/key and head projections identity
   (on the state's part of the input) + U(0, noise); value/output projections U(0, noise) alone, so
   a fresh gate or decoder adds almost nothing."""
   model = target.model

@@ -34,10 +34,16 @@ head over a reduced draft vocabulary, and training is "training-time test" (trai
 runs on its own outputs for several steps, step i reading step i-1's output as its feature with
 the attention pattern the tree has when decoding, soft cross-entropy only, weights 0.8^i.
 
-Deviations from the public code: its first decoder layer skips the input RMSNorm (EAGLE-1) or
-takes [norm(e), norm(f)] 2H-wide into attention (EAGLE-3); ours is fc 2H -> H then the target's
-`decoder_layer` unchanged, so it follows the target's weight layouts. Training-time test uses rope
-position t + i at step i (the public trainer keeps t), matching the positions the tree uses.
+Deviations from the public code (docs/PUBLIC_TRAINERS.md has the reading):
+- Its first decoder layer skips the input RMSNorm (EAGLE-1) or takes [norm(e), norm(f)] 2H-wide into
+  attention (EAGLE-3); ours is fc 2H -> H then the target's `decoder_layer` unchanged, so it follows the
+  target's weight layouts.
+- The head: EAGLE-1 uses the target's head over the full vocabulary and EAGLE-3 trains its own [H -> draft
+  vocabulary] head; ours is the target's frozen head restricted to a reduced draft vocabulary (both).
+- EAGLE-3's fused feature: the public fc reads the raw captured residuals; ours RMS-normalises each first.
+- Initialisation: the public fc, layer and head start random (norms at ones); ours copies the target's last
+  layer, starts fc / fuse near identity and EAGLE-3's output norm from the target's final norm.
+Training deviations (soft targets, noise, optimiser) are listed in train/eagle.py.
 """
 from __future__ import annotations
 

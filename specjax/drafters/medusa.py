@@ -1,8 +1,8 @@
 """Medusa (Cai et al., ICML 2024; FasterDecoding/Medusa): K extra decoding heads on the target's last
 hidden state. At the last accepted position t the target's own head gave the next token (the tree's
 root); head k (0-based) predicts the token after that by k+1 places. Each head is ResBlock x layers
-(x + SiLU(W x + b), W and b zero-initialised as in Medusa) followed by the target's frozen LM head,
-shared rather than copied (a copy would be 28M parameters a head for SmolLM2's 49152 x 576), and
+(x + SiLU(W x + b); W and b zero-initialised, where Medusa zeroes W and keeps torch's default b) followed
+by the target's frozen LM head, shared rather than copied (a copy would be 28M parameters a head for SmolLM2's 49152 x 576), and
 optionally restricted to a reduced draft vocabulary (the N most frequent target predictions of the
 training data), mapped back to target ids. Verification always uses the full vocabulary.
 

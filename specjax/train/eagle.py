@@ -1,6 +1,13 @@
 """EAGLE's and EAGLE-3's training (drafters/eagle.py decodes): the draft teacher-forced over whole
 sequences, EAGLE-1's loss, EAGLE-3's training-time test, and the recipe `loop.fit` runs (a batch is a few
-whole sequences; held-out evaluation grows EAGLE-2's dynamic tree and measures its exact tau)."""
+whole sequences; held-out evaluation grows EAGLE-2's dynamic tree and measures its exact tau).
+
+Deviations from the public trainers (docs/PUBLIC_TRAINERS.md): soft targets are the target's top-8
+probabilities (not renormalised), where EAGLE-1 uses the full softmax and EAGLE-3 the draft-vocabulary
+softmax with positions whose argmax lies outside it masked; EAGLE-1's input noise is U(-noise/2, noise/2)
+with a fixed width, where the public width scales as 512 / sequence length; the optimiser is loop.py's
+(AdamW, no weight decay, short warm-up, cosine decay, value clipping) for every drafter, where the public
+runs use long warm-ups at near-constant rates, weight decay 0.01 (EAGLE-1) and norm clipping (EAGLE-3)."""
 from __future__ import annotations
 
 import jax
