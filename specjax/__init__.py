@@ -31,7 +31,7 @@ _tune_xla_cpu()
 
 # The public names are imported on first use (PEP 562), not here: `import specjax.cli` must not start
 # JAX, so the command line installs its Ctrl-C handling before the seconds `import jax` takes.
-_PUBLIC = {"Generation": "specjax.api", "generate": "specjax.api", "bench": "specjax.bench:run_bench",
+_PUBLIC = {"Generation": "specjax.api", "generate": "specjax.api", "bench": "specjax.bench",
            "Target": "specjax.io", "load": "specjax.api", "make_mesh": "specjax.parallel",
            "train_drafter": "specjax.train", "drafters": "specjax.drafters", "parallel": "specjax.parallel"}
 __all__ = sorted(_PUBLIC)
@@ -42,11 +42,10 @@ def __getattr__(name: str):
   if name not in _PUBLIC:
     raise AttributeError(f"module 'specjax' has no attribute {name!r}")
   import importlib
-  module, _, attr = _PUBLIC[name].partition(":")
-  if name in ("drafters", "parallel"):
-    value = importlib.import_module(module)
-  else:
-    value = getattr(importlib.import_module(module), attr or name)
+  module = importlib.import_module(_PUBLIC[name])
+  # A subpackage (drafters, parallel, bench) is itself the public name: importing any of its modules binds
+  # specjax.<name> to it anyway, so a function of the same name could not stay there.
+  value = module if _PUBLIC[name] == f"specjax.{name}" else getattr(module, name)
   globals()[name] = value
   return value
 

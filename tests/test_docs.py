@@ -76,3 +76,15 @@ def test_api_reference_builds_without_warnings(tmp_path):
   for page in ("specjax.html", "specjax/batch.html", "specjax/program.html", "specjax/train.html",
                "specjax/drafters/eagle.html"):
     assert (tmp_path / page).is_file(), page
+
+
+def test_public_names_resolve_whatever_was_imported_first():
+  """Every name in specjax.__all__ resolves, and specjax.bench stays one thing (the subpackage) whether it is
+  read before or after one of its modules is imported (it was run_bench until then)."""
+  code = ("import specjax\n"
+          "before = specjax.bench\n"
+          "from specjax.bench.run import run_bench\n"
+          "assert before is specjax.bench and specjax.bench.run_bench is run_bench, before\n"
+          "assert all(getattr(specjax, n) is not None for n in specjax.__all__)\n")
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
