@@ -214,6 +214,7 @@ def cmd_train(a) -> int:
                 prompts_dir=a.prompts, overwrite=a.overwrite, progress=not a.no_progress,
                 feature_batch_tokens=a.feature_batch_tokens, log=lambda m: print(m, file=sys.stderr, flush=True),
                 steps=a.steps, batch=a.batch, lr=a.lr, heads=a.heads, layers=a.layers, draft_vocab=a.draft_vocab,
+                weight_decay=a.weight_decay, targets=a.targets, own_head=a.own_head,
                 nodes=a.nodes, eval_every=a.eval_every, max_seconds=a.max_seconds, exit_layer=a.exit_layer or 0)
   return 0
 

@@ -221,8 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--layers", type=_positive_int, default=1,
                  help="medusa, early-exit: ResBlocks per head; clover, clover2: augmenting decoder layers; eagle, eagle3: not used (one layer)")
   t.add_argument("--lr", type=float, default=1e-3)
-  t.add_argument("--heads", type=_positive_int, default=4,
-                 help="medusa, clover, clover2: heads (tree depth); eagle3: training-time-test steps; eagle: not used")
+  t.add_argument("--heads", type=_positive_int, default=None,
+                 help="medusa, clover, clover2: heads (tree depth, default 4); eagle3: training-time-test steps "
+                 "(default 7); eagle: not used")
+  t.add_argument("--weight-decay", type=float, default=None,
+                 help="AdamW's weight decay (default: eagle, clover2 0.01, as their public trainers; others 0)")
+  t.add_argument("--targets", default="full", choices=["full", "top8"],
+                 help="eagle, eagle3, clover2 soft targets: the full softmax recomputed from the stored hidden "
+                 "states (default, as the public trainers) or the stored top-8 probabilities (the earlier recipe)")
+  t.add_argument("--own-head", action=argparse.BooleanOptionalAction, default=None,
+                 help="eagle3: train its own draft-vocabulary head, started from the target's rows (default), "
+                 "or score with the target's frozen rows (--no-own-head)")
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
   t.add_argument("--exit-layer", type=_positive_int, default=None, metavar="K",

@@ -265,27 +265,94 @@ def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_pat
 
 def test_loss_targets_the_next_feature_and_token_and_noises_the_input(tiny_full, monkeypatch):
   """EAGLE-1's loss at entry t: SmoothL1 against f_{t+1} plus 0.1 x the soft cross-entropy against
-  the target's distribution at t+1. A draft whose output is exactly f_{t+1} has only the token term
-  left (computed here in numpy); one that outputs f_t does not. The input noise is U(-0.1, 0.1)."""
+  the target's full-vocabulary softmax at t+1 (read at the draft vocabulary). A draft whose output is
+  exactly f_{t+1} has only the token term left (computed here in numpy); one that outputs f_t does not.
+  The input noise is uniform of half-width 0.1 x 512 / L per sequence of L tokens (the public width)."""
   from specjax.models.llama import rms_norm
   t, train, held = tiny_full
   recipe = eagle_train.EagleRecipe(t, train, held, loop.TrainConfig(**CFG).resolved())
   p = recipe.init()
-  batch = recipe.batch(np.arange(4), 0)
-  assert 0.09 < float(jnp.abs(batch["noise"]).max()) <= 0.1
+  units = np.arange(4)
+  batch = recipe.batch(units, 0)
+  for b, (s, e) in enumerate(recipe.spans_train[units]):
+    half = 0.1 * 512 / (e - s)
+    assert 0.9 * half < float(jnp.abs(batch["noise"][b]).max()) <= half
   quiet = dict(batch, noise=jnp.zeros_like(batch["noise"]))
   assert float(recipe.loss(p, recipe.consts, batch)[0]) != float(recipe.loss(p, recipe.consts, quiet)[0])
   f = np.asarray(rms_norm(batch["h"], recipe.consts["norm_w"], t.cfg.norm_eps))
   f_next = np.concatenate([f[:, 1:], f[:, -1:]], 1)
-  logits = f_next.astype(np.float64) @ np.asarray(recipe.consts["head_w"], np.float64)
-  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
-  idx, pr, valid = (np.asarray(batch[k]) for k in ("top_idx", "top_p", "valid"))
-  ce = -np.where(idx >= 0, pr * np.take_along_axis(logp, np.maximum(idx, 0), -1), 0).sum(-1)
-  want = 0.1 * ce[valid].mean()
+  logp = _log_softmax(f_next @ np.asarray(recipe.consts["head_w"], np.float64))
+  target = np.exp(_log_softmax(f_next @ np.asarray(t.model.head_weight(), np.float64)))[..., recipe.vocab]
+  valid = np.asarray(batch["valid"])
+  want = 0.1 * -(target * logp).sum(-1)[valid].mean()
   monkeypatch.setattr(eagle_train, "sequence_outputs", lambda cfg, p, e, f_in, nxt: (jnp.asarray(f_next), None, None))
   np.testing.assert_allclose(float(recipe.loss(p, recipe.consts, batch)[0]), want, rtol=1e-4)
   monkeypatch.setattr(eagle_train, "sequence_outputs", lambda cfg, p, e, f_in, nxt: (jnp.asarray(f), None, None))
   assert float(recipe.loss(p, recipe.consts, batch)[0]) > want + 1e-3
+
+
+def _log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_full_softmax_targets_are_the_frozen_head_over_the_normed_stored_state(tiny_full):
+  """The soft targets are softmax(head_w . final_norm(h)) of the stored hidden state, temperature 1:
+  over the whole vocabulary read at the draft vocabulary's tokens (EAGLE-1, Clover-2) or over the draft
+  vocabulary's logits alone (EAGLE-3). At each position they reproduce the target's own stored top-1
+  probability (made from its float32 logits; the stored state is bfloat16)."""
+  from specjax.models.llama import rms_norm
+  from specjax.train.recipe import soft_targets
+  t, train, held = tiny_full
+  recipe = eagle_train.EagleRecipe(t, train, held, loop.TrainConfig(**CFG).resolved())
+  f = np.asarray(rms_norm(jnp.asarray(train.hidden[:300], jnp.float32), recipe.consts["norm_w"], t.cfg.norm_eps), np.float64)
+  full = np.exp(_log_softmax(f @ np.asarray(t.model.head_weight(), np.float64)))                 # [n, V]
+  got = np.asarray(soft_targets(recipe.consts, jnp.asarray(f, jnp.float32), renormalise=False))
+  np.testing.assert_allclose(got, full[:, recipe.vocab], rtol=1e-4, atol=1e-6)
+  assert got.sum(-1).max() < 1 - 1e-3                                # the tail outside the draft vocabulary is lost
+  renorm = np.asarray(soft_targets(recipe.consts, jnp.asarray(f, jnp.float32), renormalise=True))
+  np.testing.assert_allclose(renorm, full[:, recipe.vocab] / full[:, recipe.vocab].sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  top1 = train.top_ids[:300, 0]
+  np.testing.assert_allclose(full[np.arange(300), top1], np.asarray(train.top_p[:300, 0], np.float64), atol=2e-2)
+  assert (full.argmax(-1) == top1).mean() > 0.95
+
+
+def test_eagle3_full_targets_are_renormalised_and_mask_argmax_outside_the_vocabulary():
+  """EAGLE-3's loss with full targets: step i at t against the softmax of the frozen head's
+  draft-vocabulary logits on the normed state at t+1+i, scored only where the target's top-1 there
+  lies in the draft vocabulary (computed here in numpy); the draft's own head scores when it has one."""
+  from specjax.models.llama import rms_norm
+  steps, L, N = 3, 9, 24
+  t, p, _, nxt, embed_w = _unroll_case(steps, L)
+  rng = np.random.default_rng(2)
+  B, H = nxt.shape[0], t.cfg.hidden
+  layers = jnp.asarray(rng.normal(size=(B, L, 3, H)), jnp.float32)
+  h = jnp.asarray(rng.normal(size=(B, L, H)), jnp.float32)
+  lab = rng.integers(0, N, (B, L))
+  lab[rng.random((B, L)) < 0.3] = -1                                 # the target's top-1 outside the vocabulary
+  valid = np.ones((B, L), bool)
+  valid[:, -1] = False                                                # entry t needs a position t+1
+  valid[1, -3:] = False
+  head_w = jnp.asarray(t.model.head_weight(jnp.arange(N)), jnp.float32)
+  consts = dict(embed=embed_w, head_w=head_w, norm_w=t.model.final_norm[...])
+  batch = dict(layers=layers, h=h, nxt=nxt, valid=jnp.asarray(valid),
+               top_idx=jnp.asarray(np.concatenate([lab[..., None], np.full((B, L, 7), -1)], -1), jnp.int32),
+               top_p=jnp.zeros((B, L, 8), jnp.float32))
+  f = np.asarray(rms_norm(h, consts["norm_w"], t.cfg.norm_eps), np.float64)
+  want_p = np.exp(_log_softmax(f @ np.asarray(head_w, np.float64)))                           # at position s
+  scored = valid & (lab >= 0)
+  for own in (False, True):
+    q = dict(p, head=jnp.asarray(rng.normal(size=(H, N)), jnp.float32)) if own else p
+    loss, _ = eagle_train.ttt_loss(t.cfg, q, consts, batch, steps=steps, targets="full")
+    outs = eagle_train.unroll(t.cfg, q, embed_w, eagle.fuse(t.cfg, q, layers), nxt, steps)
+    want = 0.0
+    for i, g in enumerate(outs):
+      logp = _log_softmax(eagle.head_input(t.cfg, q, g) @ (q["head"] if own else head_w))[:, :L - 1 - i]
+      tgt = want_p[:, 1 + i:]                                         # the target at t+1+i
+      on = scored[:, i:L - 1]                                         # valid and top-1 in the vocabulary at t+1+i
+      want += 0.8 ** i * (-(tgt * logp).sum(-1))[on].mean()
+    np.testing.assert_allclose(float(loss), want, rtol=1e-4)
 
 
 def test_resume_after_a_crash_ends_with_the_same_weights(tiny_full, tmp_path):
@@ -395,7 +462,7 @@ def test_training_time_test_loss_weights_steps_and_trains():
   batch = dict(layers=layers, nxt=nxt, valid=jnp.ones((B, L), bool), top_idx=top_idx,
                top_p=jnp.asarray(np.concatenate([np.ones((B, L, 1)), np.zeros((B, L, 7))], -1), jnp.float32))
   consts = dict(embed=embed_w, head_w=jnp.asarray(t.model.head_weight(), jnp.float32))
-  loss, acc = eagle_train.ttt_loss(t.cfg, p, consts, batch, steps=steps)
+  loss, acc = eagle_train.ttt_loss(t.cfg, p, consts, batch, steps=steps, targets="top8")
   assert acc.shape == (steps,)
   outs = eagle_train.unroll(t.cfg, p, embed_w, eagle.fuse(t.cfg, p, layers), nxt, steps)
   want = 0.0
@@ -406,21 +473,33 @@ def test_training_time_test_loss_weights_steps_and_trains():
   np.testing.assert_allclose(float(loss), want, rtol=1e-4)
   opt = optax.adam(1e-2)
   state = opt.init(p)
-  grad = jax.jit(jax.grad(lambda q: eagle_train.ttt_loss(t.cfg, q, consts, batch, steps=steps)[0]))
+  grad = jax.jit(jax.grad(lambda q: eagle_train.ttt_loss(t.cfg, q, consts, batch, steps=steps, targets="top8")[0]))
   for _ in range(40):
     upd, state = opt.update(grad(p), state)
     p = optax.apply_updates(p, upd)
-  assert float(eagle_train.ttt_loss(t.cfg, p, consts, batch, steps=steps)[0]) < 0.7 * float(loss)
+  assert float(eagle_train.ttt_loss(t.cfg, p, consts, batch, steps=steps, targets="top8")[0]) < 0.7 * float(loss)
 
 
-def test_eagle3_checkpoint_keeps_its_layers(tmp_path, tiny4):
+def test_eagle3_checkpoint_keeps_its_layers_and_own_head(tmp_path, tiny4):
+  """EAGLE-3 with its own head (weight `head`, `own_head` columns) and without one (the shipped
+  checkpoint's layout: the target's frozen rows) both round-trip through a checkpoint and decode
+  losslessly; an own head equal to the target's rows drafts exactly what the frozen rows draft."""
   from specjax.io import checkpoint
-  d = Eagle3.untrained(tiny4, seed=2, draft_vocab=16)
-  path = checkpoint.save_drafter(tmp_path / "eagle3.safetensors", d, tiny4)
-  loaded = registry.make(f"eagle3:{path}")
-  assert loaded.fuse == d.fuse and loaded.capture == d.capture and set(loaded.params["p"].get_value()) == set(d.shapes())
   base = specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16)
-  assert specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16, drafter=loaded).token_ids == base.token_ids
+  forwards = {}
+  for own in (0, 16):
+    d = Eagle3.untrained(tiny4, seed=2, draft_vocab=16, own_head=own)
+    path = checkpoint.save_drafter(tmp_path / f"eagle3-{own}.safetensors", d, tiny4)
+    loaded = registry.make(f"eagle3:{path}")
+    w = loaded.params["p"].get_value()
+    assert loaded.fuse == d.fuse and loaded.capture == d.capture and set(w) == set(d.shapes())
+    assert loaded.own_head == own and ("head" in w) == bool(own)
+    g = specjax.generate(tiny4, PROMPTS[:2], max_new_tokens=16, drafter=loaded)
+    assert g.token_ids == base.token_ids
+    forwards[own] = g.target_forwards
+  assert forwards[0] == forwards[16]
+  with pytest.raises(ValueError, match="own head"):
+    Eagle3.for_target(tiny4, draft_vocab=16, own_head=8).validate()
   with pytest.raises(ValueError, match="holds a"):
     registry.make(f"eagle:{path}")
   with pytest.raises(ValueError, match="fused layers"):
@@ -459,9 +538,16 @@ def test_eagle3_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_layers
   d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
   after = float(recipe.loss(d.params["p"].get_value(), recipe.consts, batch)[0])
   assert isinstance(d, Eagle3) and d.capture == eagle.fuse_layers(t.cfg.layers)
-  # The starting draft (the target's last layer over its fused high layer) already predicts well: a
-  # smaller relative drop than EAGLE-1's.
-  assert after < 0.95 * before and summary["tau"] > 1.3
+  assert c.own_head and d.own_head == len(recipe.vocab) and "head" in d.params["p"].get_value()
+  # Soft targets: the loss's floor is the targets' own entropy (the draft equal to the target); the
+  # starting draft (the target's last layer over its fused high layer) already predicts well.
+  from specjax.models.llama import rms_norm
+  f = np.asarray(rms_norm(batch["h"], recipe.consts["norm_w"], t.cfg.norm_eps), np.float64)
+  logq = _log_softmax(f @ np.asarray(recipe.consts["head_w"], np.float64))[:, 1:]            # the target at t+1
+  ent = -(np.exp(logq) * logq).sum(-1)
+  scored = np.asarray(batch["valid"])[:, :-1] & (np.asarray(batch["top_idx"])[:, :-1, 0] >= 0)
+  floor = sum(0.8 ** i * ent[:, i:][scored[:, i:]].mean() for i in range(c.heads))
+  assert after - floor < 0.7 * (before - floor) and summary["tau"] > 1.3
   base = specjax.generate(t, PROMPTS, max_new_tokens=30)
   assert specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d).token_ids == base.token_ids
   with pytest.raises(ValueError, match="captured layers"):

@@ -29,17 +29,20 @@ leaves the order unspecified.
 
 EAGLE-3 (Li et al. 2025; `eagle/traineagle3/cnets.py`), `Eagle3`: the feature is fused from a low, a
 middle and a high target layer, f_t = W [n(l_t), n(m_t), n(h_t)] (3H -> H, n a weightless RMS
-normalisation; the layers declared in `capture`), the draft's output is normed before the frozen
-head over a reduced draft vocabulary, and training is "training-time test" (train/eagle.py `unroll`): the draft
-runs on its own outputs for several steps, step i reading step i-1's output as its feature with
-the attention pattern the tree has when decoding, soft cross-entropy only, weights 0.8^i.
+normalisation; the layers declared in `capture`), the draft's output is normed before the head (its
+own, or the target's frozen rows) over a reduced draft vocabulary, and training is "training-time
+test" (train/eagle.py `unroll`): the draft runs on its own outputs for several steps, step i reading
+step i-1's output as its feature with the attention pattern the tree has when decoding, soft
+cross-entropy only, weights 0.8^i.
 
 Deviations from the public code (docs/PUBLIC_TRAINERS.md has the reading):
 - Its first decoder layer skips the input RMSNorm (EAGLE-1) or takes [norm(e), norm(f)] 2H-wide into
   attention (EAGLE-3); ours is fc 2H -> H then the target's `decoder_layer` unchanged, so it follows the
   target's weight layouts.
-- The head: EAGLE-1 uses the target's head over the full vocabulary and EAGLE-3 trains its own [H -> draft
-  vocabulary] head; ours is the target's frozen head restricted to a reduced draft vocabulary (both).
+- The head: EAGLE-1 uses the target's head over the full vocabulary; ours is the target's frozen head
+  restricted to a reduced draft vocabulary. EAGLE-3 trains its own [H -> draft vocabulary] head from a
+  random start; ours (`own_head`, weight `head`) starts from the target's rows; a checkpoint without one
+  (the shipped eagle3, trained before it existed) scores with the target's frozen rows.
 - EAGLE-3's fused feature: the public fc reads the raw captured residuals; ours RMS-normalises each first.
 - Initialisation: the public fc, layer and head start random (norms at ones); ours copies the target's last
   layer, starts fc / fuse near identity and EAGLE-3's output norm from the target's final norm.
@@ -70,10 +73,11 @@ def shapes(dims: tuple) -> dict[str, tuple[int, ...]]:
   return {"fc/w": (2 * H, H), "fc/b": (H,), **flat.layer_shapes(dims, 1, "layer")}
 
 
-def shapes3(dims: tuple) -> dict[str, tuple[int, ...]]:
-  """EAGLE-3 adds fuse/w [3H, H] (the three captured layers -> the feature) and norm [H] (before the head)."""
+def shapes3(dims: tuple, own_head: int = 0) -> dict[str, tuple[int, ...]]:
+  """EAGLE-3 adds fuse/w [3H, H] (the three captured layers -> the feature), norm [H] (before the head)
+  and, with own_head N > 0, its own head [H, N] over the draft vocabulary (else the target's rows)."""
   H = dims[0]
-  return {**shapes(dims), "fuse/w": (3 * H, H), "norm": (H,)}
+  return {**shapes(dims), "fuse/w": (3 * H, H), "norm": (H,), **({"head": (H, own_head)} if own_head else {})}
 
 
 def fuse_layers(layers: int) -> tuple[int, ...]:
@@ -82,15 +86,19 @@ def fuse_layers(layers: int) -> tuple[int, ...]:
   return tuple(int(min(max(i, 0), layers - 1)) for i in (1, layers // 2 - 1, layers - 4))
 
 
-def initial(target, *, seed: int = 0, noise: float = 0.01, three: bool = False) -> dict:
+def initial(target, *, seed: int = 0, noise: float = 0.01, three: bool = False, head=None) -> dict:
   """Float32 starting weights: the layer copies the target's last layer, norm its final norm; fc
   passes the feature through (identity on its half) and fuse/w the high layer, plus U(0, noise)
-  everywhere; bias 0."""
+  everywhere; bias 0. head [H, N] (EAGLE-3): its own head's start, the target's head rows over the draft
+  vocabulary (the public one starts random)."""
   rng = np.random.default_rng(seed)
   out = {}
   dims = flat.dims_of(target.cfg)
-  for name, shape in (shapes3(dims) if three else shapes(dims)).items():
-    if name.startswith("layer/"):
+  own = 0 if head is None else np.shape(head)[1]
+  for name, shape in (shapes3(dims, own) if three else shapes(dims)).items():
+    if name == "head":
+      out[name] = np.asarray(head, np.float32)
+    elif name.startswith("layer/"):
       out[name] = flat.last_layer(target.model, name.split("/")[1], 1)
     elif name == "fc/b":
       out[name] = np.zeros(shape, np.float32)
@@ -127,6 +135,12 @@ def fuse(cfg, p, layers):
 def head_input(cfg, p, g):
   """What the frozen LM head reads: EAGLE-3 (weights with `norm`) norms the draft's output; EAGLE-1 does not."""
   return rms_norm(g, p["norm"], cfg.norm_eps) if "norm" in p else g
+
+
+def head_logits(cfg, p, g, w):
+  """Draft logits [..., N] of the draft's outputs g [..., H]: EAGLE-3's own head p["head"] [H, N] when it
+  has one, else w [H, N] (the target's frozen head rows over the draft vocabulary)."""
+  return numerics.dot(head_input(cfg, p, g), p["head"] if "head" in p else w, preferred_element_type=jnp.float32)
 
 
 def causal(B: int, T: int):
@@ -244,7 +258,7 @@ class Eagle(flat.FlatDrafter):
     kc = jnp.zeros((B, k.shape[2], ctx.tokens.shape[1], k.shape[3]), jnp.float32).at[:, :, :n].set(flat.heads_first(k))
     vc = jnp.zeros_like(kc).at[:, :, :n].set(flat.heads_first(v))
     state = dict(k=kc, v=vc, g=jnp.take_along_axis(g, last[:, None, None], 1)[:, 0])
-    if self.draft_vocab:             # the reduced head's columns, gathered once outside the loop
+    if self.draft_vocab and "head" not in p:     # the target's reduced head columns, gathered once outside the loop
       state["w"] = self.head_weight(m)
     return state
 
@@ -254,8 +268,9 @@ class Eagle(flat.FlatDrafter):
     vocab = m.drafter.vocab[...] if self.draft_vocab else None
 
     def logp_fn(g):
-      x = head_input(m.target.cfg, p, g)
-      return jax.nn.log_softmax(m.target.head(x) if vocab is None else numerics.dot(x, state["w"]), -1)
+      if "head" in p or vocab is not None:
+        return jax.nn.log_softmax(head_logits(m.target.cfg, p, g, state.get("w")), -1)
+      return jax.nn.log_softmax(m.target.head(head_input(m.target.cfg, p, g)), -1)
 
     def embed(vidx):
       tok = vocab[vidx] if vocab is not None else vidx
@@ -300,6 +315,9 @@ class Eagle3(Eagle):
   """EAGLE-3: features fused from three captured target layers; normed output; (trained with train/eagle.py `ttt_loss`)."""
   # the captured (low, mid, high) target layers: set by for_target / the checkpoint
   fuse: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
+  # columns of its own trained head (the draft vocabulary's size; the target's vocabulary with the full
+  # one); 0: the target's frozen head rows (checkpoints written before the head existed)
+  own_head: int = dataclasses.field(default=0, metadata=NOT_OPTION)
   name = "eagle3"
 
   @property
@@ -307,10 +325,17 @@ class Eagle3(Eagle):
     return tuple(self.fuse)
 
   def shapes(self):
-    return shapes3(self.dims)
+    return shapes3(self.dims, self.own_head)
+
+  def validate(self):
+    super().validate()
+    if self.own_head < 0 or (self.draft_vocab and self.own_head not in (0, self.draft_vocab)):
+      raise ValueError(f"{self.name}: its own head has {self.own_head} columns; the draft vocabulary {self.draft_vocab}")
 
   def check_target(self, target):
     super().check_target(target)
+    if self.own_head and not self.draft_vocab and self.own_head != target.cfg.vocab:
+      raise ValueError(f"{self.name}: its own head has {self.own_head} columns; the target's vocabulary {target.cfg.vocab}")
     if len(self.fuse) != 3 or not all(0 <= i < target.cfg.layers for i in self.fuse):
       raise ValueError(f"{self.name}: fused layers {tuple(self.fuse)} do not fit a target of {target.cfg.layers} layers")
 
@@ -324,4 +349,8 @@ class Eagle3(Eagle):
 
   @classmethod
   def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "Eagle3":
-    return cls.for_target(target, **config).with_weights(initial(target, seed=seed, noise=noise, three=True))
+    """With own_head=N its head starts from the target's rows of the first N tokens (the vocabulary
+    `with_weights` gives by default)."""
+    d = cls.for_target(target, **config)
+    head = np.asarray(target.model.head_weight(jnp.arange(d.own_head)), np.float32) if d.own_head else None
+    return d.with_weights(initial(target, seed=seed, noise=noise, three=True, head=head))

@@ -92,6 +92,9 @@ def _check_prompts(prompts_dir):
                             "(set --prompts DIR|FILE or SPECJAX_TRAIN_PROMPTS)")
 
 
+CHOICES = {"clip_by": (None, "norm", "value"), "targets": ("full", "top8"), "own_head": (None, True, False)}
+
+
 def _config(config: dict):
   """TrainConfig fields: known names, each of its type and range."""
   from specjax.train import loop
@@ -103,11 +106,13 @@ def _config(config: dict):
           "layers": 1, "draft_vocab": 0, "exit_layer": 0, "nodes": 1, "batch": 1}
   for name, v in config.items():
     if name in ints:
-      _number(name, v, low=ints[name], low_ok=True, integer=True, none_ok=name == "batch")
+      _number(name, v, low=ints[name], low_ok=True, integer=True, none_ok=name in ("batch", "heads"))
     elif name == "lr":
       _number(name, v, low=0, low_ok=False)
     elif name == "weight_decay":
-      _number(name, v, low=0, low_ok=True)
+      _number(name, v, low=0, low_ok=True, none_ok=True)
+    elif name in CHOICES and not any(v is c or (type(v) is str and v == c) for c in CHOICES[name]):
+      raise ValueError(f"{name} must be one of {', '.join(map(repr, CHOICES[name]))}, got {v!r}")
     elif name == "clip":
       _number(name, v, low=0, low_ok=False, none_ok=True)
     elif name in ("b1", "b2"):

@@ -1,7 +1,30 @@
 """Clover's and Clover-2's training (drafters/clover.py decodes): the augmenting block and the heads
 teacher-forced over whole sequences, their losses, and the recipe `loop.fit` runs (a batch is a few whole
 sequences; the heads' losses are taken at random answer positions; held-out evaluation grows the drafter's
-own tree and measures its exact expected acceptance length)."""
+own tree and measures its exact expected acceptance length).
+
+Clover-2 as the public trainer (XiaoBin1992/clover `clover/train/main_clover2.py`; docs/PUBLIC_TRAINERS.md):
+per head (10 SmoothL1 + soft cross-entropy) x 0.7^i, the soft targets the target's full-vocabulary
+softmax at temperature 1, recomputed in the loss with the frozen head from the stored hidden state;
+AdamW betas (0.9, 0.95), weight decay 0.01, gradient values clipped at 0.5, lr 1e-3. The public
+configuration, 2 augmenting layers and 5 heads, is `layers=2, heads=5` (`--layers 2 --heads 5`); the
+default stays 1 and 4 until measured.
+
+Deviations from the public Clover-2 trainer (the drafter's own are listed in drafters/clover.py):
+- The heads' losses are taken at 128 random answer positions a sequence (`CloverRecipe.positions`),
+  where the public loss covers every answer position; each head's sum is divided by its count, not
+  by count + 1.
+- The draft vocabulary: the 4096 tokens the target most often predicts (data.draft_vocab), where the
+  public heads score the full vocabulary; the full-softmax targets are read at its tokens only (their
+  tail outside it is lost); `--draft-vocab 0` gives the public full vocabulary.
+- The augmenting block's gate norms start from the target's final norm (the public ones at ones).
+- The optimiser schedule: 100 warm-up steps then cosine decay to 5% (loop.py), where the public run
+  warms up over 8000 steps and then stays nearly constant.
+- Training runs in float32 (the public in bf16), on the target's greedy answers to first turns
+  (prompt's last 256 tokens, answer up to 256; data.py) for a few thousand steps, where the public run
+  trains 21 epochs on ShareGPT's own multi-turn answers of up to 2048 tokens.
+- `targets="top8"` restores the earlier targets (the stored top-8 probabilities, not renormalised): for
+  comparison only. Clover-1 (no public trainer) trains on the target's top-1 (hard labels) either way."""
 from __future__ import annotations
 
 import jax
@@ -11,6 +34,7 @@ import numpy as np
 from specjax import numerics
 from specjax.drafters import clover, flat
 from specjax.models.llama import rms_norm
+from specjax.train.recipe import soft_ce, soft_targets, top8_ce
 from specjax.train.sequence import SequenceRecipe, accepted
 
 
@@ -48,9 +72,10 @@ def head_outputs(heads: clover.Heads, p, embed_w, u, k, v, sel, ys):
   return jnp.stack(outs, 2)
 
 
-def loss_fn(heads: clover.Heads, p, consts, batch):
+def loss_fn(heads: clover.Heads, p, consts, batch, *, targets: str = "full"):
   """Clover-2: per head i, (10 SmoothL1(out_i, normed target state at t+1+i) + soft cross-entropy
-  against the target's top-8 distribution there) x 0.7^i. Clover-1: cross-entropy against the
+  against the target's distribution there) x 0.7^i; targets "full": the full-vocabulary softmax of the
+  frozen head on that state (`soft_targets`), "top8": the stored top-8. Clover-1: cross-entropy against the
   target's top-1 x 0.8^i (Medusa's weighting, as the Clover paper trains its heads).
   batch: h [B, L, H], nxt [B, L], length [B], sel [B, P], ys [B, P, K], valid [B, P, K],
   tgt [B, P, K] positions t+1+i, top_idx [B, P, K, 8] draft-vocab indices (-1 absent), top_p.
@@ -69,7 +94,10 @@ def loss_fn(heads: clover.Heads, p, consts, batch):
     want = rms_norm(want.reshape(out.shape), consts["norm_w"], cfg.norm_eps)
     d = jnp.abs(out - want)
     sl1 = jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), -1)
-    ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
+    if targets == "full":
+      ce = soft_ce(logp, soft_targets(consts, want, renormalise=False))
+    else:
+      ce = top8_ce(logp, top_idx, top_p)
     per = jnp.sum(jnp.where(valid, 10.0 * sl1 + ce, 0.0), (0, 1)) / cnt
     decay = 0.7
   else:
@@ -87,10 +115,18 @@ class CloverRecipe(SequenceRecipe):
   """Clover and Clover-2: the heads' losses are taken at `positions` random answer positions a sequence."""
   positions = 128
 
+  @classmethod
+  def defaults_for(cls, drafter: str) -> dict:
+    """Clover-2: weight decay 0.01 (torch AdamW's default, which the public trainer keeps)."""
+    d = super().defaults_for(drafter)
+    return {**d, "weight_decay": 0.01} if drafter == "clover2" else d
+
   def __init__(self, target, train, held, c):
     super().__init__(target, train, held, c)
     self.version = 1 if c.drafter == "clover" else 2
     self.heads = clover.Heads(self.version, target.cfg)
+    if self.version == 2 and c.targets == "full":
+      self.add_full_head()
 
   def init(self):
     w = clover.initial(self.target, version=self.version, aug_layers=self.c.layers, seed=self.c.seed)
@@ -130,7 +166,7 @@ class CloverRecipe(SequenceRecipe):
     return self._arrays(self.train, [tuple(self.spans_train[u]) for u in units], rng, self.positions)
 
   def loss(self, p, consts, batch):
-    return loss_fn(self.heads, p, consts, batch)
+    return loss_fn(self.heads, p, consts, batch, targets=self.c.targets)
 
   BUDGETS = (4, 6, 8, 12, 16, 24)                                    # nodes of the tau estimates
   EVAL_POSITIONS = 64                                                # head positions per held-out sequence

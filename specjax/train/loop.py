@@ -32,22 +32,27 @@ class TrainConfig:
   batch: int | None = None    # Medusa: positions per step (256); Clover, EAGLE: sequences per step (4)
   lr: float = 1e-3
   warmup: int = 100
-  weight_decay: float = 0.0
-  clip: float | None = None   # gradient clipping: by global norm (Medusa, 1.0) or by value (Clover, 0.5)
+  weight_decay: float | None = None   # AdamW's; eagle and clover2 0.01 (torch's default, as their public trainers)
+  clip: float | None = None   # gradient clipping: by global norm (Medusa 1.0, EAGLE-3 0.5) or by value (Clover, EAGLE 0.5)
+  clip_by: str | None = None  # "norm" (global norm) or "value"
   b1: float = 0.9
   b2: float | None = None     # Medusa 0.999; Clover 0.95 (the public Clover-2 trainer)
   seed: int = 0
   eval_every: int = 500
   save_every: int = 250
   eval_positions: int = 8192
-  heads: int = 4              # Medusa, Clover: heads (tree depth); EAGLE-3: training-time-test steps
+  heads: int | None = None    # Medusa, Clover: heads (tree depth, 4); EAGLE-3: training-time-test steps (7)
   layers: int = 1             # Medusa: ResBlocks per head; Clover: augmenting decoder layers
   draft_vocab: int = 4096     # 0: the full vocabulary (4096 measured best, BENCHMARKS.md)
   exit_layer: int = 0         # early-exit: the adapter reads the residual after the target's first K layers
   nodes: int = 12             # tree budget used for the tau estimate and stored in the checkpoint
+  # eagle, eagle3, clover2: "full" soft targets recomputed from the stored hidden states with the frozen
+  # head (the public trainers); "top8": the target's stored top-8 probabilities (the earlier recipe)
+  targets: str = "full"
+  own_head: bool | None = None  # eagle3: train its own draft-vocabulary head (default) instead of the target's frozen rows
 
   def resolved(self) -> "TrainConfig":
-    d = RECIPES[self.drafter].defaults
+    d = RECIPES[self.drafter].defaults_for(self.drafter)
     return dataclasses.replace(self, **{k: v for k, v in d.items() if getattr(self, k) is None})
 
 
@@ -56,7 +61,7 @@ def _schedule(c: TrainConfig):
 
 
 def optimizer(c: TrainConfig):
-  clip = optax.clip(c.clip) if RECIPES[c.drafter].clip_by == "value" else optax.clip_by_global_norm(c.clip)
+  clip = optax.clip(c.clip) if c.clip_by == "value" else optax.clip_by_global_norm(c.clip)
   return optax.chain(clip, optax.adamw(_schedule(c), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay))
 
 

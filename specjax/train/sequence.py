@@ -51,7 +51,7 @@ class SequenceRecipe(Recipe):
   `batch` sequences padded to a multiple of `bucket`: Clover's augmenting block and EAGLE's draft
   layer attend over the prompt and the answer."""
   defaults = dict(batch=4, clip=0.5, b2=0.95)
-  clip_by = "value"                 # the public Clover-2 and EAGLE trainers clip gradient values at 0.5
+  clip_by = "value"                 # the public Clover-2 and EAGLE-1 trainers clip gradient values at 0.5
   bucket = 128
 
   def __init__(self, target, train, held, c):
