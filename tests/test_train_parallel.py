@@ -44,10 +44,18 @@ def test_a_run_checkpointed_on_one_mesh_resumes_on_another(res):
 
 
 def test_your_own_hf_llama_end_to_end_on_three_meshes(res):
-  assert set(res["byo"]) == {"data=8", "data=4,model=2", "model=2"}
+  assert set(res["byo"]) == {"data=8", "data=4,model=2", "model=2", "online"}
   for mesh, r in res["byo"].items():
+    if mesh == "online":
+      continue
     assert r["same"] and r["fingerprint"] and r["drafter"] == "medusa", (mesh, r)
     assert r["steps"] == 4 and r["positions"] > 32
     forwards, new = r["forwards"]
     assert forwards <= new, (mesh, r)                  # speculation never costs a forward more than plain decoding
     assert r["embed_spec"] == "P('model', None)"       # the target's vocabulary split over "model", as in decoding
+
+
+def test_features_on_the_fly_end_to_end_write_nothing(res):
+  r = res["byo"]["online"]          # EAGLE trained with --features online on (data=4, model=2), then decoding with it
+  assert r["same"] and r["drafter"] == "eagle" and r["steps"] == 2
+  assert not [n for n in r["written"] if "feature" in n or n.endswith(".npz")], r["written"]

@@ -150,6 +150,16 @@ def run_byo(root: pathlib.Path) -> dict:
                  "positions": meta["training"]["train_positions"], "steps": summary["steps_done"],
                  "forwards": [sum(spec.target_forwards), sum(spec.new_tokens)], "drafter": spec.drafter,
                  "embed_spec": str(target.model.embed[...].sharding.spec), "seconds": time.perf_counter() - t0}
+    if name == "data=4,model=2":       # features on the fly, end to end: nothing of them written
+      listing = lambda: {str(p) for p in (root / f"cache-{name}").rglob("*")}
+      before = listing()
+      d, summary = train_drafter(target, drafter="eagle", out=root / "eagle-online", prompts_dir=prompts,
+                                 features="online", max_prompts=16, heldout_prompts=8, answer_tokens=16, gen_batch=8,
+                                 steps=2, batch=8, eval_positions=64, progress=False, log=lambda m: None)
+      spec = api.generate(target, check, max_new_tokens=12, drafter=d)
+      out["online"] = {"same": spec.token_ids == plain, "steps": summary["steps_done"],
+                       "written": sorted(pathlib.Path(p).name for p in listing() - before), "drafter": spec.drafter,
+                       "seconds": time.perf_counter() - t0}
   return out
 
 
