@@ -243,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--resume", action="store_true", help="continue a run in OUT (also what rerunning does)")
   t.add_argument("--overwrite", action="store_true", help="discard a run in OUT and start again")
   t.add_argument("--no-progress", action="store_true")
+  t.add_argument("--features", default="disk", choices=["disk", "online"],
+                 help="disk: the target's features computed once and cached as .npz (default); online: computed by "
+                 "the target's forward inside every training step, nothing written (clover, clover2, eagle, eagle3)")
+  t.add_argument("--mesh", metavar="data=D,model=M", default=None,
+                 help="train data-parallel over a device mesh: the batch over 'data'; the target (answers, features) "
+                 "sharded as decoding shards it")
   _add_model_args(t)
   return parser
 

@@ -48,12 +48,16 @@ def test_train_out_file_refused_before_the_model_loads(tmp_path, monkeypatch, er
   assert "max_seconds must be a number > 0" in error(["train", "--out", str(tmp_path / "o"), "--max-seconds", "0"])
   assert "--sequences" in error(["train", "--out", str(tmp_path / "o"), "--sequences", str(tmp_path / "none.jsonl")])
   assert "no training prompts in" in error(["train", "--out", str(tmp_path / "o"), "--prompts", str(tmp_path)])
+  assert "--features online trains drafters that read whole sequences" in error(
+      ["train", "--out", str(tmp_path / "o"), "--features", "online"])          # medusa: single positions
+  assert "--mesh 'dp=2'" in error(["train", "--out", str(tmp_path / "o"), "--mesh", "dp=2"])
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(out=123), "out must be a directory path"),
     (dict(drafter="pld"), "no trainer for drafter 'pld'"),
     (dict(data="mine"), "data must be 'distill' or 'teacher'"),
+    (dict(features="ram"), "features must be 'disk' or 'online'"),
     (dict(max_prompts=0), "max_prompts must be an integer >= 1"),
     (dict(steps="10"), "steps must be an integer >= 1, got '10'"),
     (dict(b1=1.0), r"b1 must be a number in \[0, 1\)"),

@@ -125,7 +125,7 @@ def out_shardings(lay: Layout) -> decode.Result:
   return decode.Result(tokens=b2, prompt_len=b1, new_tokens=b1, forwards=b1, accepted_hist=b2, nan=b1)
 
 
-def _put(x, sharding):
+def put(x, sharding):
   """x on `sharding`. Across processes device_put cannot move a one-device array onto devices of other
   processes, so each process cuts its own shards from a host copy (every process holds the same x)."""
   if getattr(x, "sharding", None) == sharding:
@@ -133,7 +133,7 @@ def _put(x, sharding):
   if jax.process_count() == 1:
     return jax.device_put(x, sharding)
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
   host = np.asarray(x)
   return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
@@ -142,12 +142,12 @@ def place(lay: Layout, params, dparams, inputs, key):
   """Puts the weights where the rules say (no copy for weights already there: load(..., mesh=...)) and
   the inputs on the mesh. Every process passes the whole batch; each keeps the rows of its devices."""
   rep = lay.sharding()
-  params = jax.tree.map(_put, params, state_shardings(lay, params))
-  dparams = jax.tree.map(lambda x: _put(x, rep), dparams)
+  params = jax.tree.map(put, params, state_shardings(lay, params))
+  dparams = jax.tree.map(lambda x: put(x, rep), dparams)
   shards = _input_shardings(lay)
   host = [np.asarray(x) for x in inputs]
   inputs = tuple(jax.make_array_from_process_local_data(sh, x, x.shape) for sh, x in zip(shards, host))
-  return params, dparams, inputs, _put(key, shards[-1])
+  return params, dparams, inputs, put(key, shards[-1])
 
 
 def gather(res):

@@ -1,6 +1,7 @@
 """Drafter training: data (self-distillation or teacher forcing, cached), features, the training loop.
 
     specjax train --drafter medusa --out DIR [--data distill|teacher] [--max-prompts N] [--steps N] [--resume]
+                  [--mesh data=D,model=M] [--features disk|online]
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from specjax.train import data as data_lib
 def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, heldout_prompts: int = 100,
                  answer_tokens: int = 256, max_prompt_tokens: int = 256, prompts_dir=None, batch_size: int = 16,
                  sequences_file=None, feature_batch_tokens: int = 4096, full: bool = True, capture: tuple = (),
-                 progress: bool = True):
+                 features: str = "disk", progress: bool = True):
   """(train Features, held-out Features) for `target`, everything cached under
   $SPECJAX_CACHE/train/<target fingerprint>/ and resumable. `sequences_file`: a file of sequences
   made elsewhere (e.g. answers generated on a GPU by benchmarks/gpu_distill.py), used as the
   sequence cache's starting content. full: features of the prompts' positions too; capture: target
-  layers whose residuals are kept too (see data.features)."""
+  layers whose residuals are kept too (see data.features). features "online": nothing of the features is
+  written; the training positions keep only their small columns (the hidden states are recomputed in each
+  training step, data.Deferred) and the held-out ones are kept whole in memory."""
   records = data_lib.training_prompts(prompts_dir)
   root = data_lib.cache_root() / "train" / target.fingerprint
   seq_path = root / f"distill-a{answer_tokens}-p{max_prompt_tokens}.jsonl"
@@ -33,6 +36,10 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
                               batch_size=batch_size, progress=progress)
     if len(seqs) < len(items) and m == "distill":
       raise RuntimeError(f"only {len(seqs)} of {len(items)} sequences were made; rerun to resume")
+    if features == "online":
+      out.append(data_lib.features(target, seqs, None, batch_tokens=feature_batch_tokens, full=full, capture=capture,
+                                   states=held, progress=progress))
+      continue
     kind = ("-full" if full else "") + ("-layers" + "-".join(map(str, capture)) if capture else "")
     where = root / f"features{kind}-{tag}"
     # Features made with more captured layers hold everything asked for: reuse them, keeping the columns asked for.
@@ -54,13 +61,16 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
 def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill", max_prompts: int = 2000,
                   heldout_prompts: int = 100, answer_tokens: int = 256, sequences_file=None, prompts_dir=None,
                   gen_batch: int = 16, feature_batch_tokens: int = 4096, overwrite: bool = False, stop_after: int | None = None,
-                  max_seconds: float | None = None,
+                  max_seconds: float | None = None, features: str = "disk", mesh=None,
                   progress: bool = True, log=print, **config):
   """Trains a drafter for `target` and writes OUT/<drafter>.safetensors (bfloat16, with metadata).
 
   Rerunning the same call resumes: data, features and the optimiser state are all cached. Every argument
   is checked before any work (specjax.train.checks); `target` may be a zero-argument callable returning
-  one, called after those checks (the CLI loads the model only then). config: TrainConfig fields (steps, batch, lr, heads, draft_vocab, nodes, ...). Returns
+  one, called after those checks (the CLI loads the model only then). features: "disk" (default: computed
+  once, cached as .npz) or "online" (the target's forward inside every training step, nothing written;
+  drafters trained on whole sequences only). mesh: train data-parallel over it (default: the target's
+  mesh, `specjax.load(..., mesh=...)`, on which distillation and features run sharded too). config: TrainConfig fields (steps, batch, lr, heads, draft_vocab, nodes, ...). Returns
   (drafter with its weights, summary of the final held-out evaluation)."""
   import dataclasses
   import shutil
@@ -71,7 +81,8 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   out = checks.arguments(drafter=drafter, out=out, data=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                          answer_tokens=answer_tokens, sequences_file=sequences_file, prompts_dir=prompts_dir,
                          gen_batch=gen_batch, feature_batch_tokens=feature_batch_tokens, overwrite=overwrite,
-                         stop_after=stop_after, max_seconds=max_seconds, progress=progress, log=log, config=config)
+                         stop_after=stop_after, max_seconds=max_seconds, features=features, progress=progress, log=log,
+                         config=config)
   c = loop.TrainConfig(drafter=drafter, **config).resolved()
   target = checks.against_target(target() if callable(target) else target)
   if overwrite:
@@ -81,12 +92,12 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
                              capture=loop.RECIPES[drafter].capture_for(target.cfg, c),
-                             full=loop.RECIPES[drafter].full, progress=progress)
-  log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts)")
-  d, summary = loop.fit(target, train, held, c, out, stop_after=stop_after, max_seconds=max_seconds,
+                             full=loop.RECIPES[drafter].full, features=features, progress=progress)
+  log(f"data: {len(train)} training positions, {len(held)} held-out ({data}, {max_prompts} prompts, features {features})")
+  d, summary = loop.fit(target, train, held, c, out, mesh=mesh, stop_after=stop_after, max_seconds=max_seconds,
                         progress=progress, log=log)
   training = {"data": data, "prompts": max_prompts, "heldout_prompts": heldout_prompts, "answer_tokens": answer_tokens,
-              "train_positions": len(train), "heldout_positions": len(held), "config": dataclasses.asdict(c),
+              "features": features, "train_positions": len(train), "heldout_positions": len(held), "config": dataclasses.asdict(c),
               "eval": {k: v for k, v in summary.items() if k != "table"}}
   path = checkpoint.save_drafter(out / f"{drafter}.safetensors", d, target, training)
   log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): held-out top1 {[round(x, 3) for x in summary['top1']]}, "

@@ -47,7 +47,8 @@ def check_out(out) -> pathlib.Path:
 
 
 def arguments(*, drafter, out, data, max_prompts, heldout_prompts, answer_tokens, sequences_file, prompts_dir,
-              gen_batch, feature_batch_tokens, overwrite, stop_after, max_seconds, progress, log, config: dict):
+              gen_batch, feature_batch_tokens, overwrite, stop_after, max_seconds, progress, log, config: dict,
+              features: str = "disk"):
   """Everything but the target; raises ValueError / TypeError naming the argument. `config`: TrainConfig
   fields. Creates OUT when it does not exist (the one way to know it can be)."""
   from specjax.train import loop
@@ -55,6 +56,13 @@ def arguments(*, drafter, out, data, max_prompts, heldout_prompts, answer_tokens
     raise ValueError(f"no trainer for drafter {drafter!r}; trainable: {', '.join(loop.RECIPES)}")
   if data not in ("distill", "teacher"):
     raise ValueError(f"data must be 'distill' or 'teacher', got {data!r}")
+  if features not in ("disk", "online"):
+    raise ValueError(f"features must be 'disk' or 'online', got {features!r}")
+  from specjax.train.sequence import SequenceRecipe
+  if features == "online" and not issubclass(loop.RECIPES[drafter], SequenceRecipe):
+    # Their batches are single positions of many sequences: a forward per step would serve one position of each.
+    raise ValueError(f"--features online trains drafters that read whole sequences (clover, clover2, eagle, eagle3), "
+                     f"not {drafter}; use --features disk")
   for name, v in (("max_prompts", max_prompts), ("heldout_prompts", heldout_prompts), ("answer_tokens", answer_tokens),
                   ("gen_batch", gen_batch), ("feature_batch_tokens", feature_batch_tokens)):
     _number(name, v, low=1, low_ok=True, integer=True)

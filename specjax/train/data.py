@@ -19,6 +19,7 @@ each resumable (a killed run continues where it stopped, nothing is done twice):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -273,15 +274,81 @@ class Features:
 _FIELDS = ("hidden", "top_ids", "top_p", "token", "seq", "pos")
 
 
-def _feature_fn(graphdef, capture=()):
-  def f(params, seq):
-    model = nnx.merge(graphdef, params)
-    B, T = seq.shape
-    out = model(seq, jnp.broadcast_to(jnp.arange(T), (B, T)), None, causal_mask(B, T), capture=capture)
-    p, ids = jax.lax.top_k(jax.nn.softmax(out.logits, -1), TOPK)
-    layers = jnp.stack([out.layer_hidden[i] for i in capture], 2).astype(jnp.bfloat16) if capture else jnp.zeros(0)
-    return out.hidden.astype(jnp.bfloat16), ids.astype(jnp.int32), p.astype(jnp.float16), layers
-  return jax.jit(f)
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+  """A feature column that is not stored (features on the fly): the target's forward in each training step
+  computes it for the step's sequences. shape: the column's [N, ...] shape; capture: the target layers of
+  a `layers` column."""
+  shape: tuple
+  capture: tuple = ()
+  full: bool = True
+
+  def rows(self, feat, name: str, rows, L: int) -> "OnTheFly":
+    """The column `name` of whole sequences `rows` ((start, end) pairs of full features, which begin at
+    the sequence's first token), as the token ids the step's target forward reads."""
+    if not self.full:
+      raise ValueError("features on the fly need full features (Recipe.full): rows must begin at the first token")
+    tokens, length = np.zeros((len(rows), L), np.int32), np.zeros(len(rows), np.int32)
+    for b, (s, e) in enumerate(rows):
+      tokens[b, :e - s], length[b] = feat.token[s:e], e - s
+    return OnTheFly(jnp.asarray(tokens), jnp.asarray(length), name, self.capture, (len(rows), L) + self.shape[1:])
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["tokens", "length"],
+                   meta_fields=["name", "capture", "shape"])
+@dataclasses.dataclass(frozen=True)
+class OnTheFly:
+  """A batch entry the training step fills in (`fill`): column `name` ("hidden" [B, L, H] or "layers"
+  [B, L, C, H], float32, zero past each row's length) of the sequences tokens [B, L], length [B]."""
+  tokens: jax.Array
+  length: jax.Array
+  name: str
+  capture: tuple
+  shape: tuple
+
+
+def forward(graphdef, params, seq, capture=(), states: bool = True):
+  """The target's features of token rows seq [B, T] (positions 0..T-1, causal): (hidden [B, T, H] bf16,
+  top-8 ids [B, T, 8] int32, their probabilities float16, captured layers [B, T, C, H] bf16 or an empty
+  array). states False: hidden and layers left out (empty arrays)."""
+  model = nnx.merge(graphdef, params)
+  B, T = seq.shape
+  out = model(seq, jnp.broadcast_to(jnp.arange(T), (B, T)), None, causal_mask(B, T), capture=capture)
+  p, ids = jax.lax.top_k(jax.nn.softmax(out.logits, -1), TOPK)
+  layers = jnp.stack([out.layer_hidden[i] for i in capture], 2).astype(jnp.bfloat16) if capture and states else jnp.zeros(0)
+  hidden = out.hidden.astype(jnp.bfloat16) if states else jnp.zeros(0)
+  return hidden, ids.astype(jnp.int32), p.astype(jnp.float16), layers
+
+
+def fill(graphdef, params, batch):
+  """`batch` with every OnTheFly entry replaced by the target's features of its sequences (one forward of
+  the target, `params`, for the whole batch; the entries of one batch share their sequences), rounded to
+  bfloat16 as stored features are, so a step on the fly equals the step on stored features."""
+  fly = lambda x: isinstance(x, OnTheFly)
+  todo = [x for x in jax.tree.leaves(batch, is_leaf=fly) if fly(x)]
+  if not todo:
+    return batch
+  capture = tuple(sorted({i for x in todo for i in x.capture}))
+  hidden, _, _, layers = forward(graphdef, params, todo[0].tokens, capture)
+  hidden, layers = jax.lax.stop_gradient((hidden, layers))
+  live = jnp.arange(todo[0].tokens.shape[1])[None] < todo[0].length[:, None]          # [B, L]
+
+  def one(x):
+    if not fly(x):
+      return x
+    v = hidden if x.name == "hidden" else layers[:, :, [capture.index(i) for i in x.capture]]
+    v = v.astype(jnp.float32)
+    return jnp.where(live.reshape(live.shape + (1,) * (v.ndim - 2)), v, 0.0)
+  return jax.tree.map(one, batch, is_leaf=fly)
+
+
+def _feature_fn(graphdef, capture=(), states: bool = True, place=None, params=None):
+  """`forward` jitted; on a mesh (`place`, train/placement.py) with the target's weights as decoding places
+  them and the rows split over "data"."""
+  f = lambda params, seq: forward(graphdef, params, seq, capture, states)
+  if place is None:
+    return jax.jit(f)
+  return jax.jit(f, in_shardings=(place.target_shardings(params), place.batch_sharding()))
 
 
 def _holds(f: pathlib.Path, fields) -> bool:
@@ -292,66 +359,87 @@ def _holds(f: pathlib.Path, fields) -> bool:
     return set(fields) <= set(z.files)
 
 
-def features(target, seqs: list[dict], directory: pathlib.Path, *, batch_tokens: int = 4096,
-             shard_size: int = 128, full: bool = False, capture: tuple = (), progress: bool = True) -> Features:
+def features(target, seqs: list[dict], directory: pathlib.Path | None, *, batch_tokens: int = 4096,
+             shard_size: int = 128, full: bool = False, capture: tuple = (), states: bool = True,
+             progress: bool = True) -> Features:
   """Target features of every sequence, computed in shards of `shard_size` sequences saved as .npz
-  (no pickles) under `directory`; an existing shard is reused, so a killed run resumes.
-  full: also keep the prompt's positions (pos < 0), for drafters that attend over the whole
-  sequence (Clover's augmenting block, EAGLE). capture: target layers whose residuals are kept too
-  (`Features.layers`; C times the storage of `hidden`)."""
-  directory.mkdir(parents=True, exist_ok=True)
+  (no pickles) under `directory`; an existing shard is reused, so a killed run resumes. directory None:
+  kept in memory only. full: also keep the prompt's positions (pos < 0), for drafters that attend over
+  the whole sequence (Clover's augmenting block, EAGLE). capture: target layers whose residuals are kept
+  too (`Features.layers`; C times the storage of `hidden`). states False (features on the fly): hidden
+  and layers are `Deferred`, left to the training step's own target forward; only the small columns
+  (top-8, tokens: about 60 bytes a position) are kept. On the target's mesh (api.load(..., mesh=...)) the
+  forward runs sharded as decoding does, the rows split over "data"."""
+  from specjax.train.placement import placement
+
+  if directory is not None:
+    directory.mkdir(parents=True, exist_ok=True)
   graphdef, params = nnx.split(target.model)
-  fn = _feature_fn(graphdef, tuple(capture))
-  fields = _FIELDS + (("layers",) if capture else ())
+  place = placement(target.mesh, target.cfg)
+  fn = _feature_fn(graphdef, tuple(capture), states, place, params)
+  fields = (_FIELDS + (("layers",) if capture else ())) if states else tuple(k for k in _FIELDS if k != "hidden")
   parts = []
   t0, made = time.perf_counter(), 0
   for s in range(0, len(seqs), shard_size):
     chunk = seqs[s:s + shard_size]
     # Named by content: a different selection of sequences never reuses a stale shard.
     key = hashlib.sha1(json.dumps([[r["id"], len(r["prompt"]), len(r["answer"])] for r in chunk]).encode()).hexdigest()[:10]
-    f = directory / f"shard_{s // shard_size:05d}_{key}.npz"
-    if not _holds(f, fields):
-      cols = {k: [] for k in fields}
-      lens = [len(r["prompt"]) + len(r["answer"]) for r in chunk]
-      groups, cur = [], []
-      for j in np.argsort(lens, kind="stable"):     # ascending: the newest row is the group's longest
-        if cur and (len(cur) + 1) * (-(-lens[j] // 64) * 64) > batch_tokens:
-          groups.append(cur)
-          cur = []
-        cur.append(int(j))
-      groups.append(cur)
-      for group in groups:
-        rows = [chunk[j] for j in group]
-        L = -(-max(lens[j] for j in group) // 64) * 64
-        # One batch shape per length bucket (and per shard size), so few compiles.
-        arr = np.zeros((min(max(batch_tokens // L, 1), len(chunk)), L), np.int32)
-        for b, r in enumerate(rows):
-          ids = r["prompt"] + r["answer"]
-          arr[b, :len(ids)] = ids
-        hid, ids, p, lay = jax.device_get(fn(params, jnp.asarray(arr)))
-        for b, r in enumerate(rows):
-          a, n = (0 if full else len(r["prompt"]) - 1), len(r["prompt"]) + len(r["answer"])
+    f = None if directory is None else directory / f"shard_{s // shard_size:05d}_{key}.npz"
+    if f is not None and _holds(f, fields):
+      with np.load(f, allow_pickle=False) as z:
+        parts.append({k: z[k] for k in fields})
+      continue
+    cols = {k: [] for k in fields}
+    lens = [len(r["prompt"]) + len(r["answer"]) for r in chunk]
+    groups, cur = [], []
+    for j in np.argsort(lens, kind="stable"):     # ascending: the newest row is the group's longest
+      if cur and (len(cur) + 1) * (-(-lens[j] // 64) * 64) > batch_tokens:
+        groups.append(cur)
+        cur = []
+      cur.append(int(j))
+    groups.append(cur)
+    for group in groups:
+      rows = [chunk[j] for j in group]
+      L = -(-max(lens[j] for j in group) // 64) * 64
+      # One batch shape per length bucket (and per shard size), so few compiles; on a mesh a multiple of "data".
+      B = min(max(batch_tokens // L, 1), len(chunk))
+      if place is not None:
+        B = -(-B // place.data) * place.data
+      arr = np.zeros((B, L), np.int32)
+      for b, r in enumerate(rows):
+        ids = r["prompt"] + r["answer"]
+        arr[b, :len(ids)] = ids
+      hid, ids, p, lay = jax.device_get(fn(params, jnp.asarray(arr)))
+      for b, r in enumerate(rows):
+        a, n = (0 if full else len(r["prompt"]) - 1), len(r["prompt"]) + len(r["answer"])
+        if states:
           cols["hidden"].append(np.asarray(hid[b, a:n]).view(np.uint16))
-          cols["top_ids"].append(ids[b, a:n])
-          cols["top_p"].append(p[b, a:n])
-          cols["token"].append(arr[b, a:n])
-          cols["seq"].append(np.full(n - a, s + group[b], np.int32))
-          cols["pos"].append(np.arange(a, n, dtype=np.int32) - (len(r["prompt"]) - 1))
-          if capture:
-            cols["layers"].append(np.asarray(lay[b, a:n]).view(np.uint16))
-          made += n - a
+        cols["top_ids"].append(ids[b, a:n])
+        cols["top_p"].append(p[b, a:n])
+        cols["token"].append(arr[b, a:n])
+        cols["seq"].append(np.full(n - a, s + group[b], np.int32))
+        cols["pos"].append(np.arange(a, n, dtype=np.int32) - (len(r["prompt"]) - 1))
+        if capture and states:
+          cols["layers"].append(np.asarray(lay[b, a:n]).view(np.uint16))
+        made += n - a
+    part = {k: np.concatenate(v) for k, v in cols.items()}
+    if f is not None:
       tmp = f.with_suffix(".tmp.npz")
-      np.savez(tmp, **{k: np.concatenate(v) for k, v in cols.items()})
+      np.savez(tmp, **part)
       os.replace(tmp, f)
-      if progress:
-        print(f"features: {min(s + shard_size, len(seqs))}/{len(seqs)} sequences, "
-              f"{made / (time.perf_counter() - t0):.0f} tokens/s", flush=True)
-    with np.load(f, allow_pickle=False) as z:
-      parts.append({k: z[k] for k in fields})
+    parts.append(part)
+    if progress:
+      print(f"features: {min(s + shard_size, len(seqs))}/{len(seqs)} sequences, "
+            f"{made / (time.perf_counter() - t0):.0f} tokens/s", flush=True)
   cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in fields}
   for k in ("hidden", "layers"):
     if k in cat:
       cat[k] = cat[k].view(ml_dtypes.bfloat16)
+  if not states:
+    H = target.cfg.hidden
+    cat["hidden"] = Deferred((len(cat["seq"]), H), full=full)
+    if capture:
+      cat["layers"] = Deferred((len(cat["seq"]), len(capture), H), tuple(capture), full)
   return Features(**cat)
 
 

@@ -83,15 +83,66 @@ def _recipes() -> dict:
 RECIPES = _recipes()
 
 
-def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: int | None = None,
+def initial_state(recipe, opt, place):
+  """(params, opt_state, consts, target weights or None) of a run's start, placed by `place` (None: one
+  device): the drafter's parameters replicated, its optimiser state following them, the consts by the
+  partition rules. The target's weights are returned only for features on the fly (`recipe.train.hidden`
+  Deferred): the step's target forward reads them as an argument, never as constants of the program."""
+  from flax import nnx
+
+  from specjax.train import data as data_lib
+  tparams = nnx.state(recipe.target.model) if isinstance(recipe.train.hidden, data_lib.Deferred) else None
+  params = recipe.init()
+  if place is not None:
+    # Evaluation reads recipe.consts too: placed once, for both.
+    recipe.consts = place.put(recipe.consts, place.const_shardings(recipe.consts))
+    params = place.put(params, place.replicated(params))
+    if tparams is not None:
+      tparams = place.put(tparams, place.target_shardings(tparams))
+  opt_state = opt.init(params)
+  if place is not None:
+    opt_state = place.put(opt_state, place.replicated(opt_state))
+  return params, opt_state, recipe.consts, tparams
+
+
+def step_function(recipe, opt, place, params, opt_state, tparams=None):
+  """(step, put_batch): step(params, opt_state, batch, consts, tparams) -> (params, opt_state, loss, acc),
+  jitted; on a mesh with the shardings of `initial_state` in and out and the batch split over "data"
+  (put_batch places a recipe's batch so). The step first fills in features on the fly (data.fill)."""
+  from flax import nnx
+
+  from specjax.train import data as data_lib
+  tgraph = nnx.graphdef(recipe.target.model) if tparams is not None else None
+
+  def step_fn(params, opt_state, batch, consts, tparams):
+    batch = data_lib.fill(tgraph, tparams, batch)
+    (loss, acc), grads = jax.value_and_grad(recipe.loss, has_aux=True)(params, consts, batch)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+  if place is None:
+    return jax.jit(step_fn), lambda b: b
+  ps, os_, rep = place.replicated(params), place.replicated(opt_state), place.lay.sharding()
+  ts = None if tparams is None else place.target_shardings(tparams)
+  step = jax.jit(step_fn, in_shardings=(ps, os_, place.batch_sharding(), place.const_shardings(recipe.consts), ts),
+                 out_shardings=(ps, os_, rep, rep))
+  return step, lambda b: place.put(b, place.batch_sharding())
+
+
+def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, mesh=None, stop_after: int | None = None,
         max_seconds: float | None = None, progress: bool = True, log=print):
   """Trains, checkpointing to out/state (orbax) and resuming from it; returns (drafter, summary).
-  stop_after: return after that many steps of this call (what a crash after a checkpoint leaves).
-  max_seconds: stop early once this call has trained that long (a lent accelerator's time box),
-  checkpointing and evaluating where it stopped; the learning-rate schedule stays that of `steps`,
-  so rerunning without it continues the same run."""
+  mesh: a device mesh (specjax.make_mesh) to train data-parallel on (train/placement.py; default: the one
+  the target was loaded on, else one device); a run checkpointed on one mesh resumes on any other.
+  Features on the fly (`train` made with data.features(..., states=False)): the target's forward runs
+  inside each step. stop_after: return after that many steps of this call (what a crash after a
+  checkpoint leaves). max_seconds: stop early once this call has trained that long (a lent
+  accelerator's time box), checkpointing and evaluating where it stopped; the learning-rate schedule
+  stays that of `steps`, so rerunning without it continues the same run."""
   import orbax.checkpoint as ocp
   from tqdm import tqdm
+
+  from specjax.train.placement import placement
 
   c = c.resolved()
   out = pathlib.Path(out).resolve()
@@ -102,25 +153,23 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: i
     raise ValueError(f"{out} holds a training run with other settings ({settings}); use another --out or --overwrite")
   settings.write_text(mine)
 
+  place = placement(target.mesh if mesh is None else mesh, target.cfg)
+  if place is not None:
+    place.check_batch(c.batch)
   recipe = RECIPES[c.drafter](target, train, held, c)
   opt = optimizer(c)
-  consts = recipe.consts
-  params = recipe.init()
-  opt_state = opt.init(params)
+  params, opt_state, consts, tparams = initial_state(recipe, opt, place)
   mngr = ocp.CheckpointManager(out / "state", options=ocp.CheckpointManagerOptions(max_to_keep=2))
   start = 0
   if mngr.latest_step() is not None:
     start = mngr.latest_step()
+    # Restored onto the shardings of this run's arrays, whatever mesh wrote the checkpoint.
     abstract = {"params": params, "opt": opt_state}
     restored = mngr.restore(start, args=ocp.args.StandardRestore(abstract))
     params, opt_state = restored["params"], restored["opt"]
     log(f"resumed from step {start} ({out / 'state'})")
 
-  @jax.jit
-  def step_fn(params, opt_state, batch):
-    (loss, acc), grads = jax.value_and_grad(recipe.loss, has_aux=True)(params, consts, batch)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, acc
+  step, put_batch = step_function(recipe, opt, place, params, opt_state, tparams)
 
   end = c.steps if stop_after is None else min(c.steps, start + stop_after)
   bar = tqdm(range(start, end), initial=start, total=c.steps, disable=not progress, desc=f"train {c.drafter}",
@@ -130,7 +179,8 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, stop_after: i
   for s in bar:
     if s >= end:
       break
-    params, opt_state, loss, acc = step_fn(params, opt_state, recipe.batch(batch_indices(recipe.units, s, c.batch, c.seed), s))
+    batch = put_batch(recipe.batch(batch_indices(recipe.units, s, c.batch, c.seed), s))
+    params, opt_state, loss, acc = step(params, opt_state, batch, consts, tparams)
     seen += c.batch
     done = s + 1
     if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < end:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.train.data import Deferred
 from specjax.train.recipe import Recipe
 
 
@@ -69,6 +70,8 @@ class SequenceRecipe(Recipe):
     end) pairs), zero past each row's end. Gathered on the device from a copy of the feature kept
     there (bfloat16), so a step moves only indices: on an accelerator the host's copying and
     converting of [B, L, H] floats was most of a step."""
+    if isinstance(getattr(feat, name), Deferred):     # features on the fly: the step's target forward fills it in
+      return getattr(feat, name).rows(feat, name, rows, L)
     key = (id(feat), name)
     if key not in self._on_device:
       self._on_device[key] = jnp.asarray(getattr(feat, name))
