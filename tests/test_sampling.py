@@ -26,11 +26,13 @@ from scipy import stats
 import specjax
 from specjax.process_cache import CACHE
 import specjax.api
+from specjax.drafters.cerberus import Cerberus
 from specjax.drafters.clover import Clover1, Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
 from specjax.drafters.early_exit import EarlyExit
 from specjax.drafters.medusa import Medusa
+from specjax.drafters.parallelspec import ParallelSpec
 from specjax.engine import accept as accept_lib
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import causal_mask
@@ -215,6 +217,10 @@ def make_drafter(name, target):
     return Eagle.untrained(target, seed=1, depth=3, top_k=3, nodes=6, draft_vocab=8), {}
   if name == "eagle3":
     return Eagle3.untrained(target, seed=1, depth=3, top_k=3, nodes=6, draft_vocab=8), {}
+  if name == "parallelspec":
+    return ParallelSpec.untrained(target, seed=1, depth=3, nodes=6, draft_vocab=8), {}
+  if name == "cerberus":             # a gate that stops about half the rows: drafted and autoregressive steps mix
+    return Cerberus.untrained(target, seed=1, nodes=6, draft_vocab=8, gate_bias=0.0), {}
   if name == "self-spec":
     return SelfSpec(exit_layer=1, gamma=2, width=2), {}
   if name == "staged":
@@ -225,7 +231,7 @@ def make_drafter(name, target):
 
 
 CASES = ["none", "pld", "lookahead", "sampled-q", "medusa", "clover", "clover2", "eagle", "eagle3", "draft-model-q",
-         "self-spec", "staged", "early-exit"]
+         "self-spec", "staged", "early-exit", "parallelspec", "cerberus"]
 
 
 def test_cases_cover_every_registered_drafter():

@@ -53,9 +53,27 @@ def apply(p, hn):
   return x
 
 
+def candidates(shape: tree_lib.StaticTree, logits, vocab=None):
+  """The tokens of a static rank tree's candidate nodes [B, T-1] from per-depth scores logits [B, K, N]: node
+  c (a rank path) takes the c[-1]-th best of depth len(c) - 1 (the parallel heads of Medusa, Cerberus and
+  ParallelSpec score each depth once, whatever the tokens before it). vocab [N]: draft index -> target id."""
+  choices = shape.choices
+  top = jax.lax.top_k(logits, 1 + max(c[-1] for c in choices))[1]                # [B, K, kmax]
+  if vocab is not None:
+    top = vocab[top]
+  return top[:, np.array([len(c) - 1 for c in choices]), np.array([c[-1] for c in choices])]
+
+
 def _prior(heads: int, ranks: int) -> np.ndarray:
   """Acceptance table for heads without measurements: decays with depth and rank."""
   return 0.6 * (0.75 ** np.arange(heads))[:, None] * (0.5 ** np.arange(ranks))[None, :]
+
+
+def static_shape(accuracy: tuple, depth: int, nodes: int) -> tree_lib.StaticTree:
+  """The static tree of `nodes` candidates grown from a measured [depth][rank] acceptance table (a prior
+  that decays with depth and rank when nothing was measured)."""
+  table = np.asarray(accuracy, np.float64) if accuracy else _prior(depth, 10)
+  return tree_lib.grow(table[:depth], nodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +108,7 @@ class Medusa(Drafter):
 
   @functools.cached_property
   def shape(self) -> tree_lib.StaticTree:
-    table = np.asarray(self.accuracy, np.float64) if self.accuracy else _prior(self.heads, 10)
-    return tree_lib.grow(table[:self.heads], self.nodes)
+    return static_shape(self.accuracy, self.heads, self.nodes)
 
   @property
   def num_nodes(self):
@@ -119,14 +136,7 @@ class Medusa(Drafter):
   def propose(self, m: Models, state, ctx: Context):
     x = m.drafter(state["h"])                                                   # [B, K, H]
     logits = m.target.head(x, state["w"])                                       # [B, K, N]
-    choices = self.shape.choices
-    kmax = 1 + max(c[-1] for c in choices)
-    top = jax.lax.top_k(logits, kmax)[1]                                        # [B, K, kmax]
-    if self.draft_vocab:
-      top = m.drafter.vocab[...][top]
-    depth = np.array([len(c) - 1 for c in choices])
-    rank = np.array([c[-1] for c in choices])
-    cand = top[:, depth, rank]                                                  # [B, T-1]
+    cand = candidates(self.shape, logits, m.drafter.vocab[...] if self.draft_vocab else None)
     return self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1)), state
 
   def update(self, m: Models, state, ctx: Context, step: Step):

@@ -28,6 +28,10 @@ def register(name: str, where) -> None:
   _CLASSES[name] = where
 
 
+register("parallelspec", "parallelspec:ParallelSpec")
+register("cerberus", "cerberus:Cerberus")
+
+
 def drafter_class(name: str):
   """The class registered under `name` (imported on use)."""
   return _classes()[name]

@@ -31,16 +31,19 @@ def labels(feat, heads: int) -> np.ndarray:
   return out
 
 
-def head_logits(p, norm_w, head_w, h, *, eps: float):
-  """h [b, H] last residual (normed here, as in decoding) -> every head's float32 logits [b, K, N]."""
-  return numerics.dot(medusa.apply(p, rms_norm(h.astype(jnp.float32), norm_w, eps)), head_w,
+def head_logits(p, norm_w, head_w, h, *, eps: float, apply=medusa.apply):
+  """h [b, H] last residual (normed here, as in decoding) -> every head's float32 logits [b, K, N].
+  apply: the heads (p, hn [b, H]) -> [b, K, H]; Medusa's, or another method's parallel heads (Cerberus)."""
+  return numerics.dot(apply(p, rms_norm(h.astype(jnp.float32), norm_w, eps)), head_w,
                       preferred_element_type=jnp.float32)
 
 
-def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8):
+def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8, apply=medusa.apply, logits=None):
   """Cross-entropy of every head against its label, weighted decay^k. h [b, H] last residual;
-  lab [b, K] indices into the head's vocabulary (-1: no label). Returns (loss, top-1 accuracy per head [K])."""
-  logits = head_logits(p, norm_w, head_w, h, eps=eps)                               # [b, K, N]
+  lab [b, K] indices into the head's vocabulary (-1: no label); logits: the heads' [b, K, N] when the caller
+  has them (else computed with `apply`). Returns (loss, top-1 accuracy per head [K])."""
+  if logits is None:
+    logits = head_logits(p, norm_w, head_w, h, eps=eps, apply=apply)               # [b, K, N]
   valid = lab >= 0
   logp = jax.nn.log_softmax(logits, -1)
   nll = -jnp.take_along_axis(logp, jnp.maximum(lab, 0)[..., None], -1)[..., 0]
@@ -51,9 +54,9 @@ def loss_fn(p, norm_w, head_w, h, lab, *, eps: float, decay: float = 0.8):
   return loss, acc
 
 
-def ranks(p, norm_w, head_w, h, lab, *, eps: float, kmax: int):
+def ranks(p, norm_w, head_w, h, lab, *, eps: float, kmax: int, apply=medusa.apply):
   """[b, K] rank of each label among its head's top-kmax (kmax where absent or no label)."""
-  top = jax.lax.top_k(head_logits(p, norm_w, head_w, h, eps=eps), kmax)[1]
+  top = jax.lax.top_k(head_logits(p, norm_w, head_w, h, eps=eps, apply=apply), kmax)[1]
   hit = top == lab[..., None]
   return jnp.where(jnp.any(hit, -1) & (lab >= 0), jnp.argmax(hit, -1), kmax)
 

@@ -1,0 +1,149 @@
+"""Cerberus (Liu, Li, Cui, Yang; arXiv 2410.13344): Medusa-style decoding heads that pass "sequential
+knowledge" from head to head, and a gate that decides at each step whether to draft at all.
+
+Heads (drafters/medusa.py's, changed where the paper changes them): on the target's NORMED last hidden state
+hn, head i is L ResBlocks; block l of head i reads its own state and the state of head i-1 after the same
+block, concatenated:  x_i^{l+1} = x_i^l + SiLU(W_i^l [x_i^l, x_{i-1}^{l+1}] + b_i^l)  (W [2H -> H], zero
+initialised as Medusa's, so training starts from Medusa's heads; head 0 reads zeros for its missing
+predecessor). The heads still run in one pass from hn (no drafted token feeds back), then the target's
+frozen LM head (optionally over a reduced draft vocabulary). Candidates: each head's top-ranked tokens in a
+static tree grown from the measured per-head acceptance (Medusa's construction, `medusa.static_shape`).
+
+Entry gate: z = w . hn + a . H8 + b, with H8 the entropy of the target's own top-8 probabilities at the last
+accepted position (what training features store, so decoding and training read the same number). A row drafts
+when sigmoid(z) >= `gate`; a row that does not proposes nothing beyond the root (every candidate's parent -1),
+so its step is a plain autoregressive one. When no row drafts, the heads are not run (lax.cond) and the engine
+verifies the root alone (a one-token forward, engine/decode.py `_verify`). `gate=0` always drafts (the heads
+alone); a gate above 1 never does.
+
+What follows the paper: heads whose ResBlocks take [own state, previous head's state], the adaptive choice
+per step between parallel drafting and an autoregressive step driven by the model's confidence (the paper
+gates on an entropy of the last position's prediction). Reconstructed (no public code was found): the exact
+block wiring across layers, the gate as a learned logistic classifier over the normed hidden state and the
+top-8 entropy rather than a fixed entropy threshold, its label (whether head 0's top-1 is the target's next
+token: whether drafting would have been accepted at all; train/cerberus.py), and the tree (Medusa's static
+tree; the paper uses Medusa's tree too).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax import numerics
+from specjax.drafters import medusa
+from specjax.protocol import BUDGET, Context, Models, Prefill, Step
+
+TOP = 8        # the target probabilities the gate's entropy reads (train/data.py keeps the same top-8)
+GATE = 0.25    # the default threshold (see Cerberus.gate)
+
+
+class CerberusHeads(nnx.Module):
+  """w [K, L, 2H, H], b [K, L, H]: the heads' ResBlocks; gate_w [H], gate_ab [2]: the gate's weights on hn and
+  on the entropy, and its bias; vocab [N] int32 draft vocabulary (target ids) or [0]."""
+
+  def __init__(self, *, hidden: int, heads: int, layers: int, vocab=None):
+    self.w = nnx.Param(jnp.zeros((heads, layers, 2 * hidden, hidden), jnp.float32))
+    self.b = nnx.Param(jnp.zeros((heads, layers, hidden), jnp.float32))
+    self.gate_w = nnx.Param(jnp.zeros((hidden,), jnp.float32))
+    self.gate_ab = nnx.Param(jnp.asarray([0.0, 4.0], jnp.float32))     # untrained: always draft
+    self.vocab = nnx.Variable(jnp.asarray(np.zeros(0, np.int32) if vocab is None else vocab, jnp.int32))
+
+  def __call__(self, hn):
+    return apply({"w": self.w[...], "b": self.b[...]}, hn)
+
+  def gate(self, hn, ent):
+    return gate_logit({"gate_w": self.gate_w[...], "gate_ab": self.gate_ab[...]}, hn, ent)
+
+
+def apply(p, hn):
+  """p {"w", "b"}; hn [..., H] normed target state -> [..., K, H] one state per head. Pure, shared with training."""
+  K, L, _, H = p["w"].shape
+  prev = [jnp.zeros(hn.shape, jnp.float32)] * L          # head i-1's state after each block (zeros before head 0)
+  outs = []
+  for k in range(K):
+    x = hn.astype(jnp.float32)
+    mine = []
+    for l in range(L):
+      x = x + jax.nn.silu(numerics.dot(jnp.concatenate([x, prev[l]], -1), p["w"][k, l]) + p["b"][k, l])
+      mine.append(x)
+    prev = mine
+    outs.append(x)
+  return jnp.stack(outs, -2)
+
+
+def gate_logit(p, hn, ent):
+  """hn [..., H] normed state, ent [...] top-8 entropy -> [...] the gate's logit (draft when sigmoid >= gate)."""
+  return numerics.dot(hn.astype(jnp.float32), p["gate_w"]) + p["gate_ab"][0] * ent + p["gate_ab"][1]
+
+
+def top_entropy(probs):
+  """probs [..., TOP] the target's most likely next-token probabilities (not renormalised) -> [...] -sum p log p."""
+  p = probs.astype(jnp.float32)
+  return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-30)), 0.0), -1)
+
+
+def logits_entropy(logits):
+  """logits [..., V] -> [...] top_entropy of their softmax's top-8."""
+  return top_entropy(jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32), -1), TOP)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Cerberus(medusa.Medusa):
+  # Draft when the gate's probability (that head 0's top-1 is accepted) is at least this: 0 always drafts,
+  # above 1 never. A decoding choice: drafting pays when it adds more tokens than the wider verify costs, and
+  # a 5-node verify costs about 1.2x a one-token step on the 2-core CPUs (eagle.py), so about 0.2 there and
+  # lower on accelerators. Not yet measured for a trained gate (no checkpoint is shipped).
+  gate: float = dataclasses.field(default=GATE, metadata=BUDGET)
+  name = "cerberus"
+  state_axes = {"h": ("batch",), "ent": ("batch",), "w": ()}
+
+  def validate(self):
+    super().validate()
+    if self.gate < 0:
+      raise ValueError(f"cerberus: gate must be >= 0 (0 always drafts), got {self.gate}")
+
+  def module(self):
+    return CerberusHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
+                         vocab=np.zeros(self.draft_vocab, np.int32))
+
+  # ---------------------------------------------------------------- decoding
+  def init(self, m: Models, ctx: Context, prefill: Prefill):
+    state = super().init(m, ctx, prefill)
+    # The target's distribution at the last prompt position: one head projection, once.
+    return dict(state, ent=logits_entropy(m.target.head(state["h"])))
+
+  def propose(self, m: Models, state, ctx: Context):
+    go = jax.nn.sigmoid(m.drafter.gate(state["h"], state["ent"])) >= self.gate        # [B]
+    vocab = m.drafter.vocab[...] if self.draft_vocab else None
+    T = self.shape.size
+
+    def heads():
+      return medusa.candidates(self.shape, m.target.head(m.drafter(state["h"]), state["w"]), vocab)
+
+    cand = jax.lax.cond(jnp.any(go), heads, lambda: jnp.zeros((go.shape[0], T - 1), jnp.int32))
+    tree = self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1))
+    # A row the gate stops proposes nothing: no candidate has a parent, so its step is autoregressive.
+    return dataclasses.replace(tree, parent=jnp.where(go[:, None], tree.parent, -1)), state
+
+  def update(self, m: Models, state, ctx: Context, step: Step):
+    last = step.acceptance.last_node()
+    logits = jnp.take_along_axis(step.logits, last[:, None, None], 1)[:, 0]
+    return dict(super().update(m, state, ctx, step), ent=logits_entropy(logits))
+
+  # ---------------------------------------------------------------- construction
+  @classmethod
+  def untrained(cls, target, *, seed: int = 0, scale: float = 0.5, gate_bias: float = 4.0, **config) -> "Cerberus":
+    """Random heads and a random gate, z = w . hn + gate_bias with w . hn about N(0, 1): 4 drafts nearly always,
+    0 at about half the steps (for tests: a bad drafter must cost speed, never correctness)."""
+    d = cls(hidden=target.cfg.hidden, **config)
+    module = CerberusHeads(hidden=d.hidden, heads=d.heads, layers=d.layers,
+                           vocab=np.arange(d.draft_vocab) if d.draft_vocab else None)
+    rng = np.random.default_rng(seed)
+    module.w[...] = jnp.asarray(scale / np.sqrt(2 * d.hidden) * rng.standard_normal(module.w.shape), jnp.float32)
+    module.gate_w[...] = jnp.asarray(rng.standard_normal(d.hidden) / np.sqrt(d.hidden), jnp.float32)
+    module.gate_ab[...] = jnp.asarray([0.0, gate_bias], jnp.float32)
+    return dataclasses.replace(d, params=nnx.state(module))

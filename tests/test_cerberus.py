@@ -1,0 +1,83 @@
+"""Cerberus: each head reads the previous head's state, the gate turns rows into plain autoregressive steps
+losslessly, and training lowers the loss and fits the gate. (Greedy equality at batch 1 and 4 with the default
+gate, the checkpoint round trip and wrong-target refusal: test_drafter_contract.py; sampling: test_sampling.py.)"""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import specjax
+from specjax.drafters import cerberus, medusa
+from specjax.drafters.cerberus import Cerberus
+from specjax.testing import tiny_target
+from specjax.train import data as data_lib
+from specjax.train import loop
+from specjax.train.cerberus import CerberusRecipe
+
+PROMPTS = [[5, 9, 13, 5, 9], [7, 3, 3, 3, 3, 3, 3, 3, 21, 40, 2], [11], [30, 31, 32, 33, 30, 31]]
+
+
+def test_heads_pass_sequential_knowledge():
+  """With the previous-head half of every block zero, the heads are Medusa's; changing head 0 changes head 1
+  only through that half, and never changes an earlier head."""
+  rng = np.random.default_rng(0)
+  K, L, H = 3, 2, 16
+  w = jnp.asarray(rng.normal(size=(K, L, 2 * H, H)) * 0.3, jnp.float32)
+  b = jnp.asarray(rng.normal(size=(K, L, H)) * 0.1, jnp.float32)
+  hn = jnp.asarray(rng.normal(size=(5, H)), jnp.float32)
+  own = w.at[:, :, H:].set(0.0)
+  np.testing.assert_allclose(np.asarray(cerberus.apply({"w": own, "b": b}, hn)),
+                             np.asarray(medusa.apply({"w": own[:, :, :H], "b": b}, hn)), atol=1e-5)
+  out = cerberus.apply({"w": w, "b": b}, hn)
+  moved = cerberus.apply({"w": w.at[0].add(0.5), "b": b}, hn)
+  assert np.abs(np.asarray(moved[:, 1] - out[:, 1])).max() > 1e-3
+  cut = cerberus.apply({"w": w.at[0].add(0.5).at[1, :, H:].set(0.0), "b": b}, hn)
+  ref = cerberus.apply({"w": w.at[1, :, H:].set(0.0), "b": b}, hn)
+  np.testing.assert_allclose(np.asarray(cut[:, 1]), np.asarray(ref[:, 1]), atol=1e-5)
+  assert np.abs(np.asarray(cerberus.apply({"w": w.at[2].add(0.5), "b": b}, hn)[:, :2] - out[:, :2])).max() == 0
+
+
+def test_gate_makes_lossless_autoregressive_steps():
+  """Always, sometimes (a random gate stopping about half the rows) and never drafting all equal plain decoding
+  at batch 4 (batch 1 with the default gate: test_drafter_contract.py); never drafting commits one token a target
+  forward; sometimes lies between."""
+  t = tiny_target(seed=1, scale=8.0, eos_id=17)
+  d = Cerberus.untrained(t, seed=4, nodes=6, gate_bias=0.0)
+  tau = {}
+  for n, prompts in ((4, PROMPTS),):
+    base = specjax.generate(t, prompts, max_new_tokens=16).token_ids
+    for gate in (0.0, 0.5, 1.5):
+      g = specjax.generate(t, prompts, max_new_tokens=16, drafter=d, gate=gate)
+      assert g.token_ids == base, (n, gate)
+      tau[n, gate] = sum(g.new_tokens) / sum(g.target_forwards)
+  assert tau[4, 1.5] == 1.0
+  assert tau[4, 0.0] > tau[4, 0.5] > 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_distilled):
+  """The tiny target and features of its own answers (train, held-out), as test_train.py's."""
+  t, seqs, d = tiny_distilled
+  return (t, data_lib.features(t, seqs[:32], d / "train", shard_size=8, progress=False),
+          data_lib.features(t, seqs[32:], d / "held", shard_size=8, progress=False))
+
+
+CFG = dict(drafter="cerberus", steps=30, batch=64, lr=2e-2, warmup=5, eval_every=30, save_every=30, heads=3,
+           draft_vocab=32, nodes=6, eval_positions=512)
+
+
+def test_training_lowers_the_loss_and_fits_the_gate(tiny_data, tmp_path):
+  t, train, held = tiny_data
+  c = loop.TrainConfig(**CFG).resolved()
+  recipe = CerberusRecipe(t, train, held, c)
+  batch = recipe.batch(np.arange(256), 0)
+  before, _ = recipe.loss(recipe.init(), recipe.consts, batch)
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  p = {k: d.params[k][...] for k in ("w", "b", "gate_w", "gate_ab")}
+  after, acc = recipe.loss(p, recipe.consts, batch)
+  assert float(after) < 0.8 * float(before)
+  assert acc.shape == (4,) and summary["top1"][0] > 0.3 and summary["tau"] > 1.2
+  gate = summary["gate"]
+  assert gate["accuracy"] > 0.55 and 1.0 <= gate["tau_gated"] <= gate["tau_always"]
+  assert float(jnp.abs(p["gate_w"]).max()) > 0          # the gate was trained
+  base = specjax.generate(t, PROMPTS, max_new_tokens=30)
+  assert specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d).token_ids == base.token_ids
