@@ -28,6 +28,10 @@ def register(name: str, where) -> None:
   _CLASSES[name] = where
 
 
+register("hidden-transfer", "hidden_transfer:HiddenTransfer")
+register("adadecode", "adadecode:AdaDecode")
+
+
 def drafter_class(name: str):
   """The class registered under `name` (imported on use)."""
   return _classes()[name]
