@@ -14,9 +14,11 @@ from jax.sharding import PartitionSpec as P
 import specjax
 from specjax import api
 from specjax.process_cache import CACHE
+from specjax.drafters.adadecode import AdaDecode
 from specjax.drafters.clover import Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
+from specjax.drafters.hidden_transfer import HiddenTransfer
 from specjax.drafters.medusa import Medusa
 from specjax.models.llama import Llama, _random_weights, weight_shapes
 from specjax.program import sharded
@@ -48,8 +50,10 @@ def run_tiny():
               "clover2": Clover2.untrained(t, seed=4), "eagle": Eagle.untrained(t, seed=4),
               "eagle3": Eagle3.untrained(t, seed=4, draft_vocab=32), "self-spec": SelfSpec(exit_layer=1, gamma=2),
               "staged": Staged(exit_layer=1, gamma=2, lookup=2),
-              "draft-model": DraftModel.from_target(tiny_target(seed=2, scale=10.0), gamma=2)}
-  only_on = {"self-spec": "data=2,model=4", "staged": "data=2,model=4", "draft-model": "data=2,model=4"}  # test time
+              "draft-model": DraftModel.from_target(tiny_target(seed=2, scale=10.0), gamma=2),
+              "hidden-transfer": HiddenTransfer.untrained(t, seed=4, transfer_layer=1, nodes=5),
+              "adadecode": AdaDecode.untrained(t, seed=4, exit_layer=1, gamma=2, threshold=0.1)}
+  only_on = {n: "data=2,model=4" for n in ("self-spec", "staged", "draft-model", "hidden-transfer", "adadecode")}  # test time
   base = {n: api.generate(t, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids for n, d in drafters.items()}
   out = {}
   for name, kw in MESHES.items():

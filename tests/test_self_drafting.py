@@ -2,14 +2,18 @@
 plain, sampling, checkpoints: tests/test_drafter_contract.py and tests/test_sampling.py). Here: each recipe
 trains on the tiny target (loss falls, the checkpoint decodes losslessly), the recipe's forward is the
 decoder's draft, and AdaDecode's confidence gate decides what is drafted."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import specjax
 from specjax.drafters import registry
 from specjax.drafters.adadecode import AdaDecode
 from specjax.drafters.early_exit import EarlyExit
 from specjax.io import checkpoint
+from specjax.models.llama import causal_mask
+from specjax.protocol import Context, Models, Prefill
 from specjax.testing import tiny_target
 from specjax.train import data as data_lib
 from specjax.train import loop
@@ -40,14 +44,10 @@ def test_hidden_transfer_trains_and_its_draft_is_the_recipes_forward(tiny_distil
   assert len(summary["top1"]) == 3 and summary["tau"] > 1.0 and d.accuracy and d.steps == 3
   # The decoder's draft call (drafters/hidden_transfer.py) at a prompt's end equals the recipe's forward there.
   seq = PROMPTS[3] + PROMPTS[0]
-  import jax.numpy as jnp
-  from specjax.models.llama import causal_mask
   out = t.model(jnp.asarray([seq]), jnp.arange(len(seq))[None], None, causal_mask(1, len(seq)), capture=(0,))
   x = out.layer_hidden[0]
   logits = recipe.logits(p, recipe.consts, x, jnp.ones((1, len(seq)), bool))[0, -1]        # [K, N]
   loaded = registry.make(f"hidden-transfer:{path}")
-  from flax import nnx
-  from specjax.protocol import Context, Models, Prefill
   m = Models(t.model, nnx.merge(loaded.graphdef, loaded.params))
   tokens = jnp.zeros((1, 32), jnp.int32).at[0, :len(seq) + 1].set(jnp.asarray(seq + [0]))
   ctx = Context(tokens, jnp.asarray([len(seq)]), jnp.asarray([len(seq) + 1]), jnp.zeros(1, bool))
@@ -58,7 +58,7 @@ def test_hidden_transfer_trains_and_its_draft_is_the_recipes_forward(tiny_distil
   assert first == top[:len(first)].tolist()
 
 
-def test_adadecode_trains_calibrates_its_threshold_and_decodes_losslessly(tiny_distilled, tmp_path):
+def test_adadecode_trains_and_its_checkpoint_keeps_the_calibrated_threshold(tiny_distilled, tmp_path):
   t, recipe, batch, before, d, summary, path = _fit(tiny_distilled, tmp_path, "adadecode", False, steps=30, batch=64,
                                                     eval_every=30)
   after = float(recipe.loss({k: d.params[k][...] for k in ("w", "b")}, recipe.consts, batch)[0])

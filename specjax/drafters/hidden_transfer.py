@@ -31,17 +31,14 @@ target's KV cache a second time, and runs layers [l, L) once over the prompt at 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from specjax import numerics
 from specjax.cache import KVCache
-from specjax.drafters.medusa import _prior
-from specjax.engine import tree as tree_lib
+from specjax.drafters.medusa import RankTree
 from specjax.models.llama import causal_mask
 from specjax.protocol import BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, Drafter, Models, Prefill, Step, check_option_types
 
@@ -65,7 +62,7 @@ def upper_cache(cache: KVCache, start: int) -> KVCache:
 
 
 @dataclasses.dataclass(frozen=True)
-class HiddenTransfer(Drafter):
+class HiddenTransfer(RankTree, Drafter):
   transfer_layer: int = 15      # l: the pseudo states enter before layer l (0-based), i.e. after the first l layers
   steps: int = dataclasses.field(default=4, metadata=NOT_OPTION)           # k: transfers (the tree's depth)
   hidden: int = dataclasses.field(default=0, metadata=NOT_OPTION)
@@ -93,18 +90,9 @@ class HiddenTransfer(Drafter):
   def module(self):
     return TransferMaps(hidden=self.hidden, steps=self.steps, vocab=np.zeros(self.draft_vocab, np.int32))
 
-  @functools.cached_property
-  def shape(self) -> tree_lib.StaticTree:
-    table = np.asarray(self.accuracy, np.float64) if self.accuracy else _prior(self.steps, 10)
-    return tree_lib.grow(table[:self.steps], self.nodes)
-
   @property
-  def num_nodes(self):
-    return self.shape.size
-
-  @property
-  def max_depth(self):
-    return self.shape.max_depth
+  def depths(self) -> int:
+    return self.steps
 
   def check_target(self, target):
     super().check_target(target)
@@ -149,12 +137,7 @@ class HiddenTransfer(Drafter):
     y, k, v, _ = m.target.layers(x, pos, upper_cache(cache, l), mask, start=l)
     cache = cache.write(k[:, :, :P], v[:, :, :P])                   # the path's exact upper KV; pseudo rows dropped
     logits = m.target.head(m.target.norm(y[:, P:]), state["w"])                   # [B, K, N]
-    choices = self.shape.choices
-    top = jax.lax.top_k(logits, 1 + max(c[-1] for c in choices))[1]
-    if self.draft_vocab:
-      top = m.drafter.vocab[...][top]
-    cand = top[:, np.array([len(c) - 1 for c in choices]), np.array([c[-1] for c in choices])]     # [B, T-1]
-    tree = self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1))
+    tree = self.candidates(ctx.root_token(), logits, m.drafter.vocab[...] if self.draft_vocab else None)
     return tree, dict(state, cache=cache)
 
   def update(self, m: Models, state, ctx: Context, step: Step):

@@ -58,8 +58,37 @@ def _prior(heads: int, ranks: int) -> np.ndarray:
   return 0.6 * (0.75 ** np.arange(heads))[:, None] * (0.5 ** np.arange(ranks))[None, :]
 
 
+class RankTree:
+  """For drafters whose candidates at depth d are the top-ranked tokens of one distribution per depth
+  (Medusa's heads, Hidden Transfer's pseudo states), arranged by a static tree grown from the measured
+  [depths][ranks] acceptance table `accuracy` (a prior without one) under the budget `nodes`."""
+
+  @functools.cached_property
+  def shape(self) -> tree_lib.StaticTree:
+    table = np.asarray(self.accuracy, np.float64) if self.accuracy else _prior(self.depths, 10)
+    return tree_lib.grow(table[:self.depths], self.nodes)
+
+  @property
+  def num_nodes(self):
+    return self.shape.size
+
+  @property
+  def max_depth(self):
+    return self.shape.max_depth
+
+  def candidates(self, root, logits, vocab=None):
+    """root [B] the tree's root tokens; logits [B, depths, N] (N: the draft vocabulary `vocab` [N] of target
+    ids, or the full one when None) -> the draft tree of the top-ranked tokens."""
+    choices = self.shape.choices
+    top = jax.lax.top_k(logits, 1 + max(c[-1] for c in choices))[1]                  # [B, depths, kmax]
+    if vocab is not None:
+      top = vocab[top]
+    cand = top[:, np.array([len(c) - 1 for c in choices]), np.array([c[-1] for c in choices])]       # [B, T-1]
+    return self.shape.draft(jnp.concatenate([root[:, None], cand], 1))
+
+
 @dataclasses.dataclass(frozen=True)
-class Medusa(Drafter):
+class Medusa(RankTree, Drafter):
   heads: int = dataclasses.field(default=4, metadata=NOT_OPTION)
   layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)
   hidden: int = dataclasses.field(default=576, metadata=NOT_OPTION)
@@ -88,18 +117,9 @@ class Medusa(Drafter):
     return MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
                        vocab=np.zeros(self.draft_vocab, np.int32))
 
-  @functools.cached_property
-  def shape(self) -> tree_lib.StaticTree:
-    table = np.asarray(self.accuracy, np.float64) if self.accuracy else _prior(self.heads, 10)
-    return tree_lib.grow(table[:self.heads], self.nodes)
-
   @property
-  def num_nodes(self):
-    return self.shape.size
-
-  @property
-  def max_depth(self):
-    return self.shape.max_depth
+  def depths(self) -> int:
+    return self.heads
 
   def check_target(self, target):
     super().check_target(target)
@@ -119,15 +139,7 @@ class Medusa(Drafter):
   def propose(self, m: Models, state, ctx: Context):
     x = m.drafter(state["h"])                                                   # [B, K, H]
     logits = m.target.head(x, state["w"])                                       # [B, K, N]
-    choices = self.shape.choices
-    kmax = 1 + max(c[-1] for c in choices)
-    top = jax.lax.top_k(logits, kmax)[1]                                        # [B, K, kmax]
-    if self.draft_vocab:
-      top = m.drafter.vocab[...][top]
-    depth = np.array([len(c) - 1 for c in choices])
-    rank = np.array([c[-1] for c in choices])
-    cand = top[:, depth, rank]                                                  # [B, T-1]
-    return self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1)), state
+    return self.candidates(ctx.root_token(), logits, m.drafter.vocab[...] if self.draft_vocab else None), state
 
   def update(self, m: Models, state, ctx: Context, step: Step):
     last = step.acceptance.last_node()
