@@ -1,6 +1,6 @@
 """Hidden Transfer and AdaDecode, the target drafting for itself (the contract every drafter owes, greedy ==
 plain, sampling, checkpoints: tests/test_drafter_contract.py and tests/test_sampling.py). Here: each recipe
-trains on the tiny target (loss falls, the checkpoint decodes losslessly), the recipe's forward is the
+trains on the tiny target (loss falls, the checkpoint keeps what training measured), the recipe's forward is the
 decoder's draft, and AdaDecode's confidence gate decides what is drafted."""
 import jax.numpy as jnp
 import numpy as np
