@@ -23,8 +23,8 @@ handed to drafters): the path's entries are those layers' exact KV for the commi
 inputs and weights as the verify), and the pseudo states read them. In the same forward the paper's draft
 would have to be made for every node of the tree (which one is accepted is not known inside it), T x k
 extra rows in the upper layers, and the engine would need to inject rows at layer l. The separate call
-instead reads the upper (L - l) / L of the target's weights a second time per step over 2k + 1 rows
-(k + 1 path rows, k pseudo rows): on a memory-bound machine about (L - l) / L of a one-token step, on
+instead reads the upper (L - l) / L of the target's weights a second time per step over 2d + 1 rows
+(d + 1 path rows, d pseudo rows; d <= k the tree's depth): on a memory-bound machine about (L - l) / L of a one-token step, on
 the 2-core CPUs more (a forward there is compute-bound from a few rows). It also keeps (L - l) / L of the
 target's KV cache a second time, and runs layers [l, L) once over the prompt at the start.
 """
@@ -123,20 +123,21 @@ class HiddenTransfer(RankTree, Drafter):
                 n=jnp.zeros(B, jnp.int32), src=src, w=w)
 
   def propose(self, m: Models, state, ctx: Context):
-    l, K = self.transfer_layer, self.steps
+    l, D = self.transfer_layer, self.max_depth
     path, n = state["path"], state["n"]
     B, P, _ = path.shape
-    # rows: the path's P slots (the first n real), then the K pseudo states at root .. root + K - 1
-    x = jnp.concatenate([path, m.drafter(state["src"])], 1)                      # [B, P + K, H]
+    # rows: the path's P = D + 1 slots (the first n real), then the pseudo states at root .. root + D - 1 (only
+    # the tree's depth of them: a budget whose tree is shallower than `steps` leaves the deeper transfers unused)
+    x = jnp.concatenate([path, m.drafter(state["src"])[:, :D]], 1)               # [B, P + D, H]
     first = ctx.root - n
-    pos = jnp.concatenate([first[:, None] + jnp.arange(P)[None], ctx.root[:, None] + jnp.arange(K)[None]], 1)
-    real = jnp.concatenate([jnp.arange(P)[None] < n[:, None], jnp.ones((B, K), bool)], 1)
-    T = P + K
+    pos = jnp.concatenate([first[:, None] + jnp.arange(P)[None], ctx.root[:, None] + jnp.arange(D)[None]], 1)
+    real = jnp.concatenate([jnp.arange(P)[None] < n[:, None], jnp.ones((B, D), bool)], 1)
+    T = P + D
     mask = jnp.tril(jnp.ones((T, T), bool))[None] & (real[:, None, :] | jnp.eye(T, dtype=bool)[None])
     cache = dataclasses.replace(state["cache"], lengths=first)
     y, k, v, _ = m.target.layers(x, pos, upper_cache(cache, l), mask, start=l)
     cache = cache.write(k[:, :, :P], v[:, :, :P])                   # the path's exact upper KV; pseudo rows dropped
-    logits = m.target.head(m.target.norm(y[:, P:]), state["w"])                   # [B, K, N]
+    logits = m.target.head(m.target.norm(y[:, P:]), state["w"])                   # [B, D, N]
     tree = self.candidates(ctx.root_token(), logits, m.drafter.vocab[...] if self.draft_vocab else None)
     return tree, dict(state, cache=cache)
 
