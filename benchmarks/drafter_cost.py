@@ -8,6 +8,10 @@ each budget with a held-out tau recorded at training (`Drafter.budgets()`; --bud
 the drafter's work per decode step at batch 1 (propose: the tree; update: its state over the accepted entries),
 the target's verify of a tree of that size at context 256, the autoregressive step, the draft's share of a
 step and the estimate tau x AR / (draft + verify). Medians of 10-20 calls.
+
+--untrained '{"NAME": {options}, ...}' measures drafters without a checkpoint instead: `untrained` weights
+(random; the cost depends only on the shapes, except where a drafter's work depends on its inputs, e.g.
+AdaDecode's threshold: pass threshold 0 for its longest draft, 1 for its shortest), one row each, no tau.
 """
 import json
 import pathlib
@@ -21,13 +25,18 @@ def main():
   ap = parser(__doc__, "bench_out/drafter_cost.json")
   ap.add_argument("--drafters", default="eagle3,eagle,clover2,medusa")
   ap.add_argument("--budgets", default="", help="only these budget labels (default: every measured budget)")
+  ap.add_argument("--untrained", default="", help="JSON {drafter: options}: random weights, one row each")
   a = ap.parse_args()
   import specjax
   from specjax.drafters import registry
   keep = set(filter(None, a.budgets.split(",")))
   t = specjax.load(a.model, dtype=a.dtype)
   ar, verify, rows = verify_ms(t, 1), {}, []
-  for name in a.drafters.split(","):
+  for name, opts in (json.loads(a.untrained) if a.untrained else {}).items():
+    d = registry.drafter_class(name.split("#")[0]).untrained(t, **opts)      # "NAME#tag": NAME measured twice
+    rows.append(cost_row(t, d, name, json.dumps(opts, sort_keys=True), None, ar, verify))
+    print(json.dumps(rows[-1]), flush=True)
+  for name in (a.drafters.split(",") if not a.untrained else []):
     for opts, tau in registry.make(name).budgets():
       label = "/".join(str(v) for v in opts.values())
       if keep and label not in keep:

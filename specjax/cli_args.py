@@ -217,13 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--heldout-prompts", type=_positive_int, default=100)
   t.add_argument("--steps", type=_positive_int, default=2000)
   t.add_argument("--batch", type=_positive_int, default=None,
-                 help="medusa: positions per step (default 256); clover, clover2, eagle, eagle3: sequences per step (default 4)")
+                 help="medusa, early-exit, adadecode: positions per step (default 256); clover, clover2, eagle, eagle3, "
+                 "hidden-transfer: sequences per step (default 4)")
   t.add_argument("--layers", type=_positive_int, default=1,
-                 help="medusa, early-exit: ResBlocks per head; clover, clover2: augmenting decoder layers; eagle, eagle3: not used (one layer)")
+                 help="medusa, early-exit, adadecode: ResBlocks per head; clover, clover2: augmenting decoder layers; eagle, eagle3: not used (one layer)")
   t.add_argument("--lr", type=float, default=1e-3)
   t.add_argument("--heads", type=_positive_int, default=None,
-                 help="medusa, clover, clover2: heads (tree depth, default 4); eagle3: training-time-test steps "
-                 "(default 7); eagle: not used")
+                 help="medusa, clover, clover2: heads (tree depth, default 4); hidden-transfer: transfers (tree depth, "
+                 "default 4); eagle3: training-time-test steps (default 7); eagle: not used")
   t.add_argument("--weight-decay", type=float, default=None,
                  help="AdamW's weight decay (default: eagle, clover2 0.01, as their public trainers; others 0)")
   t.add_argument("--targets", default="full", choices=["full", "top8"],
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
   t.add_argument("--exit-layer", type=_positive_int, default=None, metavar="K",
-                 help="early-exit: the adapter reads the residual after the target's first K layers (required)")
+                 help="early-exit, adadecode: the adapter reads the residual after the target's first K layers; "
+                 "hidden-transfer: the pseudo states enter after them (required)")
   t.add_argument("--feature-batch-tokens", type=_positive_int, default=4096)
   t.add_argument("--eval-every", type=_positive_int, default=500, help="held-out evaluation every N steps (and at the end)")
   t.add_argument("--max-seconds", type=float, default=None,

@@ -15,9 +15,11 @@ import specjax
 from specjax import api
 from specjax.process_cache import CACHE
 from specjax.drafters.cerberus import Cerberus
+from specjax.drafters.adadecode import AdaDecode
 from specjax.drafters.clover import Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
+from specjax.drafters.hidden_transfer import HiddenTransfer
 from specjax.drafters.medusa import Medusa
 from specjax.drafters.parallelspec import ParallelSpec
 from specjax.models.llama import Llama, _random_weights, weight_shapes
@@ -52,8 +54,11 @@ def run_tiny():
               "staged": Staged(exit_layer=1, gamma=2, lookup=2),
               "draft-model": DraftModel.from_target(tiny_target(seed=2, scale=10.0), gamma=2),
               "parallelspec": ParallelSpec.untrained(t, seed=4, draft_vocab=32),
-              "cerberus": Cerberus.untrained(t, seed=4, nodes=6, gate_bias=0.0)}       # the gate stops about half the rows
-  only_on = {n: "data=2,model=4" for n in ("self-spec", "staged", "draft-model", "parallelspec", "cerberus")}  # test time
+              "cerberus": Cerberus.untrained(t, seed=4, nodes=6, gate_bias=0.0),       # the gate stops about half the rows
+              "hidden-transfer": HiddenTransfer.untrained(t, seed=4, transfer_layer=1, nodes=5),
+              "adadecode": AdaDecode.untrained(t, seed=4, exit_layer=1, gamma=2, threshold=0.1)}
+  only_on = {n: "data=2,model=4" for n in ("self-spec", "staged", "draft-model", "parallelspec", "cerberus",
+                                           "hidden-transfer", "adadecode")}  # test time
   base = {n: api.generate(t, prompts, max_new_tokens=12, chat=False, drafter=d).token_ids for n, d in drafters.items()}
   out = {}
   for name, kw in MESHES.items():

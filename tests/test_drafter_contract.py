@@ -24,7 +24,8 @@ MAX_NEW = 16
 # Options where a drafter's defaults do not fit the 2-layer tiny target (the only per-drafter lines here):
 # the self-speculating drafters exit after layer 1; siblings and lookup are exercised on the way.
 TINY = {"self-spec": dict(exit_layer=1, width=2), "staged": dict(exit_layer=1, gamma=2, lookup=3),
-        "early-exit": dict(exit_layer=1, gamma=2)}
+        "early-exit": dict(exit_layer=1, gamma=2), "adadecode": dict(exit_layer=1, gamma=3, calibrated=0.1),
+        "hidden-transfer": dict(transfer_layer=1, nodes=5)}
 
 
 @pytest.fixture(scope="module")

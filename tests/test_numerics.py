@@ -15,10 +15,12 @@ import pytest
 from specjax import api, numerics
 from specjax.drafters import registry
 from specjax.drafters.cerberus import Cerberus
+from specjax.drafters.adadecode import AdaDecode
 from specjax.drafters.clover import Clover1, Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
 from specjax.drafters.early_exit import EarlyExit
+from specjax.drafters.hidden_transfer import HiddenTransfer
 from specjax.drafters.medusa import Medusa
 from specjax.drafters.parallelspec import ParallelSpec
 from specjax.testing import tiny_target
@@ -46,7 +48,9 @@ def drafters(t):
           "eagle3": Eagle3.untrained(t, seed=4, draft_vocab=32), "self-spec": SelfSpec(exit_layer=1, gamma=2),
           "staged": Staged(exit_layer=1, gamma=2, lookup=2), "early-exit": EarlyExit.untrained(t, exit_layer=1),
           "draft-model": DraftModel.from_target(tiny_target(seed=2, scale=10.0, dtype=t.model.dtype), gamma=2),
-          "parallelspec": ParallelSpec.untrained(t, seed=4, draft_vocab=32), "cerberus": Cerberus.untrained(t, seed=4)}
+          "parallelspec": ParallelSpec.untrained(t, seed=4, draft_vocab=32), "cerberus": Cerberus.untrained(t, seed=4),
+          "adadecode": AdaDecode.untrained(t, exit_layer=1, threshold=0.1),
+          "hidden-transfer": HiddenTransfer.untrained(t, transfer_layer=1, draft_vocab=32)}
 
 
 def test_every_registered_drafter_is_checked():

@@ -49,7 +49,8 @@ def test_tiny_model_every_drafter_on_three_meshes():
   assert set(res) == {"data=8", "data=2,model=4", "model=2"}
   for mesh, r in res.items():
     assert r["same"] == {"none": True, "pld": True, "lookahead": True, "medusa": True, "clover2": True, "eagle": True,
-                         "eagle3": True, **({"self-spec": True, "staged": True, "draft-model": True, "parallelspec": True, "cerberus": True}
+                         "eagle3": True, **({"self-spec": True, "staged": True, "draft-model": True, "parallelspec": True,
+                                                "cerberus": True, "hidden-transfer": True, "adadecode": True}
                                             if mesh == "data=2,model=4" else {})}, mesh
   check_shardings(res["data=8"]["shardings"], heads_split=True)
   check_shardings(res["model=2"]["shardings"], heads_split=True)

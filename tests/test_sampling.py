@@ -27,10 +27,12 @@ import specjax
 from specjax.process_cache import CACHE
 import specjax.api
 from specjax.drafters.cerberus import Cerberus
+from specjax.drafters.adadecode import AdaDecode
 from specjax.drafters.clover import Clover1, Clover2
 from specjax.drafters.draft_model import DraftModel, SelfSpec, Staged
 from specjax.drafters.eagle import Eagle, Eagle3
 from specjax.drafters.early_exit import EarlyExit
+from specjax.drafters.hidden_transfer import HiddenTransfer
 from specjax.drafters.medusa import Medusa
 from specjax.drafters.parallelspec import ParallelSpec
 from specjax.engine import accept as accept_lib
@@ -227,11 +229,15 @@ def make_drafter(name, target):
     return Staged(exit_layer=1, gamma=2, lookup=2), {}
   if name == "early-exit":
     return EarlyExit.untrained(target, seed=1, exit_layer=1, gamma=2), {}
+  if name == "adadecode":          # a threshold at which some steps draft and some do not
+    return AdaDecode.untrained(target, seed=1, exit_layer=1, gamma=2, threshold=0.3), {}
+  if name == "hidden-transfer":
+    return HiddenTransfer.untrained(target, seed=1, transfer_layer=1, nodes=6, draft_vocab=8), {}
   raise KeyError(name)
 
 
 CASES = ["none", "pld", "lookahead", "sampled-q", "medusa", "clover", "clover2", "eagle", "eagle3", "draft-model-q",
-         "self-spec", "staged", "early-exit", "parallelspec", "cerberus"]
+         "self-spec", "staged", "early-exit", "parallelspec", "cerberus", "adadecode", "hidden-transfer"]
 
 
 def test_cases_cover_every_registered_drafter():

@@ -7,7 +7,7 @@ block, concatenated:  x_i^{l+1} = x_i^l + SiLU(W_i^l [x_i^l, x_{i-1}^{l+1}] + b_
 initialised as Medusa's, so training starts from Medusa's heads; head 0 reads zeros for its missing
 predecessor). The heads still run in one pass from hn (no drafted token feeds back), then the target's
 frozen LM head (optionally over a reduced draft vocabulary). Candidates: each head's top-ranked tokens in a
-static tree grown from the measured per-head acceptance (Medusa's construction, `medusa.static_shape`).
+static tree grown from the measured per-head acceptance (Medusa's construction, `medusa.RankTree`).
 
 Entry gate: z = w . hn + a . H8 + b, with H8 the entropy of the target's own top-8 probabilities at the last
 accepted position (what training features store, so decoding and training read the same number). A row drafts
@@ -122,7 +122,7 @@ class Cerberus(medusa.Medusa):
     T = self.shape.size
 
     def heads():
-      return medusa.candidates(self.shape, m.target.head(m.drafter(state["h"]), state["w"]), vocab)
+      return self.ranked(m.target.head(m.drafter(state["h"]), state["w"]), vocab)
 
     cand = jax.lax.cond(jnp.any(go), heads, lambda: jnp.zeros((go.shape[0], T - 1), jnp.int32))
     tree = self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1))

@@ -53,31 +53,47 @@ def apply(p, hn):
   return x
 
 
-def candidates(shape: tree_lib.StaticTree, logits, vocab=None):
-  """The tokens of a static rank tree's candidate nodes [B, T-1] from per-depth scores logits [B, K, N]: node
-  c (a rank path) takes the c[-1]-th best of depth len(c) - 1 (the parallel heads of Medusa, Cerberus and
-  ParallelSpec score each depth once, whatever the tokens before it). vocab [N]: draft index -> target id."""
-  choices = shape.choices
-  top = jax.lax.top_k(logits, 1 + max(c[-1] for c in choices))[1]                # [B, K, kmax]
-  if vocab is not None:
-    top = vocab[top]
-  return top[:, np.array([len(c) - 1 for c in choices]), np.array([c[-1] for c in choices])]
-
-
 def _prior(heads: int, ranks: int) -> np.ndarray:
   """Acceptance table for heads without measurements: decays with depth and rank."""
   return 0.6 * (0.75 ** np.arange(heads))[:, None] * (0.5 ** np.arange(ranks))[None, :]
 
 
-def static_shape(accuracy: tuple, depth: int, nodes: int) -> tree_lib.StaticTree:
-  """The static tree of `nodes` candidates grown from a measured [depth][rank] acceptance table (a prior
-  that decays with depth and rank when nothing was measured)."""
-  table = np.asarray(accuracy, np.float64) if accuracy else _prior(depth, 10)
-  return tree_lib.grow(table[:depth], nodes)
+class RankTree:
+  """For drafters whose candidates at depth d are the top-ranked tokens of one distribution per depth
+  (the parallel heads of Medusa and Cerberus, ParallelSpec's masks, Hidden Transfer's pseudo states): each
+  depth is scored once, whatever the tokens before it, and the candidates are arranged by a static tree
+  grown from the measured [depths][ranks] acceptance table `accuracy` (a prior without one) under the
+  budget `nodes`. Subclasses define `depths`, `accuracy` and `nodes`."""
+
+  @functools.cached_property
+  def shape(self) -> tree_lib.StaticTree:
+    table = np.asarray(self.accuracy, np.float64) if self.accuracy else _prior(self.depths, 10)
+    return tree_lib.grow(table[:self.depths], self.nodes)
+
+  @property
+  def num_nodes(self):
+    return self.shape.size
+
+  @property
+  def max_depth(self):
+    return self.shape.max_depth
+
+  def ranked(self, logits, vocab=None):
+    """logits [B, depths, N] -> the candidate nodes' tokens [B, T-1]: node c (a rank path) takes the
+    c[-1]-th best of depth len(c) - 1. vocab [N]: draft index -> target id (None: the full vocabulary)."""
+    choices = self.shape.choices
+    top = jax.lax.top_k(logits, 1 + max(c[-1] for c in choices))[1]                  # [B, depths, kmax]
+    if vocab is not None:
+      top = vocab[top]
+    return top[:, np.array([len(c) - 1 for c in choices]), np.array([c[-1] for c in choices])]
+
+  def candidates(self, root, logits, vocab=None):
+    """root [B] the tree's root tokens; logits [B, depths, N] -> the draft tree of the top-ranked tokens."""
+    return self.shape.draft(jnp.concatenate([root[:, None], self.ranked(logits, vocab)], 1))
 
 
 @dataclasses.dataclass(frozen=True)
-class Medusa(Drafter):
+class Medusa(RankTree, Drafter):
   heads: int = dataclasses.field(default=4, metadata=NOT_OPTION)
   layers: int = dataclasses.field(default=1, metadata=NOT_OPTION)
   hidden: int = dataclasses.field(default=576, metadata=NOT_OPTION)
@@ -106,17 +122,9 @@ class Medusa(Drafter):
     return MedusaHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
                        vocab=np.zeros(self.draft_vocab, np.int32))
 
-  @functools.cached_property
-  def shape(self) -> tree_lib.StaticTree:
-    return static_shape(self.accuracy, self.heads, self.nodes)
-
   @property
-  def num_nodes(self):
-    return self.shape.size
-
-  @property
-  def max_depth(self):
-    return self.shape.max_depth
+  def depths(self) -> int:
+    return self.heads
 
   def check_target(self, target):
     super().check_target(target)
@@ -136,8 +144,7 @@ class Medusa(Drafter):
   def propose(self, m: Models, state, ctx: Context):
     x = m.drafter(state["h"])                                                   # [B, K, H]
     logits = m.target.head(x, state["w"])                                       # [B, K, N]
-    cand = candidates(self.shape, logits, m.drafter.vocab[...] if self.draft_vocab else None)
-    return self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1)), state
+    return self.candidates(ctx.root_token(), logits, m.drafter.vocab[...] if self.draft_vocab else None), state
 
   def update(self, m: Models, state, ctx: Context, step: Step):
     last = step.acceptance.last_node()

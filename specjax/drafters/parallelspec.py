@@ -32,7 +32,6 @@ drafted tokens), and the loss weights (train/parallelspec.py).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +40,7 @@ import numpy as np
 from specjax import numerics
 from specjax.cache import put_rows
 from specjax.drafters import eagle, flat
-from specjax.drafters.medusa import candidates, static_shape
-from specjax.engine import tree as tree_lib
+from specjax.drafters.medusa import RankTree
 from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, Models, Prefill, Step,
                               check_option_types)
 
@@ -126,7 +124,7 @@ def groups(cfg, p, embed_w, f, nxt, sel):
 # ------------------------------------------------------------------ the drafter
 
 @dataclasses.dataclass(frozen=True)
-class ParallelSpec(flat.FlatDrafter):
+class ParallelSpec(RankTree, flat.FlatDrafter):
   # k: tokens drafted in parallel (tree depth), the last real entry and k-1 masks (weights depend on it)
   depth: int = dataclasses.field(default=4, metadata=NOT_OPTION)
   # Tree budget: candidate nodes (the root not counted); 4 as EAGLE's and Medusa's CPU defaults (a 5-node
@@ -148,17 +146,9 @@ class ParallelSpec(flat.FlatDrafter):
     if not 1 <= self.nodes < MAX_TREE_NODES:
       raise ValueError(f"{self.name}: nodes must be 1..{MAX_TREE_NODES - 1}, got {self.nodes!r}")
 
-  @functools.cached_property
-  def shape(self) -> tree_lib.StaticTree:
-    return static_shape(self.accuracy, self.depth, self.nodes)
-
   @property
-  def num_nodes(self):
-    return self.shape.size
-
-  @property
-  def max_depth(self):
-    return self.shape.max_depth
+  def depths(self) -> int:
+    return self.depth
 
   # ---------------------------------------------------------------- decoding
   def _embed(self, m, tok):
@@ -181,8 +171,7 @@ class ParallelSpec(flat.FlatDrafter):
   def propose(self, m: Models, state, ctx: Context):
     g = state["g"]                                                               # [B, k, H]
     logits = numerics.dot(g, state["w"]) if self.draft_vocab else m.target.head(g)  # [B, k, N]
-    cand = candidates(self.shape, logits, m.drafter.vocab[...] if self.draft_vocab else None)
-    return self.shape.draft(jnp.concatenate([ctx.root_token()[:, None], cand], 1)), state
+    return self.candidates(ctx.root_token(), logits, m.drafter.vocab[...] if self.draft_vocab else None), state
 
   def update(self, m: Models, state, ctx: Context, step: Step):
     p = m.drafter.p.get_value()

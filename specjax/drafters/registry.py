@@ -30,6 +30,8 @@ def register(name: str, where) -> None:
 
 register("parallelspec", "parallelspec:ParallelSpec")
 register("cerberus", "cerberus:Cerberus")
+register("hidden-transfer", "hidden_transfer:HiddenTransfer")
+register("adadecode", "adadecode:AdaDecode")
 
 
 def drafter_class(name: str):
