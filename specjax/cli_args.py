@@ -8,14 +8,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from specjax.checks import positive_int
 
 EXIT_ERROR = 2
 
 
+class _Formatter(argparse.HelpFormatter):
+  """Lines wrap at spaces only: a drafter's name (`hidden-transfer`) is never split at its hyphen."""
+
+  def _split_lines(self, text, width):
+    return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
-  """argparse with one-line errors: `specjax: error: ...` and exit status 2."""
+  """argparse with one-line errors: `specjax: error: ...` and exit status 2; help wrapped by `_Formatter`."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", _Formatter)
+    super().__init__(*args, **kwargs)
 
   def error(self, message):
     fail(f"{message} (see '{self.prog} --help')")
