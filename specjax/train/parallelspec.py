@@ -7,7 +7,7 @@ each; a group's masks see the prefix up to their anchor and their own group's ma
 layout, which keeps the groups of one sequence apart so that many train in one forward).
 Loss (reconstructed: the paper distils from the target without giving weights): EAGLE-1's loss at every
 output, SmoothL1 against the target's next normed feature + 0.1 x soft cross-entropy against the target's
-top-8 distribution, for the real entries at every answer entry (depth 1) and for mask j at its anchor t
+distribution there (as EAGLE-1's recipe: by default the full softmax of the frozen head on that feature), for the real entries at every answer entry (depth 1) and for mask j at its anchor t
 (feature f_{t+1+j}, distribution at t+1+j: depth j+1), each depth's mean weighted 0.8^j as Medusa's heads.
 EAGLE-1's input noise on the real features, as train/eagle.py. Held-out evaluation: per-depth label ranks
 at random answer anchors, the acceptance table the static tree is grown from, and the tree's exact tau.
@@ -23,12 +23,14 @@ from specjax.drafters import parallelspec
 from specjax.models.llama import rms_norm
 from specjax.train import medusa as medusa_train
 from specjax.train.eagle import EagleRecipe
+from specjax.train.recipe import soft_ce, soft_targets, top8_ce
 
 
-def loss_fn(cfg, p, consts, batch, *, decay: float = 0.8, token_weight: float = 0.1):
+def loss_fn(cfg, p, consts, batch, *, decay: float = 0.8, token_weight: float = 0.1, targets: str = "full"):
   """batch: h [B, L, H] last residuals, nxt [B, L], noise [B, L, H], valid [B, L], top_idx, top_p [B, L, 8]
   (the target's distribution at t+1, as EAGLE's recipe), sel [B, P] anchors (entries t with t+1 an answer
-  position), sel_ok [B, P]. Returns (loss, top-1 accuracy per depth [k])."""
+  position), sel_ok [B, P]. targets: "full" (the soft targets recomputed from the wanted feature,
+  `recipe.soft_targets`) or "top8" (the stored top_idx / top_p). Returns (loss, top-1 accuracy per depth [k])."""
   f = rms_norm(batch["h"], consts["norm_w"], cfg.norm_eps)
   g, gm = parallelspec.groups(cfg, p, consts["embed"], f + batch["noise"], batch["nxt"], batch["sel"])
   B, L, H = f.shape
@@ -41,7 +43,7 @@ def loss_fn(cfg, p, consts, batch, *, decay: float = 0.8, token_weight: float = 
     sl1 = jnp.mean(jnp.where(d < 1.0, 0.5 * d * d, d - 0.5), -1)
     logits = numerics.dot(out, consts["head_w"], preferred_element_type=jnp.float32)
     logp = jax.nn.log_softmax(logits, -1)
-    ce = -jnp.sum(jnp.where(top_idx >= 0, top_p * jnp.take_along_axis(logp, jnp.maximum(top_idx, 0), -1), 0.0), -1)
+    ce = soft_ce(logp, soft_targets(consts, want, renormalise=False)) if targets == "full" else top8_ce(logp, top_idx, top_p)
     cnt = jnp.maximum(valid.sum(), 1)
     return (jnp.sum(jnp.where(valid, sl1 + token_weight * ce, 0.0)) / cnt,
             jnp.sum(valid & (jnp.argmax(logits, -1) == top_idx[..., 0])) / cnt)
@@ -91,7 +93,7 @@ class ParallelSpecRecipe(EagleRecipe):
     return {**out, **self._anchors(self.train, rows, np.random.default_rng([self.c.seed, 7, step]), self.groups)}
 
   def loss(self, p, consts, batch):
-    return loss_fn(self.target.cfg, p, consts, batch)
+    return loss_fn(self.target.cfg, p, consts, batch, targets=self.c.targets)
 
   def _eval_fn(self):
     """Jitted once per run: (p, one sequence's arrays with anchors) -> label ranks [P, k] (KMAX: absent)."""
