@@ -72,6 +72,26 @@ CFG = dict(drafter="parallelspec", steps=16, batch=4, lr=1e-2, warmup=3, eval_ev
            draft_vocab=32, nodes=6, eval_positions=128)
 
 
+def _floor(t, recipe, batch, k, decay=0.8, token_weight=0.1):
+  """The loss's floor: SmoothL1 reaches 0 at a perfect draft, the soft cross-entropy against the target's
+  probabilities p over the draft vocabulary (mass m, not renormalised) only -sum p log(p / m). Entry t of
+  depth d wants feature t+d (zeros past the end, as the loss pads)."""
+  from specjax.models.llama import rms_norm
+  from specjax.train.recipe import soft_targets
+  f = rms_norm(batch["h"], recipe.consts["norm_w"], t.cfg.norm_eps)
+  f = jnp.pad(f, ((0, 0), (0, k + 1), (0, 0)))
+  p = np.asarray(soft_targets(recipe.consts, f, renormalise=False), np.float64)       # [B, L+k+1, N]
+  ent = -(p * np.log(np.maximum(p / p.sum(-1, keepdims=True), 1e-30))).sum(-1)
+  valid, sel, ok = (np.asarray(batch[n]) for n in ("valid", "sel", "sel_ok"))
+  valid = np.pad(valid, ((0, 0), (0, k + 1)))
+  L = batch["valid"].shape[1]
+  floor = ent[:, 1:L + 1][valid[:, :L]].mean()               # the real entries: entry t wants f_{t+1}
+  for j in range(1, k):                                      # mask j at anchor t: f_{t+1+j}, valid at t+j
+    v = ok & np.take_along_axis(valid, sel + j, 1)
+    floor += decay ** j * (np.take_along_axis(ent, sel + j + 1, 1)[v].mean() if v.any() else 0.0)
+  return token_weight * float(floor)
+
+
 def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_path):
   t, train, held = tiny_full
   c = loop.TrainConfig(**CFG).resolved()
@@ -81,7 +101,8 @@ def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_pat
   before, acc0 = recipe.loss(recipe.init(), recipe.consts, batch)
   d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
   after, acc1 = recipe.loss(d.params["p"].get_value(), recipe.consts, batch)
-  assert float(after) < 0.8 * float(before)
+  floor = _floor(t, recipe, batch, c.heads)
+  assert float(after) - floor < 0.8 * (float(before) - floor)       # 16 steps: 0.72 measured
   assert acc1.shape == (3,) and float(acc1[1:].mean()) > float(acc0[1:].mean())   # the masks learned too
   assert d.depth == 3 and len(d.accuracy) == 3 and summary["tau"] > 1.2
   base = specjax.generate(t, PROMPTS, max_new_tokens=30)
