@@ -12,12 +12,9 @@ commits one token).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from specjax.drafters import cerberus
 from specjax.engine import tree as tree_lib
@@ -74,15 +71,7 @@ class CerberusRecipe(MedusaRecipe):
                    "tau_gated": 1.0 + float(np.where(go, acc_len, 0).mean()), "tau_always": out["tau"]}
     return out
 
-  def drafter(self, p, summary):
-    c = self.c
-    d = cerberus.Cerberus(heads=c.heads, layers=c.layers, hidden=self.target.cfg.hidden,
-                          draft_vocab=0 if self.vocab is None else len(self.vocab), nodes=c.nodes,
-                          accuracy=tuple(tuple(round(float(x), 4) for x in row) for row in summary["table"]))
-    module = cerberus.CerberusHeads(hidden=d.hidden, heads=d.heads, layers=d.layers, vocab=self.vocab)
-    for k in ("w", "b", "gate_w", "gate_ab"):
-      getattr(module, k)[...] = jnp.asarray(p[k], jnp.float32)
-    return dataclasses.replace(d, params=nnx.state(module))
+  DRAFTER, HEADS = cerberus.Cerberus, cerberus.CerberusHeads
 
 
 RECIPE = CerberusRecipe     # what `specjax train --drafter cerberus` runs (loop.RECIPES)

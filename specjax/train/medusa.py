@@ -126,14 +126,16 @@ class MedusaRecipe(Recipe):
     return summarize(evaluate(self._rank_fn, p, self.consts, self.held, self.lab_held, self.ev_held),
                      evaluate(self._rank_fn, p, self.consts, self.train, self.lab_train, self.ev_train), self.c.nodes)
 
+  DRAFTER, HEADS = medusa.Medusa, medusa.MedusaHeads          # Cerberus: its own drafter and heads module
+
   def drafter(self, p, summary):
     c = self.c
-    d = medusa.Medusa(heads=c.heads, layers=c.layers, hidden=self.target.cfg.hidden,
-                      draft_vocab=0 if self.vocab is None else len(self.vocab), nodes=c.nodes,
-                      accuracy=tuple(tuple(round(float(x), 4) for x in row) for row in summary["table"]))
-    module = medusa.MedusaHeads(hidden=d.hidden, heads=d.heads, layers=d.layers, vocab=self.vocab)
-    module.w[...] = jnp.asarray(p["w"], jnp.float32)
-    module.b[...] = jnp.asarray(p["b"], jnp.float32)
+    d = self.DRAFTER(heads=c.heads, layers=c.layers, hidden=self.target.cfg.hidden,
+                     draft_vocab=0 if self.vocab is None else len(self.vocab), nodes=c.nodes,
+                     accuracy=tuple(tuple(round(float(x), 4) for x in row) for row in summary["table"]))
+    module = self.HEADS(hidden=d.hidden, heads=d.heads, layers=d.layers, vocab=self.vocab)
+    for k, v in p.items():                          # every trained weight (Cerberus: the gate's too)
+      getattr(module, k)[...] = jnp.asarray(v, jnp.float32)
     return dataclasses.replace(d, params=nnx.state(module))
 
 
