@@ -141,3 +141,14 @@ def test_drafters_lossless_with_bfloat16_weights(name, opts):
                                             max_new_tokens=30).token_ids        # it really ran in bfloat16
   g = specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=name, **opts)
   assert g.token_ids == base.token_ids
+
+
+@pytest.mark.parametrize("name", ["parallelspec", "cerberus", "hidden-transfer", "adadecode"])
+def test_untrained_drafters_lossless_on_default_model(default_target, real_baseline, name):
+  """The drafters with no shipped checkpoint, from their starting weights plus noise (`untrained`): on the
+  real model their drafts are mostly wrong, the acceptance and commit paths must still keep every token.
+  Batch 4 only (batch 1: tests/test_drafter_contract.py on a tiny model): 50 s a drafter for both, 25 s for one."""
+  from specjax.drafters import registry
+  d = registry.drafter_class(name).untrained(default_target, seed=4)
+  g = specjax.generate(default_target, REAL_PROMPTS, max_new_tokens=24, drafter=d)
+  assert g.token_ids == [ids[:24] for ids in real_baseline[4].token_ids], name
