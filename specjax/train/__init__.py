@@ -2,6 +2,7 @@
 
     specjax train --drafter medusa --out DIR [--data distill|teacher] [--max-prompts N] [--steps N] [--resume]
                   [--mesh data=D,model=M] [--features disk|online]
+                  [--coordinator HOST:PORT --num-processes N --process-id I]     (on each of N processes)
 """
 from __future__ import annotations
 
