@@ -206,17 +206,15 @@ def cmd_batch(a) -> int:
 def cmd_train(a) -> int:
   from specjax.train import train_drafter
 
-  from specjax.parallel import parse_mesh
-
   if a.resume and a.overwrite:
     raise ValueError("--resume and --overwrite contradict each other")
-  axes = parse_mesh(a.mesh) if a.mesh else None
+  _start_parallel(a)
 
   def target():
-    if not axes:
+    if not a.mesh_axes:
       return load_target(a.model, a.dtype)
     from specjax.parallel import make_mesh
-    return load_target(a.model, a.dtype, mesh=make_mesh(**axes))
+    return load_target(a.model, a.dtype, mesh=make_mesh(**a.mesh_axes))
   # The target is loaded by train_drafter after it has checked every other argument (--out first).
   train_drafter(target, drafter=a.drafter, out=a.out, data=a.data, features=a.features,
                 max_prompts=a.max_prompts, heldout_prompts=a.heldout_prompts, sequences_file=a.sequences,

@@ -39,9 +39,8 @@ def fail(message: str):
   sys.exit(EXIT_ERROR)
 
 
-def _add_parallel_args(p):
-  p.add_argument("--mesh", metavar="data=D,model=M", default=None,
-                 help="run sharded over a device mesh: batch over 'data', weights over 'model'")
+def _add_parallel_args(p, mesh_help: str = "run sharded over a device mesh: batch over 'data', weights over 'model'"):
+  p.add_argument("--mesh", metavar="data=D,model=M", default=None, help=mesh_help)
   p.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                  help="multi-host: the coordinator's address ('auto': detect a TPU VM or SLURM cluster)")
   p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
@@ -260,9 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--features", default="disk", choices=["disk", "online"],
                  help="disk: the target's features computed once and cached as .npz (default); online: computed by "
                  "the target's forward inside every training step, nothing written (clover, clover2, eagle, eagle3)")
-  t.add_argument("--mesh", metavar="data=D,model=M", default=None,
-                 help="train data-parallel over a device mesh: the batch over 'data'; the target (answers, features) "
-                 "sharded as decoding shards it")
+  _add_parallel_args(t, "train data-parallel over a device mesh: the batch over 'data'; the target (answers, "
+                     "features) sharded as decoding shards it; with --coordinator over several processes")
   _add_model_args(t)
   return parser
 

@@ -68,3 +68,54 @@ def _give_up(timeout: float, waiting_for: str):
     os.write(2, message.encode())
   finally:
     os._exit(2)
+
+
+# ----------------------------------------------------------------------------- after start-up
+# Helpers for work that every process runs together (drafter training across processes): with one process
+# each is trivial and touches nothing of jax.distributed.
+
+def main_process() -> bool:
+  """Whether this is process 0, the one that writes a run's shared outputs (logs, checkpoints' files)."""
+  return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds in any process (every process calls it, and every process gets the same answer)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([bool(flag)]))))
+
+
+def all_processes(flag: bool) -> bool:
+  """Whether `flag` holds in every process (every process calls it)."""
+  return not any_process(not flag)
+
+
+def same_everywhere(value: str) -> bool:
+  """Whether every process holds the same `value` (compared by its SHA-256; every process calls it)."""
+  if jax.process_count() == 1:
+    return True
+  import hashlib
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+  digest = np.frombuffer(hashlib.sha256(value.encode()).digest(), np.uint8)
+  return bool(np.all(multihost_utils.process_allgather(digest) == digest))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier `name`."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def process_dir(base):
+  """A directory of this process's own under `base` (`process-I-of-N`) when there are several processes,
+  else `base`: what each process caches for itself (answers, features) without racing the others."""
+  import pathlib
+  base = pathlib.Path(base)
+  n = jax.process_count()
+  return base if n == 1 else base / f"process-{jax.process_index()}-of-{n}"

@@ -2,6 +2,7 @@
 
     specjax train --drafter medusa --out DIR [--data distill|teacher] [--max-prompts N] [--steps N] [--resume]
                   [--mesh data=D,model=M] [--features disk|online]
+                  [--coordinator HOST:PORT --num-processes N --process-id I]     (on each of N processes)
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
   written; the training positions keep only their small columns (the hidden states are recomputed in each
   training step, data.Deferred) and the held-out ones are kept whole in memory."""
   records = data_lib.training_prompts(prompts_dir)
-  root = data_lib.cache_root() / "train" / target.fingerprint
+  from specjax.parallel import hosts
+  # Across processes each caches its own (they need not share a disk): process-I-of-N below the cache.
+  root = hosts.process_dir(data_lib.cache_root()) / "train" / target.fingerprint
   seq_path = root / f"distill-a{answer_tokens}-p{max_prompt_tokens}.jsonl"
   if sequences_file is not None and not seq_path.exists():
     root.mkdir(parents=True, exist_ok=True)
@@ -71,11 +74,15 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   once, cached as .npz) or "online" (the target's forward inside every training step, nothing written;
   drafters trained on whole sequences only). mesh: train data-parallel over it (default: the target's
   mesh, `specjax.load(..., mesh=...)`, on which distillation and features run sharded too). config: TrainConfig fields (steps, batch, lr, heads, draft_vocab, nodes, ...). Returns
-  (drafter with its weights, summary of the final held-out evaluation)."""
+  (drafter with its weights, summary of the final held-out evaluation).
+  Across processes (jax.distributed started, the target on a mesh spanning them) every process makes the
+  same call with the same `out`, a directory they share; each caches its answers and features in its own
+  directory (hosts.process_dir), process 0 alone logs and writes the drafter."""
   import dataclasses
   import shutil
 
   from specjax.io import checkpoint
+  from specjax.parallel import hosts
   from specjax.train import checks, loop
 
   out = checks.arguments(drafter=drafter, out=out, data=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
@@ -84,10 +91,15 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
                          stop_after=stop_after, max_seconds=max_seconds, features=features, progress=progress, log=log,
                          config=config)
   c = loop.TrainConfig(drafter=drafter, **config).resolved()
+  main = hosts.main_process()
+  progress, log = progress and main, (log if main else (lambda m: None))
   target = checks.against_target(target() if callable(target) else target)
   if overwrite:
-    shutil.rmtree(out)
-    out.mkdir()
+    hosts.barrier("specjax-train-checked")      # every process has checked OUT before process 0 empties it
+    if main:
+      shutil.rmtree(out)
+      out.mkdir()
+    hosts.barrier("specjax-train-overwritten")
   train, held = prepare_data(target, mode=data, max_prompts=max_prompts, heldout_prompts=heldout_prompts,
                              answer_tokens=answer_tokens, prompts_dir=prompts_dir, batch_size=gen_batch,
                              sequences_file=sequences_file, feature_batch_tokens=feature_batch_tokens,
@@ -99,7 +111,10 @@ def train_drafter(target, *, drafter: str = "medusa", out, data: str = "distill"
   training = {"data": data, "prompts": max_prompts, "heldout_prompts": heldout_prompts, "answer_tokens": answer_tokens,
               "features": features, "train_positions": len(train), "heldout_positions": len(held), "config": dataclasses.asdict(c),
               "eval": {k: v for k, v in summary.items() if k != "table"}}
-  path = checkpoint.save_drafter(out / f"{drafter}.safetensors", d, target, training)
-  log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): held-out top1 {[round(x, 3) for x in summary['top1']]}, "
-      f"tau {summary['tau']:.3f} at {summary['tree_nodes']} nodes")
+  path = out / f"{drafter}.safetensors"
+  if main:
+    checkpoint.save_drafter(path, d, target, training)
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): held-out top1 {[round(x, 3) for x in summary['top1']]}, "
+        f"tau {summary['tau']:.3f} at {summary['tree_nodes']} nodes")
+  hosts.barrier("specjax-train-written")        # no process returns before the drafter is written
   return d, summary

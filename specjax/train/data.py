@@ -207,8 +207,15 @@ def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "dis
   `deadline` (time.time()). mode "teacher": the item's own response, tokenized (no generation)."""
   from specjax.program import Program, Settings
 
+  from specjax.parallel import hosts
+
   path.parent.mkdir(parents=True, exist_ok=True)
   done = {r["id"] for r in read_jsonl_prefix(path)}
+  if not hosts.same_everywhere(json.dumps(sorted(done))):
+    # Across processes (each with its own cache, hosts.process_dir) generation runs on all of them together:
+    # they must agree on what is left to do. Caches that disagree (a process stopped mid-write) are made anew.
+    path.write_text("")
+    done = set()
   todo = [it for it in items if it["id"] not in done]
   if mode == "teacher":
     _append_jsonl(path, [{"id": it["id"], "prompt": it["prompt"],
@@ -344,11 +351,13 @@ def fill(graphdef, params, batch):
 
 def _feature_fn(graphdef, capture=(), states: bool = True, place=None, params=None):
   """`forward` jitted; on a mesh (`place`, train/placement.py) with the target's weights as decoding places
-  them and the rows split over "data"."""
+  them and the rows split over "data", the outputs gathered onto every device (replicated): across
+  processes every process then holds all of them, as it holds all of the training data."""
   f = lambda params, seq: forward(graphdef, params, seq, capture, states)
   if place is None:
     return jax.jit(f)
-  return jax.jit(f, in_shardings=(place.target_shardings(params), place.batch_sharding()))
+  return jax.jit(f, in_shardings=(place.target_shardings(params), place.batch_sharding()),
+                 out_shardings=place.lay.sharding())
 
 
 def _holds(f: pathlib.Path, fields) -> bool:
@@ -370,6 +379,7 @@ def features(target, seqs: list[dict], directory: pathlib.Path | None, *, batch_
   and layers are `Deferred`, left to the training step's own target forward; only the small columns
   (top-8, tokens: about 60 bytes a position) are kept. On the target's mesh (api.load(..., mesh=...)) the
   forward runs sharded as decoding does, the rows split over "data"."""
+  from specjax.parallel import hosts
   from specjax.train.placement import placement
 
   if directory is not None:
@@ -377,6 +387,9 @@ def features(target, seqs: list[dict], directory: pathlib.Path | None, *, batch_
   graphdef, params = nnx.split(target.model)
   place = placement(target.mesh, target.cfg)
   fn = _feature_fn(graphdef, tuple(capture), states, place, params)
+  put = (lambda x: x) if place is None else (lambda x: place.put(x, place.batch_sharding()))
+  if place is not None:      # across processes a jitted function takes only arrays already on the mesh
+    params = place.put(params, place.target_shardings(params))
   fields = (_FIELDS + (("layers",) if capture else ())) if states else tuple(k for k in _FIELDS if k != "hidden")
   parts = []
   t0, made = time.perf_counter(), 0
@@ -385,7 +398,8 @@ def features(target, seqs: list[dict], directory: pathlib.Path | None, *, batch_
     # Named by content: a different selection of sequences never reuses a stale shard.
     key = hashlib.sha1(json.dumps([[r["id"], len(r["prompt"]), len(r["answer"])] for r in chunk]).encode()).hexdigest()[:10]
     f = None if directory is None else directory / f"shard_{s // shard_size:05d}_{key}.npz"
-    if f is not None and _holds(f, fields):
+    # Across processes the forward runs on all of them together: a shard is read only where every process has it.
+    if f is not None and hosts.all_processes(_holds(f, fields)):
       with np.load(f, allow_pickle=False) as z:
         parts.append({k: z[k] for k in fields})
       continue
@@ -409,7 +423,7 @@ def features(target, seqs: list[dict], directory: pathlib.Path | None, *, batch_
       for b, r in enumerate(rows):
         ids = r["prompt"] + r["answer"]
         arr[b, :len(ids)] = ids
-      hid, ids, p, lay = jax.device_get(fn(params, jnp.asarray(arr)))
+      hid, ids, p, lay = jax.device_get(fn(params, put(jnp.asarray(arr))))
       for b, r in enumerate(rows):
         a, n = (0 if full else len(r["prompt"]) - 1), len(r["prompt"]) + len(r["answer"])
         if states:

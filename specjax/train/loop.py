@@ -138,20 +138,27 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, mesh=None, st
   inside each step. stop_after: return after that many steps of this call (what a crash after a
   checkpoint leaves). max_seconds: stop early once this call has trained that long (a lent
   accelerator's time box), checkpointing and evaluating where it stopped; the learning-rate schedule
-  stays that of `steps`, so rerunning without it continues the same run."""
+  stays that of `steps`, so rerunning without it continues the same run.
+  Across processes (jax.distributed, a mesh spanning them) every process calls fit with the same data and
+  `out` (a directory they share); process 0 writes settings.json and log.jsonl, orbax the checkpoints."""
   import orbax.checkpoint as ocp
   from tqdm import tqdm
 
+  from specjax.parallel import hosts
   from specjax.train.placement import placement
 
   c = c.resolved()
+  main = hosts.main_process()
+  progress, log = progress and main, (log if main else (lambda m: None))     # process 0 speaks for all
   out = pathlib.Path(out).resolve()
   out.mkdir(parents=True, exist_ok=True)
   settings = out / "settings.json"
   mine = json.dumps(dataclasses.asdict(c), sort_keys=True)
   if settings.exists() and settings.read_text() != mine:
     raise ValueError(f"{out} holds a training run with other settings ({settings}); use another --out or --overwrite")
-  settings.write_text(mine)
+  hosts.barrier("specjax-train-settings")      # every process has read settings.json before it is written
+  if main:
+    settings.write_text(mine)
 
   place = placement(target.mesh if mesh is None else mesh, target.cfg)
   if place is not None:
@@ -183,7 +190,8 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, mesh=None, st
     params, opt_state, loss, acc = step(params, opt_state, batch, consts, tparams)
     seen += c.batch
     done = s + 1
-    if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < end:
+    # Agreed by every process: none leaves the loop (and its collectives) alone.
+    if max_seconds is not None and hosts.any_process(time.perf_counter() - t0 > max_seconds) and done < end:
       log(f"stopping at step {done} of {c.steps}: --max-seconds {max_seconds:g} reached")
       end = cut = done
     if done % 20 == 0 or done == end:
@@ -196,10 +204,11 @@ def fit(target, train, held, c: TrainConfig, out: pathlib.Path, *, mesh=None, st
       summary = recipe.summarize(params)
       row = {"step": done, "loss": float(loss), "top1": summary["top1"], "top5": summary["top5"], "tau": summary["tau"],
              "tau_by_nodes": summary["tau_by_nodes"], "wall_s": time.perf_counter() - t0}
-      with open(log_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-      bar.write(f"step {done}: held-out top1 {['%.3f' % x for x in summary['top1']]} "
-                f"top5 {['%.3f' % x for x in summary['top5']]} tau({summary['tree_nodes']} nodes) {summary['tau']:.3f}")
+      if main:
+        with open(log_path, "a") as f:
+          f.write(json.dumps(row) + "\n")
+        bar.write(f"step {done}: held-out top1 {['%.3f' % x for x in summary['top1']]} "
+                  f"top5 {['%.3f' % x for x in summary['top5']]} tau({summary['tree_nodes']} nodes) {summary['tau']:.3f}")
   mngr.wait_until_finished()
   if summary is None:
     summary = recipe.summarize(params)
