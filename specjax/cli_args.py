@@ -105,7 +105,7 @@ def parse_options(items, *, qualified: bool) -> dict:
     if not sep or not key:
       raise ValueError(f"drafter option {item!r} is not {'DRAFTER.KEY' if qualified else 'KEY'}=VALUE")
     if qualified:
-      name, dot, opt = key.partition(".")
+      name, dot, opt = key.rpartition(".")        # the last dot: NAME:PATH names hold dots, option keys none
       if not dot or not name or not opt:
         raise ValueError(f"drafter option {item!r} is not DRAFTER.KEY=VALUE (e.g. pld.num_tokens=8)")
       out.setdefault(name, {})[opt] = option_value(value)

@@ -152,3 +152,12 @@ def test_wrong_argument_types_name_the_argument(tiny, call, match):
   with pytest.raises((TypeError, ValueError), match=match) as e:
     call(tiny)
   assert "\n" not in str(e.value)
+
+
+def test_bench_options_name_a_checkpoint_path_with_dots():
+  """-O DRAFTER.KEY=VALUE where DRAFTER is NAME:PATH (a .safetensors path has dots; option keys have none)."""
+  from specjax.cli_args import parse_options
+  got = parse_options(["cerberus:runs/v1.2/cerberus.safetensors.gate=0", "self-spec:4.gamma=1", "pld.num_tokens=8"],
+                      qualified=True)
+  assert got == {"cerberus:runs/v1.2/cerberus.safetensors": {"gate": 0}, "self-spec:4": {"gamma": 1},
+                 "pld": {"num_tokens": 8}}
