@@ -209,6 +209,13 @@ class Drafter:
     return tuple((dict(zip(self.budget_keys, map(int, key.split("/")))), float(tau))
                  for key, tau in self.heldout_tau if len(key.split("/")) == len(self.budget_keys))
 
+  def gated(self, cost_ratio: float) -> "Drafter | None":
+    """For drafters that decide at each step whether to draft at all (Cerberus's gate): this drafter deciding
+    for a machine where a drafting step costs `cost_ratio` plain steps (tree_budget="auto" measures it; 1.0:
+    draft at every step, how the drafting step is timed). None: no per-step decision, or nothing measured to
+    decide by."""
+    return None
+
   def validate(self) -> None:
     """Raises ValueError on invalid options, before anything is compiled. Overrides call
     check_option_types(self) first."""

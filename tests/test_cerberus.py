@@ -1,6 +1,8 @@
 """Cerberus: each head reads the previous head's state, the gate turns rows into plain autoregressive steps
 losslessly, and training lowers the loss and fits the gate. (Greedy equality at batch 1 and 4 with the default
 gate, the checkpoint round trip and wrong-target refusal: test_drafter_contract.py; sampling: test_sampling.py.)"""
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,6 +55,46 @@ def test_gate_makes_lossless_autoregressive_steps():
   assert tau[4, 0.0] > tau[4, 0.5] > 1.0
 
 
+def test_auto_sets_the_gate_from_measured_step_costs(tmp_path, monkeypatch):
+  """tree_budget="auto" times a drafting and a plain step and drafts where the gate's p >= (cost ratio - 1) / G,
+  G = (held-out tau - 1) / hit rate: the dearer a draft, the higher the threshold, never drafting past 1; the
+  output stays plain decoding's."""
+  d = dataclasses.replace(Cerberus(nodes=4), heldout_tau=(("4", 1.7),), hit_rate=0.4)
+  assert d.gated(1.0).gate == 0.0 and d.gated(2.0).gate == pytest.approx(1.0 / 1.75, abs=1e-4)
+  assert d.gated(3.0).gate > 1.0
+  assert dataclasses.replace(d, hit_rate=0.0).gated(2.0) is None and medusa.Medusa().gated(2.0) is None
+  monkeypatch.setenv("SPECJAX_COST_CACHE", str(tmp_path / "costs.json"))
+  t = tiny_target(seed=1, scale=8.0, eos_id=17)
+  u = dataclasses.replace(Cerberus.untrained(t, seed=4, nodes=6, gate_bias=0.0), heldout_tau=(("6", 1.6),),
+                          hit_rate=0.5)
+  g = specjax.generate(t, PROMPTS, max_new_tokens=16, drafter=u, tree_budget="auto")
+  assert g.token_ids == specjax.generate(t, PROMPTS, max_new_tokens=16).token_ids
+  assert g.drafter == "cerberus"
+  assert g.budget == f"nodes=6,gate={u.gated(g.budget_ms['nodes=6'] / g.budget_ms['none']).gate:g}"
+
+
+def test_a_row_whose_drafts_fail_stops_drafting():
+  """With a recorded hit worth (gain), each row weighs the gate's p by what its own drafts accepted: nothing seen
+  is the plain rule p >= gate, failures raise the row's threshold, successes lower it; 0 still always drafts. On a
+  tiny target whose random heads are rarely right but claimed worth 9 tokens a hit, the rows soon stop drafting
+  (tau falls to near 1 against the uncorrected gate's) and the output stays plain decoding's."""
+  p = jnp.asarray([0.3, 0.3, 0.3, 0.3, 0.9])
+  seen = jnp.asarray([[0.0, 0.0], [3.0, 0.0], [3.0, 9.0], [3.0, 0.0], [40.0, 0.0]])
+  assert cerberus.drafts(p, seen, 0.25, 2.0).tolist() == [True, False, True, False, False]
+  assert cerberus.drafts(p, seen, 0.0, 2.0).all() and not cerberus.drafts(p, seen * 0, 1.5, 2.0).any()
+  t = tiny_target(seed=1, scale=8.0, eos_id=17)
+  u = dataclasses.replace(Cerberus.untrained(t, seed=4, nodes=6, gate_bias=4.0, gate=0.5), hit_rate=0.2,
+                          heldout_tau=(("6", 2.8),))
+  assert u.gain() == pytest.approx(9.0)
+  base = specjax.generate(t, PROMPTS, max_new_tokens=24)
+  tau = {}
+  for name, d in (("corrected", u), ("gate alone", dataclasses.replace(u, hit_rate=0.0))):
+    g = specjax.generate(t, PROMPTS, max_new_tokens=24, drafter=d)
+    assert g.token_ids == base.token_ids, name
+    tau[name] = sum(g.new_tokens) / sum(g.target_forwards)
+  assert 1.0 <= tau["corrected"] < tau["gate alone"] - 0.1, tau
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tiny_distilled):
   """The tiny target and features of its own answers (train, held-out), as test_train.py's."""
@@ -79,5 +121,6 @@ def test_training_lowers_the_loss_and_fits_the_gate(tiny_data, tmp_path):
   gate = summary["gate"]
   assert gate["accuracy"] > 0.55 and 1.0 <= gate["tau_gated"] <= gate["tau_always"]
   assert float(jnp.abs(p["gate_w"]).max()) > 0          # the gate was trained
+  assert d.hit_rate == round(summary["top1"][0], 4) > 0  # what tree_budget="auto" sets its threshold by
   base = specjax.generate(t, PROMPTS, max_new_tokens=30)
   assert specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d).token_ids == base.token_ids

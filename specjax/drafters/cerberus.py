@@ -14,7 +14,10 @@ accepted position (what training features store, so decoding and training read t
 when sigmoid(z) >= `gate`; a row that does not proposes nothing beyond the root (every candidate's parent -1),
 so its step is a plain autoregressive one. When no row drafts, the heads are not run (lax.cond) and the engine
 verifies the root alone (a one-token forward, engine/decode.py `_verify`). `gate=0` always drafts (the heads
-alone); a gate above 1 never does.
+alone); a gate above 1 never does. Where the checkpoint recorded what a head-0 hit was worth on its held-out
+prompts, each row also weighs the gate's p by what its own drafts have accepted (`drafts`): the gate is calibrated
+on the training prompts and over-trusts itself on others (Spec-Bench's translation and summaries, BENCHMARKS.md),
+so a row whose drafts keep failing raises its own threshold until it stops drafting.
 
 What follows the paper: heads whose ResBlocks take [own state, previous head's state], the adaptive choice
 per step between parallel drafting and an autoregressive step driven by the model's confidence (the paper
@@ -22,7 +25,8 @@ gates on an entropy of the last position's prediction). Reconstructed (no public
 block wiring across layers, the gate as a learned logistic classifier over the normed hidden state and the
 top-8 entropy rather than a fixed entropy threshold, its label (whether head 0's top-1 is the target's next
 token: whether drafting would have been accepted at all; train/cerberus.py), and the tree (Medusa's static
-tree; the paper uses Medusa's tree too).
+tree; the paper uses Medusa's tree too). Added: the threshold from measured step costs (`gated`) and the
+per-row correction by the row's own record (`drafts`).
 """
 from __future__ import annotations
 
@@ -35,10 +39,14 @@ from flax import nnx
 
 from specjax import numerics
 from specjax.drafters import medusa
-from specjax.protocol import BUDGET, Context, Models, Prefill, Step
+from specjax.protocol import BUDGET, NOT_OPTION, Context, Models, Prefill, Step
 
 TOP = 8        # the target probabilities the gate's entropy reads (train/data.py keeps the same top-8)
 GATE = 0.25    # the default threshold (see Cerberus.gate)
+# The training calibration's weight in a row's estimate of what a hit is worth, in units of the gate's p summed
+# over the row's drafted steps: about one step at p 0.5, so a row whose drafts fail stops after 2-3 of them. At 2
+# (about 5 steps) the exploring drafts cost 3-8% against never drafting on Spec-Bench (BENCHMARKS.md).
+PRIOR = 0.5
 
 
 class CerberusHeads(nnx.Module):
@@ -80,6 +88,15 @@ def gate_logit(p, hn, ent):
   return numerics.dot(hn.astype(jnp.float32), p["gate_w"]) + p["gate_ab"][0] * ent + p["gate_ab"][1]
 
 
+def drafts(p, seen, gate, gain):
+  """The gate's decision with the row's own record: p [B] the gate's probability that head 0 is right; seen
+  [B, 2] (summed p, summed accepted candidates) over the row's drafted steps; gain the tokens a head-0 hit was
+  worth at training. A drafted step is expected to add p G tokens, G the row's estimate of a hit's worth
+  (gain weighed PRIOR against what its drafts accepted); it drafts when p G >= gate gain, i.e. when p clears
+  `gate` rescaled by G / gain. With nothing seen this is p >= gate; a row whose drafts keep failing stops."""
+  return p * (PRIOR * gain + seen[:, 1]) >= gate * gain * (PRIOR + seen[:, 0])
+
+
 def top_entropy(probs):
   """probs [..., TOP] the target's most likely next-token probabilities (not renormalised) -> [...] -sum p log p."""
   p = probs.astype(jnp.float32)
@@ -94,12 +111,16 @@ def logits_entropy(logits):
 @dataclasses.dataclass(frozen=True)
 class Cerberus(medusa.Medusa):
   # Draft when the gate's probability (that head 0's top-1 is accepted) is at least this: 0 always drafts,
-  # above 1 never. A decoding choice: drafting pays when it adds more tokens than the wider verify costs, and
-  # a 5-node verify costs about 1.2x a one-token step on the 2-core CPUs (eagle.py), so about 0.2 there and
-  # lower on accelerators. Not yet measured for a trained gate (no checkpoint is shipped).
+  # above 1 never. Drafting pays when it adds more tokens than the wider verify costs, which depends on the
+  # machine: tree_budget="auto" measures both steps and sets it (`gated`); this constant is for fixed budgets.
   gate: float = dataclasses.field(default=GATE, metadata=BUDGET)
+  # Held-out share of positions where head 0's top-1 is the target's next token (recorded at training; 0:
+  # unknown). With the held-out tau it gives the tokens a hit is worth, which `gated` weighs against cost.
+  hit_rate: float = dataclasses.field(default=0.0, metadata=NOT_OPTION)
   name = "cerberus"
-  state_axes = {"h": ("batch",), "ent": ("batch",), "w": ()}
+  # h, ent, w as Medusa's and the gate's entropy; p [B] the gate's p where the row drafted this step, else -1;
+  # seen [B, 2] the row's record over its drafted steps (`drafts`)
+  state_axes = {"h": ("batch",), "ent": ("batch",), "w": (), "p": ("batch",), "seen": ("batch",)}
 
   def validate(self):
     super().validate()
@@ -110,14 +131,33 @@ class Cerberus(medusa.Medusa):
     return CerberusHeads(hidden=self.hidden, heads=self.heads, layers=self.layers,
                          vocab=np.zeros(self.draft_vocab, np.int32))
 
+  def gated(self, cost_ratio):
+    """The threshold where a draft's expected tokens pay its cost: a step that drafts makes 1 + p G tokens
+    for cost_ratio plain steps' time, G = (held-out tau at this budget - 1) / hit_rate the tokens a head-0 hit
+    is worth (the gate's p is trained to be that hit's probability), so draft when p >= (cost_ratio - 1) / G.
+    Above 1: never (the heads are then skipped, so a step costs what plain decoding's does)."""
+    gain = self.gain()
+    return None if gain is None else dataclasses.replace(self, gate=round(max(0.0, (cost_ratio - 1) / gain), 4))
+
+  def gain(self):
+    """The tokens a head-0 hit was worth on the held-out training prompts, (tau at this budget - 1) / hit_rate;
+    None where the checkpoint did not record them (then the gate decides by p alone)."""
+    tau = dict((tuple(o.items()), t) for o, t in self.budgets()).get((("nodes", self.nodes),))
+    return None if not tau or tau <= 1 or self.hit_rate <= 0 else (tau - 1) / self.hit_rate
+
   # ---------------------------------------------------------------- decoding
   def init(self, m: Models, ctx: Context, prefill: Prefill):
     state = super().init(m, ctx, prefill)
     # The target's distribution at the last prompt position: one head projection, once.
-    return dict(state, ent=logits_entropy(m.target.head(state["h"])))
+    B = state["h"].shape[0]
+    return dict(state, ent=logits_entropy(m.target.head(state["h"])), p=jnp.full((B,), -1.0, jnp.float32),
+                seen=jnp.zeros((B, 2), jnp.float32))
 
   def propose(self, m: Models, state, ctx: Context):
-    go = jax.nn.sigmoid(m.drafter.gate(state["h"], state["ent"])) >= self.gate        # [B]
+    p = jax.nn.sigmoid(m.drafter.gate(state["h"], state["ent"]))                         # [B]
+    gain = self.gain()
+    go = p >= self.gate if gain is None else drafts(p, state["seen"], self.gate, gain)
+    state = dict(state, p=jnp.where(go, p, -1.0))
     vocab = m.drafter.vocab[...] if self.draft_vocab else None
     T = self.shape.size
 
@@ -132,7 +172,10 @@ class Cerberus(medusa.Medusa):
   def update(self, m: Models, state, ctx: Context, step: Step):
     last = step.acceptance.last_node()
     logits = jnp.take_along_axis(step.logits, last[:, None, None], 1)[:, 0]
-    return dict(super().update(m, state, ctx, step), ent=logits_entropy(logits))
+    # The gate's prediction on a drafted step against what the step accepted: the row's record (`drafts`).
+    went = (state["p"] >= 0)[:, None]
+    seen = state["seen"] + jnp.where(went, jnp.stack([state["p"], step.acceptance.n.astype(jnp.float32)], -1), 0.0)
+    return dict(super().update(m, state, ctx, step), ent=logits_entropy(logits), seen=seen)
 
   # ---------------------------------------------------------------- construction
   @classmethod

@@ -29,12 +29,14 @@ def learn(target, user, budget: str, batch: int, res) -> None:
 def choose(program, ids, settings, steps: int = 6, rounds: int = 3):
   """(prepared call, budget label, {label: step ms}) of the budget that budget.choose picks from the
   settings' drafter's candidates, each candidate's step cost measured here (at this batch size, buffer
-  length and mesh) or read from budget.CostCache.
+  length and mesh) or read from budget.CostCache. A drafter with a per-step gate (Drafter.gated) runs gated,
+  its threshold set by the measured costs ("nodes=4,gate=0.57").
 
   A step's cost: the fastest of `rounds` runs of 1 + k loop steps minus the fastest of `rounds` runs of
   one step (prefill and dispatch cancel), over k; the candidates measured together take turns, so a
   burst of load elsewhere on the machine does not fall on one of them only."""
-  target, full = program.target, settings.drafter
+  target, user = program.target, settings.drafter
+  full = user.gated(1.0) or user      # a per-step gate (Cerberus) is timed drafting at every step
   cache = budget_lib.CostCache()
   B = len(ids)
   machine = (budget_lib.machine_key(), target.fingerprint, str(np.dtype(target.model.dtype)),
@@ -73,5 +75,12 @@ def choose(program, ids, settings, steps: int = 6, rounds: int = 3):
     return out
 
   gain = budget_lib.observed_gain((target.fingerprint, repr(dataclasses.replace(full, params=None))), B)
-  choice, ms = budget_lib.choose(budget_lib.candidates(full, gain), measure)
+  cands = budget_lib.candidates(full, gain)
+  choice, ms = budget_lib.choose(cands, measure)
+  if full is not user:
+    # The gate decides each step: at the chosen budget (the fixed one where plain decoding won on average, as
+    # some steps may still pay), its threshold from that drafting step's measured cost over a plain step's.
+    at = choice if choice.options is not None else next(c for c in cands if c.options == ())
+    d = dataclasses.replace(user, **dict(at.options)).gated(ms[at.label] / ms["none"])
+    return program.prepare(ids, settings, drafter=d), f"{at.label},gate={d.gate:g}", ms
   return prepared[choice], "none" if choice.options is None else choice.label, ms

@@ -12,6 +12,8 @@ commits one token).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +74,10 @@ class CerberusRecipe(MedusaRecipe):
     return out
 
   DRAFTER, HEADS = cerberus.Cerberus, cerberus.CerberusHeads
+
+  def drafter(self, p, summary):
+    # What tree_budget="auto" sets the gate's threshold by (Cerberus.gated): head 0's held-out top-1.
+    return dataclasses.replace(super().drafter(p, summary), hit_rate=round(float(summary["top1"][0]), 4))
 
 
 RECIPE = CerberusRecipe     # what `specjax train --drafter cerberus` runs (loop.RECIPES)
