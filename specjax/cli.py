@@ -176,7 +176,7 @@ def cmd_bench(a) -> int:
                   per_category=a.per_category, batch_size=a.batch_size, temperature=a.temperature, seed=a.seed,
                   chat=not a.no_chat, peers=peers, drafter_options=parse_options(a.drafter_option, qualified=True),
                   progress=not a.no_progress, command=["specjax", *sys.argv[1:]] if a.argv is None else
-                  ["specjax", *a.argv], tree_budget=a.tree_budget)
+                  ["specjax", *a.argv], tree_budget=a.tree_budget, repeats=a.repeats)
   import pathlib
   out = pathlib.Path(a.out)
   print((out / "results.md").read_text(encoding="utf-8"))

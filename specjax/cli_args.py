@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--limit", type=_positive_int, default=None, help="the first K prompts")
   b.add_argument("--per-category", type=_positive_int, default=None, help="up to K prompts per category group")
   b.add_argument("--batch-size", type=_positive_int, default=1)
+  b.add_argument("--repeats", type=_positive_int, default=1,
+                 help="time each drafter call K times back to back and keep the fastest (machines whose speed wanders)")
   b.add_argument("--temperature", type=float, default=0.0)
   b.add_argument("--seed", type=int, default=0)
   b.add_argument("--peers", default="", help="comma-separated peers: hf (transformers greedy and prompt lookup), llamacpp "

@@ -4,6 +4,8 @@ Runs on tiny random targets (specjax.testing.tiny_target, and a tiny transformer
 directory for `--peers hf`), with Spec-Bench-like JSONL files written to tmp_path."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -202,6 +204,24 @@ def test_resume_refuses_other_settings(prompts_file, tmp_path, tiny_chat):
   rows[0]["turns"][0] = "t5 t5 t5"
   with pytest.raises(ValueError, match="differs"):
     run_bench(write_jsonl(tmp_path / "other.jsonl", rows), max_new_tokens=4, **kw)
+
+
+def test_repeats_keep_the_fastest_call(prompts_file, tmp_path, tiny_chat, monkeypatch):
+  """--repeats K: each drafter call runs K times back to back and the record keeps the fastest; the setting is
+  part of the records' settings (a resume with another K is refused) and a repeat with other tokens stops the run."""
+  real, walls = Program.generate, itertools.cycle([5.0, 1.0, 3.0])
+  monkeypatch.setattr(Program, "generate", lambda self, *a, **k: dataclasses.replace(real(self, *a, **k), wall_s=next(walls)))
+  kw = dict(out=tmp_path / "o", drafters=["pld"], target=tiny_chat, max_new_tokens=6, limit=2, progress=False)
+  res = run_bench(prompts_file, repeats=3, **kw)
+  assert [r["wall_s"] for r in res["records"]] == [1.0] * 4 and res["config"]["repeats"] == 3
+  assert "the fastest of 3 runs of each call" in (tmp_path / "o" / "results.md").read_text()
+  with pytest.raises(ValueError, match="repeats"):
+    run_bench(prompts_file, repeats=1, **{**kw, "limit": 3})
+  flip = itertools.count()
+  monkeypatch.setattr(Program, "generate", lambda self, *a, **k: (lambda g: g if next(flip) % 2 else dataclasses.replace(
+      g, token_ids=[t + [0] for t in g.token_ids]))(real(self, *a, **k)))
+  with pytest.raises(RuntimeError, match="other tokens"):
+    run_bench(prompts_file, repeats=2, **{**kw, "out": tmp_path / "p"})
 
 
 def test_sampling_has_no_identical_counts(prompts_file, tmp_path, tiny_chat):

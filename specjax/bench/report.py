@@ -56,7 +56,8 @@ def write_markdown(path: pathlib.Path, results: dict):
   lines = ["# specjax bench", "",
            f"Model `{cfg['model']}` ({cfg['dtype']}), {cfg['prompts_selected']} prompts from "
            f"`{cfg['prompts_file']}`, max_new_tokens {cfg['max_new_tokens']}, temperature {cfg['temperature']}, "
-           f"batch size {cfg['batch_size']}. Machine: {mach.get('processor') or '?'}, {mach['platform']}, {mach['cpu_count']} CPUs, "
+           f"batch size {cfg['batch_size']}"
+           f"{'' if cfg.get('repeats', 1) == 1 else ', the fastest of ' + str(cfg['repeats']) + ' runs of each call'}. Machine: {mach.get('processor') or '?'}, {mach['platform']}, {mach['cpu_count']} CPUs, "
            f"JAX {mach['jax']} ({mach['backend']}), load average {mach.get('loadavg_start')} at the start, "
            f"{mach.get('loadavg_end')} at the end (other processes skew timings).", ""]
   errors = results.get("errors") or {}

@@ -67,7 +67,8 @@ def _is_record(r: dict) -> bool:
 
 
 def _check_settings(old: dict, settings: dict, method: str, path: pathlib.Path):
-  diff = settings_io.differences(old if isinstance(old, dict) else {}, settings)
+  # Records made before --repeats existed were timed once.
+  diff = settings_io.differences({"repeats": 1, **old} if isinstance(old, dict) else {}, settings)
   if diff:
     raise ValueError(f"{path} holds {method!r} records measured with other settings ({'; '.join(diff)}); "
                      "use another --out directory or delete that file")
@@ -113,7 +114,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
               dtype="float32", max_new_tokens: int = 256, limit: int | None = None,
               per_category: int | None = None, batch_size: int = 1, temperature: float = 0.0, seed: int = 0,
               chat: bool = True, peers=(), drafter_options: dict | None = None, progress: bool = True,
-              command: list[str] | None = None, tree_budget: str | None = None, precision: str = "exact") -> dict:
+              command: list[str] | None = None, tree_budget: str | None = None, precision: str = "exact",
+              repeats: int = 1) -> dict:
   """Runs (or resumes) a benchmark and writes OUT/{records.jsonl, results.json, results.md, speedup.png}.
 
   prompts: a JSONL path or a list of `Prompt`. target: a loaded `specjax.io.Target`, a zero-argument
@@ -121,8 +123,10 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   in `dtype` and `precision` ("exact" or "fast", specjax/numerics.py; a given target keeps its own). A target
   loaded on a mesh (specjax.load(..., mesh=...)) runs every method sharded. drafter_options: {drafter name:
   {option: value}}. tree_budget: "auto" sizes every drafter's tree to the batch (specjax.budget); the baseline
-  is plain decoding either way. Returns the results dict."""
+  is plain decoding either way. repeats: each drafter call (the baseline's included) run that many times back
+  to back and the fastest kept, for machines whose speed wanders (peers run once). Returns the results dict."""
   batch_size = positive_int(batch_size, "batch_size")
+  repeats = positive_int(repeats, "repeats")
   plan = make_plan(prompts, drafters=drafters, limit=limit, per_category=per_category, peers=peers,
                    drafter_options=drafter_options, max_new_tokens=max_new_tokens, temperature=temperature,
                    seed=seed, chat=chat, tree_budget=tree_budget)
@@ -146,7 +150,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
   for d in plan.drafters:        # context overflows and bad settings surface now, not hours in
     program.prepare([longest], plan.settings[d])
 
-  settings_for = _settings_for(plan, _base_settings(target, dtype, base), batch_size)
+  settings_for = _settings_for(plan, {**_base_settings(target, dtype, base), "repeats": repeats}, batch_size)
   rec_path = out / RECORDS
   records = load_records(rec_path)
   by_sha = {str(p.id): _prompt_sha(ids[str(p.id)]) for p in selected}
@@ -162,7 +166,7 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
 
   load_start = loadavg()
   measure(program, plan, peers_, work, ids, records, lambda r: dict(settings=settings_for(r["method"]),
-          prompt_sha=by_sha[str(r["id"])]), rec_path, progress)
+          prompt_sha=by_sha[str(r["id"])]), rec_path, progress, repeats)
   config = {"command": command, "prompts_file": str(prompts) if not isinstance(prompts, list) else None,
             "prompts_total": plan.prompts_total, "prompts_selected": len(selected), "limit": limit,
             "per_category": per_category, "drafters": plan.drafters, "peers": plan.peers,
@@ -170,7 +174,8 @@ def run_bench(prompts, *, out, drafters=("none", "pld", "lookahead"), target=Non
             "hf_prompt_lookup": {"prompt_lookup_num_tokens": plan.lookup[0], "max_matching_ngram_size": plan.lookup[1]}
             if plan.peers else None,
             "model": model_name, "dtype": str(dtype), "max_new_tokens": base.max_new_tokens,
-            "batch_size": batch_size, "temperature": base.temperature, "seed": base.seed, "chat": bool(chat),
+            "batch_size": batch_size, "repeats": repeats, "temperature": base.temperature, "seed": base.seed,
+            "chat": bool(chat),
             "tree_budget": plan.tree_budget,
             "mesh": None if target.mesh is None else dict(target.mesh.shape), "precision": target.precision,
             "greedy": base.temperature == 0}
