@@ -45,7 +45,7 @@ TOP = 8        # the target probabilities the gate's entropy reads (train/data.p
 GATE = 0.25    # the default threshold (see Cerberus.gate)
 # The training calibration's weight in a row's estimate of what a hit is worth, in units of the gate's p summed
 # over the row's drafted steps: about one step at p 0.5, so a row whose drafts fail stops after 2-3 of them. At 2
-# (about 5 steps) the exploring drafts cost 3-8% against never drafting on Spec-Bench (BENCHMARKS.md).
+# (about 5 steps) the exploring drafts cost 0.03-0.09x against never drafting on Spec-Bench (BENCHMARKS.md).
 PRIOR = 0.5
 
 
