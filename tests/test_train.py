@@ -98,3 +98,30 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
   wide = tiny_target(seed=1, scale=8.0, hidden=48, heads=6, kv_heads=2)
   with pytest.raises(ValueError, match="trained for another target"):
     specjax.generate(wide, [[1, 2, 3]], max_new_tokens=4, drafter=f"medusa:{path}")
+
+
+def test_features_reuse_more_captured_layers_only_where_the_exact_ones_are_missing(tmp_path, monkeypatch):
+  """A run asking for fewer captured layers reads a run's features with more of them, unless its own exact
+  features exist: those win (smaller, and the superset may be another run's, still being written)."""
+  import json
+
+  from specjax.train import prepare_data
+  monkeypatch.setenv("SPECJAX_CACHE", str(tmp_path / "cache"))
+  t = tiny_target(seed=0, scale=10.0)
+  t.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+  rng = np.random.default_rng(0)
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": " ".join(f"t{x}" for x in rng.integers(2, 60, 5))})
+                             + "\n" for i in range(120)))
+  kw = dict(max_prompts=6, heldout_prompts=1, answer_tokens=4, prompts_dir=prompts, batch_size=8, progress=False)
+  wide, _ = prepare_data(t, capture=(0, 1), **kw)
+  root = next((tmp_path / "cache" / "train").iterdir())
+  names = lambda: sorted(d.name for d in root.glob("features*"))
+  assert names() == ["features-full-layers0-1-distill-a4-p256"]
+  narrow, _ = prepare_data(t, capture=(1,), **kw)                        # reused: no new directory
+  assert names() == ["features-full-layers0-1-distill-a4-p256"]
+  np.testing.assert_array_equal(np.asarray(narrow.layers), np.asarray(wide.layers)[:, [1]])
+  exact = root / "features-full-layers1-distill-a4-p256"
+  exact.mkdir()
+  prepare_data(t, capture=(1,), **kw)
+  assert list((exact / "train").glob("shard_*.npz"))                     # its own features, made there

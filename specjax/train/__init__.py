@@ -45,10 +45,11 @@ def prepare_data(target, *, mode: str = "distill", max_prompts: int = 2000, held
       continue
     kind = ("-full" if full else "") + ("-layers" + "-".join(map(str, capture)) if capture else "")
     where = root / f"features{kind}-{tag}"
-    # Features made with more captured layers hold everything asked for: reuse them, keeping the columns asked for.
+    # Features made with more captured layers hold everything asked for: reuse them, keeping the columns asked for,
+    # unless these exact ones exist (smaller to read, and a superset may still be being written by another run).
     base = "-full" if full else ""
     have = tuple(capture)
-    for d in sorted(root.glob(f"features{base}-layers*-{tag}")):
+    for d in [] if where.exists() else sorted(root.glob(f"features{base}-layers*-{tag}")):
       layers = tuple(int(x) for x in d.name[len(f"features{base}-layers"):-len(f"-{tag}")].split("-"))
       if set(capture) <= set(layers):
         where, have = d, layers

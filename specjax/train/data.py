@@ -438,7 +438,7 @@ def features(target, seqs: list[dict], directory: pathlib.Path | None, *, batch_
         made += n - a
     part = {k: np.concatenate(v) for k, v in cols.items()}
     if f is not None:
-      tmp = f.with_suffix(".tmp.npz")
+      tmp = f.with_suffix(f".{os.getpid()}.tmp.npz")     # per process: two runs making one shard never mix bytes
       np.savez(tmp, **part)
       os.replace(tmp, f)
     parts.append(part)
