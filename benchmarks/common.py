@@ -137,7 +137,8 @@ def draft_ms(t, d, ctx=256, S=512):
 
   D = d.max_depth
   T = d.num_nodes
-  step = Step(None, None, jnp.ones((1, T, H), jnp.float32), {i: jnp.ones((1, T, H), jnp.float32) for i in d.capture},
+  # Logits too: some drafters' update reads them (Cerberus's gate entropy).
+  step = Step(None, jnp.zeros((1, T, t.cfg.vocab), jnp.float32), jnp.ones((1, T, H), jnp.float32), {i: jnp.ones((1, T, H), jnp.float32) for i in d.capture},
               Acceptance(jnp.arange(D + 1)[None].astype(jnp.int32), jnp.full((1,), D, jnp.int32), jnp.zeros(1, jnp.int32)),
               jnp.full((1,), D + 1, jnp.int32))
   c2 = Context(tokens, jnp.full((1,), ctx + D + 1), c.prompt_len, c.done)

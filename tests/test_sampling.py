@@ -221,8 +221,10 @@ def make_drafter(name, target):
     return Eagle3.untrained(target, seed=1, depth=3, top_k=3, nodes=6, draft_vocab=8), {}
   if name == "parallelspec":
     return ParallelSpec.untrained(target, seed=1, depth=3, nodes=6, draft_vocab=8), {}
-  if name == "cerberus":             # a gate that stops about half the rows: drafted and autoregressive steps mix
-    return Cerberus.untrained(target, seed=1, nodes=6, draft_vocab=8, gate_bias=0.0), {}
+  if name == "cerberus":             # a gate that stops about half the rows, corrected by each row's record (a
+    # recorded hit worth turns `cerberus.drafts` on): drafted and autoregressive steps mix
+    d = Cerberus.untrained(target, seed=1, nodes=6, draft_vocab=8, gate_bias=0.0)
+    return dataclasses.replace(d, heldout_tau=(("6", 2.0),), hit_rate=0.5), {}
   if name == "self-spec":
     return SelfSpec(exit_layer=1, gamma=2, width=2), {}
   if name == "staged":
