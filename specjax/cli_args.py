@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "states (default, as the public trainers) or the stored top-8 probabilities (the earlier recipe)")
   t.add_argument("--own-head", action=argparse.BooleanOptionalAction, default=None,
                  help="eagle3: train its own draft-vocabulary head, started from the target's rows (default), "
-                 "or score with the target's frozen rows (--no-own-head)")
+                 "or score with the target's frozen rows (--no-own-head); parallelspec: on EAGLE-3's host (fused "
+                 "captured layers, its own head, cross-entropy only; default) or on EAGLE-1's (--no-own-head)")
   t.add_argument("--draft-vocab", type=int, default=4096, help="0: the full vocabulary")
   t.add_argument("--nodes", type=_positive_int, default=12, help="tree budget stored with the checkpoint")
   t.add_argument("--exit-layer", type=_positive_int, default=None, metavar="K",

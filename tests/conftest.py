@@ -44,3 +44,15 @@ def tiny_full(tiny_distilled):
   train = data_lib.features(t, seqs[:32], d / "full-train", shard_size=8, full=True, progress=False)
   held = data_lib.features(t, seqs[32:], d / "full-held", shard_size=8, full=True, progress=False)
   return t, train, held
+
+
+@pytest.fixture(scope="session")
+def tiny_layers(tiny_distilled):
+  """Full features of the tiny target's own answers with EAGLE-3's layers captured: (target, train, held-out, sequences)."""
+  from specjax.drafters import eagle
+  from specjax.train import data as data_lib
+  t, seqs, d = tiny_distilled
+  cap = eagle.fuse_layers(t.cfg.layers)
+  train = data_lib.features(t, seqs[:32], d / "layers-train", shard_size=8, full=True, capture=cap, progress=False)
+  held = data_lib.features(t, seqs[32:], d / "layers-held", shard_size=8, full=True, capture=cap, progress=False)
+  return t, train, held, seqs

@@ -15,7 +15,6 @@ from specjax.models.llama import causal_mask
 from specjax.process_cache import CACHE
 from specjax.protocol import Context, Prefill
 from specjax.testing import tiny_target
-from specjax.train import data as data_lib
 from specjax.train import eagle as eagle_train
 from specjax.train import loop
 
@@ -504,16 +503,6 @@ def test_eagle3_checkpoint_keeps_its_layers_and_own_head(tmp_path, tiny4):
     registry.make(f"eagle:{path}")
   with pytest.raises(ValueError, match="fused layers"):
     dataclasses.replace(loaded, fuse=(1, 2, 9), trained_for="").check_target(tiny4)
-
-
-@pytest.fixture(scope="module")
-def tiny_layers(tiny_distilled):
-  """Full features of the tiny target's own answers with EAGLE-3's layers captured."""
-  t, seqs, d = tiny_distilled
-  cap = eagle.fuse_layers(t.cfg.layers)
-  train = data_lib.features(t, seqs[:32], d / "layers-train", shard_size=8, full=True, capture=cap, progress=False)
-  held = data_lib.features(t, seqs[32:], d / "layers-held", shard_size=8, full=True, capture=cap, progress=False)
-  return t, train, held, seqs
 
 
 def test_captured_features_are_the_target_layers(tiny_layers):

@@ -72,17 +72,20 @@ CFG = dict(drafter="parallelspec", steps=16, batch=4, lr=1e-2, warmup=3, eval_ev
            draft_vocab=32, nodes=6, eval_positions=128)
 
 
-def _floor(t, recipe, batch, k, decay=0.8, token_weight=0.1):
+def _floor(t, recipe, batch, k, decay=0.8, token_weight=0.1, three=False):
   """The loss's floor: SmoothL1 reaches 0 at a perfect draft, the soft cross-entropy against the target's
   probabilities p over the draft vocabulary (mass m, not renormalised) only -sum p log(p / m). Entry t of
-  depth d wants feature t+d (zeros past the end, as the loss pads)."""
+  depth d wants feature t+d (zeros past the end, as the loss pads). three (EAGLE-3's host): cross-entropy
+  alone (token_weight 1), p renormalised, scored where the target's top-1 lies in the draft vocabulary."""
   from specjax.models.llama import rms_norm
   from specjax.train.recipe import soft_targets
   f = rms_norm(batch["h"], recipe.consts["norm_w"], t.cfg.norm_eps)
   f = jnp.pad(f, ((0, 0), (0, k + 1), (0, 0)))
-  p = np.asarray(soft_targets(recipe.consts, f, renormalise=False), np.float64)       # [B, L+k+1, N]
+  p = np.asarray(soft_targets(recipe.consts, f, renormalise=three), np.float64)       # [B, L+k+1, N]
   ent = -(p * np.log(np.maximum(p / p.sum(-1, keepdims=True), 1e-30))).sum(-1)
   valid, sel, ok = (np.asarray(batch[n]) for n in ("valid", "sel", "sel_ok"))
+  if three:
+    valid, token_weight = valid & (np.asarray(batch["top_idx"])[..., 0] >= 0), 1.0
   valid = np.pad(valid, ((0, 0), (0, k + 1)))
   L = batch["valid"].shape[1]
   floor = ent[:, 1:L + 1][valid[:, :L]].mean()               # the real entries: entry t wants f_{t+1}
@@ -93,8 +96,9 @@ def _floor(t, recipe, batch, k, decay=0.8, token_weight=0.1):
 
 
 def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_path):
+  """On EAGLE-1's host (--no-own-head): SmoothL1 + 0.1 CE, noised features, the target's frozen head."""
   t, train, held = tiny_full
-  c = loop.TrainConfig(**CFG).resolved()
+  c = loop.TrainConfig(**dict(CFG, own_head=False)).resolved()
   recipe = ParallelSpecRecipe(t, train, held, c)
   batch = recipe.batch(np.arange(8), 0)
   assert batch["sel_ok"].any() and int(batch["sel"].max()) < batch["nxt"].shape[1] - 1
@@ -104,8 +108,38 @@ def test_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_full, tmp_pat
   floor = _floor(t, recipe, batch, c.heads)
   assert float(after) - floor < 0.8 * (float(before) - floor)       # 16 steps: 0.72 measured
   assert acc1.shape == (3,) and float(acc1[1:].mean()) > float(acc0[1:].mean())   # the masks learned too
-  assert d.depth == 3 and len(d.accuracy) == 3 and summary["tau"] > 1.2
+  assert d.depth == 3 and len(d.accuracy) == 3 and summary["tau"] > 1.2 and d.fuse == () and "fuse/w" not in d.params["p"].get_value()
   base = specjax.generate(t, PROMPTS, max_new_tokens=30)
   g = specjax.generate(t, PROMPTS, max_new_tokens=30, drafter=d)
   assert g.token_ids == base.token_ids
   assert sum(g.new_tokens) / sum(g.target_forwards) > 1.2
+
+
+def test_on_eagle3_host_training_lowers_the_loss_and_the_drafter_is_lossless(tiny_layers, tmp_path):
+  """By default (`own_head`) ParallelSpec trains on EAGLE-3's host: the fused captured layers as the feature, a normed
+  output and its own draft-vocabulary head, soft cross-entropy only. The loss falls, the masks learn, and the
+  drafter (reading the same captured layers when decoding) keeps greedy output token for token at batch 4 and
+  1, and through a checkpoint."""
+  from specjax.io import checkpoint
+  from specjax.drafters import eagle, registry
+  t, train, held, _ = tiny_layers
+  c = loop.TrainConfig(**CFG).resolved()
+  assert c.own_head
+  recipe = ParallelSpecRecipe(t, train, held, c)
+  assert recipe.capture_for(t.cfg, c) == eagle.fuse_layers(t.cfg.layers)
+  batch = recipe.batch(np.arange(8), 0)
+  assert "noise" not in batch and "layers" in batch
+  before, acc0 = recipe.loss(recipe.init(), recipe.consts, batch)
+  d, summary = loop.fit(t, train, held, c, tmp_path / "run", progress=False, log=lambda m: None)
+  p = d.params["p"].get_value()
+  after, acc1 = recipe.loss(p, recipe.consts, batch)
+  floor = _floor(t, recipe, batch, c.heads, three=True)
+  assert float(after) - floor < 0.8 * (float(before) - floor) and float(acc1[1:].mean()) > float(acc0[1:].mean())
+  assert d.capture == eagle.fuse_layers(t.cfg.layers) and d.own_head == len(recipe.vocab)
+  assert {"head", "fuse/w", "norm", "mask/e"} <= set(p)
+  path = checkpoint.save_drafter(tmp_path / "ps3.safetensors", d, t)
+  loaded = registry.make(f"parallelspec:{path}")
+  assert (loaded.fuse, loaded.own_head) == (d.fuse, d.own_head)
+  for prompts in (PROMPTS, PROMPTS[1:2]):
+    base = specjax.generate(t, prompts, max_new_tokens=30)
+    assert specjax.generate(t, prompts, max_new_tokens=30, drafter=loaded).token_ids == base.token_ids

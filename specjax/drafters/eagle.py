@@ -200,6 +200,20 @@ def grow(cfg, p, logp_fn, embed, g, root, kc, vc, length, *, depth: int, top_k: 
   return out_tok, out_par, jnp.concatenate([jnp.zeros((B, 1)), jnp.take_along_axis(joint, keep, 1)], 1)
 
 
+def validate_own_head(d):
+  """Its own head's columns (own_head) against the draft vocabulary (0: the full one)."""
+  if d.own_head < 0 or (d.draft_vocab and d.own_head not in (0, d.draft_vocab)):
+    raise ValueError(f"{d.name}: its own head has {d.own_head} columns; the draft vocabulary {d.draft_vocab}")
+
+
+def check_host3(d, target):
+  """A drafter on EAGLE-3's host (fields fuse, own_head, draft_vocab) against the target it runs with."""
+  if d.own_head and not d.draft_vocab and d.own_head != target.cfg.vocab:
+    raise ValueError(f"{d.name}: its own head has {d.own_head} columns; the target's vocabulary {target.cfg.vocab}")
+  if len(d.fuse) != 3 or not all(0 <= i < target.cfg.layers for i in d.fuse):
+    raise ValueError(f"{d.name}: fused layers {tuple(d.fuse)} do not fit a target of {target.cfg.layers} layers")
+
+
 # ------------------------------------------------------------------ the drafter
 
 @dataclasses.dataclass(frozen=True)
@@ -329,15 +343,11 @@ class Eagle3(Eagle):
 
   def validate(self):
     super().validate()
-    if self.own_head < 0 or (self.draft_vocab and self.own_head not in (0, self.draft_vocab)):
-      raise ValueError(f"{self.name}: its own head has {self.own_head} columns; the draft vocabulary {self.draft_vocab}")
+    validate_own_head(self)
 
   def check_target(self, target):
     super().check_target(target)
-    if self.own_head and not self.draft_vocab and self.own_head != target.cfg.vocab:
-      raise ValueError(f"{self.name}: its own head has {self.own_head} columns; the target's vocabulary {target.cfg.vocab}")
-    if len(self.fuse) != 3 or not all(0 <= i < target.cfg.layers for i in self.fuse):
-      raise ValueError(f"{self.name}: fused layers {tuple(self.fuse)} do not fit a target of {target.cfg.layers} layers")
+    check_host3(self, target)
 
   def _features(self, m, p, hidden, layers: dict):
     return fuse(m.target.cfg, p, jnp.stack([layers[i] for i in self.fuse], -2))

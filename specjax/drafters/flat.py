@@ -114,6 +114,11 @@ class FlatDrafter(Drafter):
 
   def with_weights(self, weights: dict, vocab=None):
     """This configuration with float32 `weights` (see shapes) and the draft vocabulary `vocab` [N]."""
+    want = self.shapes()
+    if {k: tuple(np.shape(v)) for k, v in weights.items()} != {k: tuple(v) for k, v in want.items()}:
+      got = {k: tuple(np.shape(v)) for k, v in weights.items()}
+      diff = sorted(k for k in set(got) | set(want) if got.get(k) != (tuple(want[k]) if k in want else None))
+      raise ValueError(f"{self.name}: weights do not match its configuration at {diff[:4]}")
     if self.draft_vocab and vocab is None:
       vocab = np.arange(self.draft_vocab, dtype=np.int32)
     return dataclasses.replace(self, params=nnx.state(FlatNet(weights, vocab if self.draft_vocab else None)))

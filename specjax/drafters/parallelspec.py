@@ -10,6 +10,9 @@ target's normed feature, one decoder layer like the target's, the target's froze
                           entries up to t and the masks 1..j of its own group; its output scores x_{t+2+j}
 So the entry of the last committed token's predecessor (t = root - 1) and its k-1 masks give the
 distributions of depths 1..k of the next tree, all from one layer call.
+On EAGLE-3's host (`fuse`, `own_head`; trained with `--own-head`): f_t is EAGLE-3's fused feature of three
+captured target layers, the output is normed before its own draft-vocabulary head (drafters/eagle.py Eagle3);
+the masks and the one call a step are unchanged.
 
 One forward a step: `update` runs the draft layer once over [the accepted path's entries + the k-1 masks]
 (the masks see only the entries the step committed, per row, and the draft cache before them); the real
@@ -27,7 +30,9 @@ detail of these; none is public): the mask entries' feature half (a learned shar
 does; the paper does not say what EAGLE's feature input is at a mask), masks causal within a group (mask j
 sees masks < j), k-1 masks for k depths (the real entry gives depth 1), the tree (the paper uses EAGLE's
 dynamic tree; here a static tree from measured per-depth ranks, since the k distributions do not depend on the
-drafted tokens), and the loss weights (train/parallelspec.py).
+drafted tokens), and the loss weights (train/parallelspec.py). Not the paper's: the host. Its drafter is
+EAGLE-1's layer; ours defaults to EAGLE-3's (fused layers, its own head, cross-entropy), which on the same data
+and steps lifted held-out tau at 4 nodes from 1.39 to 1.54 (BENCHMARKS, issue 24); `fuse=()` keeps EAGLE-1's.
 """
 from __future__ import annotations
 
@@ -37,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import numerics
 from specjax.cache import put_rows
 from specjax.drafters import eagle, flat
 from specjax.drafters.medusa import RankTree
@@ -47,17 +51,18 @@ from specjax.protocol import (BUDGET, NOT_OPTION, MAX_TREE_NODES, Context, Model
 
 # ------------------------------------------------------------------ weights
 
-def shapes(dims: tuple, depth: int) -> dict[str, tuple[int, ...]]:
-  """EAGLE-1's weights (eagle.shapes) plus mask/e [k-1, H] the [MASK]_j embeddings and mask/f [H] their
-  shared feature."""
+def shapes(dims: tuple, depth: int, *, three: bool = False, own_head: int = 0) -> dict[str, tuple[int, ...]]:
+  """The host's weights (EAGLE-1's eagle.shapes, or with three EAGLE-3's eagle.shapes3: fuse/w, norm and
+  its own head [H, own_head]) plus mask/e [k-1, H] the [MASK]_j embeddings and mask/f [H] their shared feature."""
   H = dims[0]
-  return {**eagle.shapes(dims), "mask/e": (depth - 1, H), "mask/f": (H,)}
+  host = eagle.shapes3(dims, own_head) if three else eagle.shapes(dims)
+  return {**host, "mask/e": (depth - 1, H), "mask/f": (H,)}
 
 
-def initial(target, depth: int, *, seed: int = 0, noise: float = 0.01) -> dict:
-  """EAGLE-1's starting weights (eagle.initial); the mask embeddings at the scale of the target's token
-  embeddings (normal, its RMS), their shared feature 0."""
-  out = eagle.initial(target, seed=seed, noise=noise)
+def initial(target, depth: int, *, seed: int = 0, noise: float = 0.01, three: bool = False, head=None) -> dict:
+  """The host's starting weights (eagle.initial; three and head as there); the mask embeddings at the
+  scale of the target's token embeddings (normal, its RMS), their shared feature 0."""
+  out = eagle.initial(target, seed=seed, noise=noise, three=three, head=head)
   emb = np.asarray(target.model.embed[...], np.float32)
   rms = float(np.sqrt(np.mean(emb * emb)))
   rng = np.random.default_rng([seed, 1])
@@ -132,12 +137,21 @@ class ParallelSpec(RankTree, flat.FlatDrafter):
   nodes: int = dataclasses.field(default=4, metadata=BUDGET)
   # measured [depth][rank] acceptance rates (from the checkpoint)
   accuracy: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
+  # the host: three captured target layers, EAGLE-3's (the fused feature, a normed output, and with own_head
+  # N > 0 its own [H, N] head; for_target's default); (): EAGLE-1's (norm of the last hidden state, the
+  # target's frozen head; the default of checkpoints written before the field)
+  fuse: tuple = dataclasses.field(default=(), metadata=NOT_OPTION)
+  own_head: int = dataclasses.field(default=0, metadata=NOT_OPTION)
   name = "parallelspec"
   state_axes = {"k": ("batch",), "v": ("batch",), "g": ("batch",), "w": ()}  # k, v [B, KVH, S, D]; g [B, k, H]
   budget_keys = ("nodes",)
 
+  @property
+  def capture(self):
+    return tuple(self.fuse)
+
   def shapes(self):
-    return shapes(self.dims, self.depth)
+    return shapes(self.dims, self.depth, three=bool(self.fuse), own_head=self.own_head)
 
   def validate(self):
     check_option_types(self)
@@ -145,6 +159,14 @@ class ParallelSpec(RankTree, flat.FlatDrafter):
       raise ValueError(f"{self.name}: depth must be 2..64 (one real entry and at least one mask), got {self.depth!r}")
     if not 1 <= self.nodes < MAX_TREE_NODES:
       raise ValueError(f"{self.name}: nodes must be 1..{MAX_TREE_NODES - 1}, got {self.nodes!r}")
+    if self.own_head and not self.fuse:
+      raise ValueError(f"{self.name}: its own head comes with EAGLE-3's host (fused layers), none given")
+    eagle.validate_own_head(self)
+
+  def check_target(self, target):
+    super().check_target(target)
+    if self.fuse:
+      eagle.check_host3(self, target)
 
   @property
   def depths(self) -> int:
@@ -154,23 +176,33 @@ class ParallelSpec(RankTree, flat.FlatDrafter):
   def _embed(self, m, tok):
     return m.target.embed_tokens(tok).astype(jnp.float32)
 
+  def _features(self, m, p, hidden, layers: dict):
+    """[B, T, H] the host's features: the fused captured layers (EAGLE-3) or norm(h) (EAGLE-1), float32."""
+    if self.fuse:
+      return eagle.fuse(m.target.cfg, p, jnp.stack([layers[i] for i in self.fuse], -2))
+    return m.target.norm(hidden).astype(jnp.float32)
+
   def init(self, m: Models, ctx: Context, prefill: Prefill):
     p = m.drafter.p.get_value()
     nxt, pos, last = flat.prefill_entries(ctx, prefill)
-    f = m.target.norm(prefill.hidden).astype(jnp.float32)
+    f = self._features(m, p, prefill.hidden, prefill.layer_hidden)
     g, gm, k, v = with_masks(m.target.cfg, p, self._embed(m, nxt), f, pos, last + 1)
     B, n = nxt.shape
     kc = jnp.zeros((B, k.shape[2], ctx.tokens.shape[1], k.shape[3]), jnp.float32).at[:, :, :n].set(flat.heads_first(k))
     vc = jnp.zeros_like(kc).at[:, :, :n].set(flat.heads_first(v))
     g_last = jnp.take_along_axis(g, last[:, None, None], 1)
     state = dict(k=kc, v=vc, g=jnp.concatenate([g_last, gm], 1))
-    if self.draft_vocab:             # the reduced head's columns, gathered once outside the loop
+    if self.draft_vocab and not self.own_head:   # the target's reduced head columns, gathered once outside the loop
       state["w"] = self.head_weight(m)
     return state
 
   def propose(self, m: Models, state, ctx: Context):
+    p = m.drafter.p.get_value()
     g = state["g"]                                                               # [B, k, H]
-    logits = numerics.dot(g, state["w"]) if self.draft_vocab else m.target.head(g)  # [B, k, N]
+    if self.draft_vocab or self.own_head:
+      logits = eagle.head_logits(m.target.cfg, p, g, state.get("w"))            # [B, k, N]
+    else:
+      logits = m.target.head(eagle.head_input(m.target.cfg, p, g))
     return self.candidates(ctx.root_token(), logits, m.drafter.vocab[...] if self.draft_vocab else None), state
 
   def update(self, m: Models, state, ctx: Context, step: Step):
@@ -179,7 +211,8 @@ class ParallelSpec(RankTree, flat.FlatDrafter):
     B, D1 = path.shape
     S = ctx.tokens.shape[1]
     old = ctx.root - step.committed                                             # entries before this step
-    f = m.target.norm(jnp.take_along_axis(step.hidden, path[..., None], 1)).astype(jnp.float32)
+    take = lambda x: jnp.take_along_axis(x, path[..., None], 1)                  # the root and accepted nodes
+    f = self._features(m, p, take(step.hidden), {i: take(h) for i, h in step.layer_hidden.items()})
     pos = old[:, None] + jnp.arange(D1)[None]
     nxt = jnp.take_along_axis(ctx.tokens, jnp.minimum(pos + 1, S - 1), 1)     # the committed token after each
     live = jnp.arange(S)[None, :] < old[:, None]
@@ -194,7 +227,14 @@ class ParallelSpec(RankTree, flat.FlatDrafter):
 
   # ---------------------------------------------------------------- construction
   @classmethod
+  def for_target(cls, target, **config):
+    """On EAGLE-3's host unless fuse=() (EAGLE-1's) is given."""
+    config.setdefault("fuse", eagle.fuse_layers(target.cfg.layers))
+    return super().for_target(target, **config)
+
+  @classmethod
   def untrained(cls, target, *, seed: int = 0, noise: float = 0.05, **config) -> "ParallelSpec":
     """Weights as training starts them, plus noise (for tests: a bad drafter costs speed, never correctness)."""
     d = cls.for_target(target, **config)
-    return d.with_weights(initial(target, d.depth, seed=seed, noise=noise))
+    head = np.asarray(target.model.head_weight(jnp.arange(d.own_head)), np.float32) if d.own_head else None
+    return d.with_weights(initial(target, d.depth, seed=seed, noise=noise, three=bool(d.fuse), head=head))

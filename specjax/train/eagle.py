@@ -154,15 +154,20 @@ class EagleRecipe(SequenceRecipe):
     return {**d, "weight_decay": 0.01}
 
   @staticmethod
-  def capture_for(cfg, c=None) -> tuple:
+  def host3(c) -> bool:
+    """Whether the run trains on EAGLE-3's host (fused captured layers) rather than EAGLE-1's."""
+    return c is not None and c.drafter == "eagle3"
+
+  @classmethod
+  def capture_for(cls, cfg, c=None) -> tuple:
     """EAGLE-3 reads the low, middle and high layers (`eagle.fuse_layers`); EAGLE-1 the last hidden state only."""
-    return eagle.fuse_layers(cfg.layers) if c is not None and c.drafter == "eagle3" else ()
+    return eagle.fuse_layers(cfg.layers) if cls.host3(c) else ()
 
   def __init__(self, target, train, held, c):
     super().__init__(target, train, held, c)
-    self.three = c.drafter == "eagle3"
+    self.three = self.host3(c)
     if self.three and train.layers is None:
-      raise ValueError("eagle3 trains on features with captured layers (prepare_data(..., capture=...))")
+      raise ValueError(f"{c.drafter} on EAGLE-3's host trains on features with captured layers (prepare_data(..., capture=...))")
     if c.targets == "full" and not self.three:
       self.add_full_head()            # EAGLE-1's targets: the full-vocabulary softmax
 

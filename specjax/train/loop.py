@@ -49,7 +49,7 @@ class TrainConfig:
   # eagle, eagle3, clover2: "full" soft targets recomputed from the stored hidden states with the frozen
   # head (the public trainers); "top8": the target's stored top-8 probabilities (the earlier recipe)
   targets: str = "full"
-  own_head: bool | None = None  # eagle3: train its own draft-vocabulary head (default) instead of the target's frozen rows
+  own_head: bool | None = None  # eagle3: train its own draft-vocabulary head (default) instead of the target's frozen rows; parallelspec: EAGLE-3's host
 
   def resolved(self) -> "TrainConfig":
     d = RECIPES[self.drafter].defaults_for(self.drafter)

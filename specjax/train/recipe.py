@@ -32,8 +32,8 @@ class Recipe:
   def __init__(self, target, train, held, c):
     if c.targets not in ("full", "top8"):
       raise ValueError(f"targets must be 'full' or 'top8', got {c.targets!r}")
-    if c.own_head and c.drafter != "eagle3":
-      raise ValueError(f"own_head: only eagle3 trains its own head, not {c.drafter}")
+    if c.own_head and c.drafter not in ("eagle3", "parallelspec"):
+      raise ValueError(f"own_head: only eagle3 and parallelspec (on EAGLE-3's host) train their own head, not {c.drafter}")
     self.c, self.target, self.train, self.held = c, target, train, held
     model = target.model
     self.vocab, self.coverage, self.index = draft_vocab(train, target.cfg.vocab, c.draft_vocab)
