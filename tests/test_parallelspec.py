@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import specjax
 from specjax.drafters import parallelspec
@@ -143,3 +144,16 @@ def test_on_eagle3_host_training_lowers_the_loss_and_the_drafter_is_lossless(tin
   for prompts in (PROMPTS, PROMPTS[1:2]):
     base = specjax.generate(t, prompts, max_new_tokens=30)
     assert specjax.generate(t, prompts, max_new_tokens=30, drafter=loaded).token_ids == base.token_ids
+
+
+def test_weights_of_the_other_host_are_refused():
+  """A configuration on EAGLE-3's host (for_target's default) refuses EAGLE-1's weights and the other way round,
+  naming the weights that differ, before anything compiles."""
+  t = tiny_target(seed=1, scale=8.0)
+  one = parallelspec.initial(t, 4, seed=0)
+  with pytest.raises(ValueError, match="fuse/w"):
+    ParallelSpec.for_target(t).with_weights(one)
+  three = parallelspec.initial(t, 4, seed=0, three=True)
+  with pytest.raises(ValueError, match="fuse/w"):
+    ParallelSpec.for_target(t, fuse=()).with_weights(three)
+  assert ParallelSpec.for_target(t, fuse=()).with_weights(one).fuse == ()
