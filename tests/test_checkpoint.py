@@ -116,7 +116,7 @@ def test_version_1_refused_and_upgraded(saved, tmp_path):
     checkpoint.upgrade(old)
 
 
-@pytest.mark.parametrize("name", ["medusa", "clover2", "eagle", "eagle3", "early-exit"])
+@pytest.mark.parametrize("name", ["medusa", "clover2", "eagle", "eagle3", "early-exit", "adadecode", "hidden-transfer"])
 def test_shipped_checkpoints_are_version_2_and_load(name):
   path = registry.checkpoints_dir() / f"{name}.safetensors"
   tensors, info = checkpoint.load(path)
