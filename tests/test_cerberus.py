@@ -6,10 +6,13 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import specjax
 from specjax.drafters import cerberus, medusa
 from specjax.drafters.cerberus import Cerberus
+from specjax.models.llama import causal_mask
+from specjax.protocol import Context, Models, Prefill
 from specjax.testing import tiny_target
 from specjax.train import data as data_lib
 from specjax.train import loop
@@ -53,6 +56,26 @@ def test_gate_makes_lossless_autoregressive_steps():
       tau[n, gate] = sum(g.new_tokens) / sum(g.target_forwards)
   assert tau[4, 1.5] == 1.0
   assert tau[4, 0.0] > tau[4, 0.5] > 1.0
+
+
+def test_a_gated_row_does_not_draft_at_its_first_step():
+  """The first step's state is the token before the root, where neither heads nor gate were trained: a gated row
+  (gate > 0) proposes nothing there however sure the gate is, and drafts from its second step on; gate 0 drafts
+  at every step."""
+  t = tiny_target(seed=1, scale=8.0, eos_id=17)
+  d = Cerberus.untrained(t, seed=4, nodes=6, gate_bias=20.0)              # p = 1: the gate always says draft
+  seq = PROMPTS[3] + PROMPTS[0]
+  out = t.model(jnp.asarray([seq, seq]), jnp.broadcast_to(jnp.arange(len(seq)), (2, len(seq))), None,
+                causal_mask(2, len(seq)))
+  tokens = jnp.zeros((2, 32), jnp.int32).at[:, :len(seq)].set(jnp.asarray(seq))
+  # Row 0 at its first step (root = the last prompt token); row 1 three tokens later, the same tokens as prompt.
+  ctx = Context(tokens, jnp.asarray([len(seq) - 1, len(seq) - 1]), jnp.asarray([len(seq), len(seq) - 3]),
+                jnp.zeros(2, bool))
+  for gate, drafted in ((0.5, [False, True]), (0.0, [True, True])):
+    g = dataclasses.replace(d, gate=gate)
+    m = Models(t.model, nnx.merge(g.graphdef, g.params))
+    tree, _ = g.propose(m, g.init(m, ctx, Prefill(out.hidden[:, :-1], {})), ctx)
+    assert (np.asarray(tree.parent)[:, 1:] >= 0).any(1).tolist() == drafted, gate
 
 
 def test_auto_sets_the_gate_from_measured_step_costs(tmp_path, monkeypatch):

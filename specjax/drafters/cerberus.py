@@ -11,7 +11,7 @@ static tree grown from the measured per-head acceptance (Medusa's construction, 
 
 Entry gate: z = w . hn + a . H8 + b, with H8 the entropy of the target's own top-8 probabilities at the last
 accepted position (what training features store, so decoding and training read the same number). A row drafts
-when sigmoid(z) >= `gate`; a row that does not proposes nothing beyond the root (every candidate's parent -1),
+when sigmoid(z) >= `gate` (from its second step on: see `propose`); a row that does not proposes nothing beyond the root (every candidate's parent -1),
 so its step is a plain autoregressive one. When no row drafts, the heads are not run (lax.cond) and the engine
 verifies the root alone (a one-token forward, engine/decode.py `_verify`). `gate=0` always drafts (the heads
 alone); a gate above 1 never does. Where the checkpoint recorded what a head-0 hit was worth on its held-out
@@ -157,6 +157,12 @@ class Cerberus(medusa.Medusa):
     p = jax.nn.sigmoid(m.drafter.gate(state["h"], state["ent"]))                         # [B]
     gain = self.gain()
     go = p >= self.gate if gain is None else drafts(p, state["seen"], self.gate, gain)
+    # A row's first step reads the token before the root (the prefill stops short of the last prompt token), a
+    # position neither the heads nor the gate were trained at: on Spec-Bench the gate's p there was 0.67-0.80
+    # and head 0 wrong on every prompt (BENCHMARKS.md), and that one failed draft was enough to stop a row for
+    # good at a cost-set threshold. A gated row first drafts after its first verify; gate 0 still always drafts.
+    if self.gate > 0:
+      go = go & (ctx.root >= ctx.prompt_len)
     state = dict(state, p=jnp.where(go, p, -1.0))
     vocab = m.drafter.vocab[...] if self.draft_vocab else None
     T = self.shape.size
