@@ -125,3 +125,30 @@ def test_features_reuse_more_captured_layers_only_where_the_exact_ones_are_missi
   exact.mkdir()
   prepare_data(t, capture=(1,), **kw)
   assert list((exact / "train").glob("shard_*.npz"))                     # its own features, made there
+
+
+def test_heads_train_on_the_state_the_first_step_drafts_from(tiny_full):
+  """Decoding's first step drafts from the prompt's second-to-last token (the prefill stops short of the root, whose
+  KV the first verify writes; Medusa.init reads prompt_len - 2), a state the heads never saw in training before
+  (Medusa's head 0 right on 0/24 Spec-Bench prompts there). That row, data.FIRST_DRAFT_POS, is now a training row
+  of Medusa's and Clover's heads, with the answer's first tokens as its labels."""
+  from specjax.train import sequence
+  from specjax.train.clover import CloverRecipe
+  t, train, held = tiny_full
+  spans = sequence.spans(train)
+  first = np.flatnonzero(train.pos == data_lib.FIRST_DRAFT_POS)
+  assert len(first) == len(spans) and (train.pos[first + 1] == 0).all()       # one per sequence, before the root
+  m = MedusaRecipe(t, train, held, loop.TrainConfig(**CFG).resolved())
+  inside = m.lab_train[first, 0] >= 0                       # (the first answer token in the 32-token draft vocabulary)
+  assert inside.sum() > len(first) // 2 and np.isin(first[inside], m.pos_train).all()
+  # Head k's label there: the answer's token k+1 (position first + 2 + k), as a draft-vocabulary index.
+  for k in range(CFG["heads"]):
+    assert np.array_equal(m.lab_train[first, k], m.index[train.token[first + 2 + k]])
+  c = loop.TrainConfig(**{**CFG, "drafter": "clover2", "batch": 4}).resolved()
+  rows = [tuple(s) for s in spans[:4]]
+  batch = CloverRecipe(t, train, held, c)._arrays(train, rows, np.random.default_rng(0), 512)   # every candidate
+  for b, (s, e) in enumerate(rows):
+    i = int(first[(first >= s) & (first < e)][0]) - s
+    j = int(np.flatnonzero(np.asarray(batch["sel"][b]) == i)[0])
+    assert np.asarray(batch["ys"][b, j, 0]) == train.token[s + i + 1]       # head 0 reads the root ...
+    assert np.asarray(batch["tgt"][b, j, 0]) == i + 1                       # ... and predicts the answer's first token

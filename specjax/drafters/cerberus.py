@@ -157,10 +157,12 @@ class Cerberus(medusa.Medusa):
     p = jax.nn.sigmoid(m.drafter.gate(state["h"], state["ent"]))                         # [B]
     gain = self.gain()
     go = p >= self.gate if gain is None else drafts(p, state["seen"], self.gate, gain)
-    # A row's first step reads the token before the root (the prefill stops short of the last prompt token), a
-    # position neither the heads nor the gate were trained at: on Spec-Bench the gate's p there was 0.67-0.80
-    # and head 0 wrong on every prompt (BENCHMARKS.md), and that one failed draft was enough to stop a row for
-    # good at a cost-set threshold. A gated row first drafts after its first verify; gate 0 still always drafts.
+    # A row's first step reads the token before the root (the prefill stops short of the last prompt token).
+    # Checkpoints trained before that row joined training (train/data.FIRST_DRAFT_POS) never saw it: on Spec-Bench
+    # the gate's p there was 0.67-0.80 and head 0 wrong on every prompt (BENCHMARKS.md), and that one failed draft
+    # was enough to stop a row for good at a cost-set threshold. The gate's entropy input there is the target's
+    # near-certain prediction of the template's last token, whatever the answer will be. So a gated row first
+    # drafts after its first verify; gate 0 still always drafts.
     if self.gate > 0:
       go = go & (ctx.root >= ctx.prompt_len)
     state = dict(state, p=jnp.where(go, p, -1.0))

@@ -11,9 +11,9 @@ configuration, 2 augmenting layers and 5 heads, is `layers=2, heads=5` (`--layer
 default stays 1 and 4 until measured.
 
 Deviations from the public Clover-2 trainer (the drafter's own are listed in drafters/clover.py):
-- The heads' losses are taken at 128 random answer positions a sequence (`CloverRecipe.positions`),
-  where the public loss covers every answer position; each head's sum is divided by its count, not
-  by count + 1.
+- The heads' losses are taken at 128 random positions a sequence (`CloverRecipe.positions`), drawn from the
+  answer's and the first step's (data.FIRST_DRAFT_POS), where the public loss covers every answer position;
+  each head's sum is divided by its count, not by count + 1.
 - The draft vocabulary: the 4096 tokens the target most often predicts (data.draft_vocab), where the
   public heads score the full vocabulary; the full-softmax targets are read at its tokens only (their
   tail outside it is lost); `--draft-vocab 0` gives the public full vocabulary.
@@ -34,6 +34,7 @@ import numpy as np
 from specjax import numerics
 from specjax.drafters import clover, flat
 from specjax.models.llama import rms_norm
+from specjax.train import data
 from specjax.train.recipe import soft_ce, soft_targets, top8_ce
 from specjax.train.sequence import SequenceRecipe, accepted
 
@@ -146,7 +147,7 @@ class CloverRecipe(SequenceRecipe):
       n = e - s
       out["nxt"][b, :n - 1] = feat.token[s + 1:e]
       out["length"][b] = n
-      cand = np.flatnonzero((feat.pos[s:e] >= 0) & (np.arange(n) + 1 < n))
+      cand = np.flatnonzero((feat.pos[s:e] >= data.FIRST_DRAFT_POS) & (np.arange(n) + 1 < n))
       pick = np.sort(rng.choice(cand, min(P, len(cand)), replace=False)) if len(cand) else np.zeros(0, int)
       t = np.arange(K)[None, :] + pick[:, None] + 1                               # [p, K] positions t+1+i
       ok = t < n

@@ -251,6 +251,13 @@ def sequences(target, items: list[dict], path: pathlib.Path, *, mode: str = "dis
 
 # ----------------------------------------------------------------------------- features
 
+# The first row a drafter reading the state at t (to draft t+2, ...) must be trained on: pos -1, the prompt's
+# second-to-last token. The prefill stops short of the root (the last prompt token, pos 0), whose KV the first
+# verify writes, so the first step drafts from pos -1 (Medusa's head 0 untrained there: right on 0/24 Spec-Bench
+# prompts, BENCHMARKS issue 24). Needs full features; EAGLE's rows pair the state at t with the token at t+1.
+FIRST_DRAFT_POS = -1
+
+
 @dataclasses.dataclass
 class Features:
   """Answer positions of many sequences, concatenated. hidden [N, H] bfloat16: the target's last

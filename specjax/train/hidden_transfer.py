@@ -5,8 +5,8 @@ and values; at every position t the transfers make k pseudo states (positions t+
 through the same layers attending to the context up to t and, causally, to each other (exactly what the
 decoder's draft call does), and the final norm + LM head score them. Loss: cross-entropy of pseudo state i
 against the target's own next token after position t+1+i (the token i+2 places ahead), weighted 0.8^i as
-Medusa weights its heads, at answer positions; the paper's loss is the LM loss of the pseudo states'
-predictions (the weighting and the self-distilled labels are ours).
+Medusa weights its heads, at answer positions and the first step's (data.FIRST_DRAFT_POS); the paper's loss
+is the LM loss of the pseudo states' predictions (the weighting and the self-distilled labels are ours).
 
 Held-out evaluation: each transfer's label rank (top-10) at answer positions, the acceptance table the
 static tree is grown from and the exact tau of that tree (train/medusa.summarize). `--exit-layer K` is
@@ -22,6 +22,7 @@ from specjax import numerics
 from specjax.drafters.flat import heads_first, run_layer
 from specjax.drafters.hidden_transfer import HiddenTransfer
 from specjax.models.llama import LAYER_WEIGHTS, causal_mask, rms_norm
+from specjax.train import data
 from specjax.train import medusa as medusa_train
 from specjax.train.sequence import SequenceRecipe
 
@@ -55,7 +56,7 @@ class HiddenTransferRecipe(SequenceRecipe):
     valid, answer, lab = np.zeros((len(rows), L), bool), np.zeros((len(rows), L), bool), np.full((len(rows), L), -1, np.int32)
     for b, (s, e) in enumerate(rows):
       valid[b, :e - s] = True
-      answer[b, :e - s] = feat.pos[s:e] >= 0
+      answer[b, :e - s] = feat.pos[s:e] >= data.FIRST_DRAFT_POS
       lab[b, :e - s] = self.index[feat.top_ids[s:e, 0]]
     return x, jnp.asarray(valid), jnp.asarray(answer), jnp.asarray(lab)
 

@@ -1,6 +1,6 @@
 """Medusa's training (drafters/medusa.py decodes): the heads' labels and loss, the label ranks held-out
 evaluation grows the static tree from, and the recipe `loop.fit` runs (single positions: a batch is
-`batch` answer positions of the last hidden state)."""
+`batch` positions of the last hidden state: the answer's and the first step's, data.FIRST_DRAFT_POS)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +14,7 @@ from specjax import numerics
 from specjax.drafters import medusa
 from specjax.engine import tree as tree_lib
 from specjax.models.llama import rms_norm
+from specjax.train import data
 from specjax.train.recipe import Recipe
 
 KMAX = 10   # ranks measured per head (a tree never uses more siblings than this)
@@ -94,8 +95,9 @@ class MedusaRecipe(Recipe):
     super().__init__(target, train, held, c)
     self.eps = target.cfg.norm_eps
     self.lab_train, self.lab_held = self.labels(train), self.labels(held)
-    self.pos_train = np.flatnonzero((self.lab_train[:, 0] >= 0) & (train.pos >= 0))     # answer positions only
-    pos_held = np.flatnonzero((self.lab_held[:, 0] >= 0) & (held.pos >= 0))
+    # Rows the heads read when decoding (data.FIRST_DRAFT_POS on; early-exit's features start at pos 0).
+    self.pos_train = np.flatnonzero((self.lab_train[:, 0] >= 0) & (train.pos >= data.FIRST_DRAFT_POS))
+    pos_held = np.flatnonzero((self.lab_held[:, 0] >= 0) & (held.pos >= data.FIRST_DRAFT_POS))
     if len(self.pos_train) < c.batch:
       raise ValueError(f"only {len(self.pos_train)} training positions, fewer than a batch of {c.batch}")
     rng = np.random.default_rng(c.seed)
