@@ -59,9 +59,10 @@ def test_gate_makes_lossless_autoregressive_steps():
 
 
 def test_a_gated_row_does_not_draft_at_its_first_step():
-  """The first step's state is the token before the root, where neither heads nor gate were trained: a gated row
-  (gate > 0) proposes nothing there however sure the gate is, and drafts from its second step on; gate 0 drafts
-  at every step."""
+  """The first step's state is the token before the root, where checkpoints trained before data.FIRST_DRAFT_POS
+  never saw the heads or gate, and where the gate's entropy input is the template's, not the answer's: a gated
+  row (gate > 0) proposes nothing there however sure the gate is, and drafts from its second step on; gate 0
+  drafts at every step."""
   t = tiny_target(seed=1, scale=8.0, eos_id=17)
   d = Cerberus.untrained(t, seed=4, nodes=6, gate_bias=20.0)              # p = 1: the gate always says draft
   seq = PROMPTS[3] + PROMPTS[0]

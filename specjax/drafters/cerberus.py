@@ -11,8 +11,8 @@ static tree grown from the measured per-head acceptance (Medusa's construction, 
 
 Entry gate: z = w . hn + a . H8 + b, with H8 the entropy of the target's own top-8 probabilities at the last
 accepted position (what training features store, so decoding and training read the same number). A row drafts
-when sigmoid(z) >= `gate` (from its second step on: see `propose`); a row that does not proposes nothing beyond the root (every candidate's parent -1),
-so its step is a plain autoregressive one. When no row drafts, the heads are not run (lax.cond) and the engine
+when sigmoid(z) >= `gate` (from its second step on: see `propose`); a row that does not proposes nothing beyond
+the root (every candidate's parent -1), so its step is a plain autoregressive one. When no row drafts, the heads are not run (lax.cond) and the engine
 verifies the root alone (a one-token forward, engine/decode.py `_verify`). `gate=0` always drafts (the heads
 alone); a gate above 1 never does. Where the checkpoint recorded what a head-0 hit was worth on its held-out
 prompts, each row also weighs the gate's p by what its own drafts have accepted (`drafts`): the gate is calibrated
